@@ -1,0 +1,197 @@
+"""gRPC server bootstrap shared by every service.
+
+`run_service` owns the process lifecycle so each service only supplies its
+servicers and start/stop hooks:
+
+1. start Prometheus metrics (HTTP, same host) and the `grpc.aio` server with
+   `grpc.health.v1`, reflection and a metrics interceptor;
+2. bind, run `on_start` (load state), then report SERVING and write the port
+   file — a health check never sees SERVING before the service can answer;
+3. on SIGTERM/SIGINT: NOT_SERVING (load balancers drain), wait
+   `drain_seconds`, stop accepting and give in-flight calls `grace_seconds`,
+   then run `on_stop` (flush state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram, start_http_server
+
+from mlmesh.logging import configure_logging, get_logger
+from mlmesh.settings import ServiceSettings
+
+RPCS = Counter("mlmesh_grpc_requests_total", "gRPC calls handled", ["service", "method", "code"])
+LATENCY = Histogram(
+    "mlmesh_grpc_request_seconds",
+    "gRPC call latency",
+    ["service", "method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    if code is None:
+        return "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return str(code)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts calls by final status code and times them, for every RPC kind."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        full = handler_call_details.method  # "/pkg.Service/Method"
+        service, _, method = full.lstrip("/").partition("/")
+
+        def observe(started: float, context: grpc.aio.ServicerContext, failed: bool) -> None:
+            code = _code_name(context)
+            if failed and code == "OK":
+                code = "UNKNOWN"
+            RPCS.labels(service, method, code).inc()
+            LATENCY.labels(service, method).observe(time.perf_counter() - started)
+
+        def wrap_unary(fn: Callable[..., Any]) -> Callable[..., Any]:
+            async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, failed = time.perf_counter(), False
+                try:
+                    return await fn(request_or_iterator, context)
+                except BaseException:
+                    failed = True
+                    raise
+                finally:
+                    observe(started, context, failed)
+
+            return wrapped
+
+        def wrap_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
+            async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, failed = time.perf_counter(), False
+                try:
+                    async for item in fn(request_or_iterator, context):
+                        yield item
+                except BaseException:
+                    failed = True
+                    raise
+                finally:
+                    observe(started, context, failed)
+
+            return wrapped
+
+        if handler.unary_unary:
+            return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=wrap_unary(handler.stream_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=wrap_stream(handler.unary_stream))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=wrap_stream(handler.stream_stream))
+        return handler
+
+
+def write_port_file(path: Path, ports: dict[str, int]) -> None:
+    """Write atomically so a reader never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(ports, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def run_service(
+    settings: ServiceSettings,
+    *,
+    name: str,
+    add_servicers: Callable[[grpc.aio.Server], Sequence[str]],
+    on_start: Callable[[], Awaitable[None]] | None = None,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+    log_context: dict[str, Any] | None = None,
+    stop_event: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or `stop_event`), then stop gracefully.
+
+    `add_servicers` registers the service's servicers and returns their full
+    proto service names (for health and reflection).
+    """
+    configure_logging(settings.log_format, settings.log_level, service=name, **(log_context or {}))
+    log = get_logger(name)
+
+    metrics_port = -1
+    metrics_server = None
+    if settings.metrics_port >= 0:
+        metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
+        metrics_port = metrics_server.server_port
+
+    server = grpc.aio.server(options=server_options(settings), interceptors=[MetricsInterceptor()])
+    service_names = list(add_servicers(server))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for svc in ["", *service_names]:
+        await health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise SystemExit(f"could not bind {settings.host}:{settings.port}")
+    await server.start()
+
+    stop = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    try:
+        if on_start is not None:
+            await on_start()
+        for svc in ["", *service_names]:
+            await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+        if settings.port_file is not None:
+            write_port_file(settings.port_file, {"port": port, "metrics_port": metrics_port, "pid": os.getpid()})
+        log.info("serving", addr=f"{settings.host}:{port}", metrics_port=metrics_port, services=service_names)
+        await stop.wait()
+        log.info("stopping", drain_seconds=settings.drain_seconds, grace_seconds=settings.grace_seconds)
+        await health.enter_graceful_shutdown()
+        if settings.drain_seconds > 0:
+            await asyncio.sleep(settings.drain_seconds)
+        await server.stop(settings.grace_seconds)
+    finally:
+        if on_stop is not None:
+            await on_stop()
+        await server.stop(0)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if settings.port_file is not None:
+            settings.port_file.unlink(missing_ok=True)
+        log.info("stopped")
