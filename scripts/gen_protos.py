@@ -71,7 +71,8 @@ def main() -> int:
         stale = sorted(
             name
             for name in fresh.keys() | current.keys()
-            if name not in fresh or name not in current
+            if name not in fresh
+            or name not in current
             or not filecmp.cmp(fresh[name], current[name], shallow=False)
         )
     if stale:

@@ -1,7 +1,8 @@
 """Domain errors and their one mapping to gRPC status codes.
 
-Core code raises these (it never imports grpc); servicers let `grpc_errors`
-turn them into a status with the same message.
+Core code raises these; servicers let `grpc_errors` turn them into a status
+with the same message. This module does not import grpc, so `core/` packages
+stay free of it: the code is a status name, resolved only at the edge.
 """
 
 from __future__ import annotations
@@ -11,45 +12,50 @@ import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-import grpc
-
 
 class MlmeshError(Exception):
     """Base of errors that carry a gRPC status code."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    status: str = "INTERNAL"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
+    @property
+    def code(self) -> Any:
+        """The grpc.StatusCode (imported here, at the edge, not at module import)."""
+        import grpc
+
+        return grpc.StatusCode[self.status]
+
 
 class InvalidArgument(MlmeshError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
 
 
 class NotFound(MlmeshError):
-    code = grpc.StatusCode.NOT_FOUND
+    status = "NOT_FOUND"
 
 
 class AlreadyExists(MlmeshError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    status = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(MlmeshError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    status = "FAILED_PRECONDITION"
 
 
 class ResourceExhausted(MlmeshError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(MlmeshError):
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
 
 
 class Aborted(MlmeshError):
-    code = grpc.StatusCode.ABORTED
+    status = "ABORTED"
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -178,7 +178,9 @@ async def run_service(
         for svc in ["", *service_names]:
             await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
         if settings.port_file is not None:
-            write_port_file(settings.port_file, {"port": port, "metrics_port": metrics_port, "pid": os.getpid()})
+            write_port_file(
+                settings.port_file, {"port": port, "metrics_port": metrics_port, "pid": os.getpid()}
+            )
         log.info("serving", addr=f"{settings.host}:{port}", metrics_port=metrics_port, services=service_names)
         await stop.wait()
         log.info("stopping", drain_seconds=settings.drain_seconds, grace_seconds=settings.grace_seconds)

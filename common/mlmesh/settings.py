@@ -62,6 +62,9 @@ def load_settings(cls: type[S], argv: list[str] | None = None) -> S:
         lines = []
         for err in e.errors():
             field = ".".join(str(p) for p in err["loc"])
+            if not field:  # a cross-field check: its message names the settings
+                lines.append(f"invalid settings: {err['msg']}")
+                continue
             env = f"{prefix}{field}".upper()
             flag = "--" + field.replace("_", "-")
             lines.append(f"invalid setting {field} ({flag} / {env}): {err['msg']} (got {err.get('input')!r})")

@@ -71,7 +71,8 @@ def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
     """Encode an array (any layout, native or little endian)."""
     arr = np.asarray(array)
     code = dtype_code(arr.dtype)
-    arr = np.ascontiguousarray(arr, dtype=_TO_NUMPY[code])
+    # np.require keeps 0-d arrays 0-d (ascontiguousarray would make them [1]).
+    arr = np.require(arr, dtype=_TO_NUMPY[code], requirements="C")
     return tensor_pb2.Tensor(dtype=code, shape=arr.shape, content=arr.tobytes())  # type: ignore[arg-type]
 
 

@@ -1,0 +1,67 @@
+# The two commands a newcomer needs:
+#   make demo   set up (venv, dependencies, stubs, Fashion-MNIST) and run the whole suite end to end
+#   make test   set up and run every test (what CI runs)
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data demo up test test-unit test-integration test-faults lint format protos protos-check bench clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "mlmesh needs Python 3.11, found " + sys.version)'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist when we can install it;
+# otherwise mlmesh.data falls back to MLMESH_DATA or Keras's downloader.
+data:
+	@if [ -z "$$MLMESH_DATA" ] && [ ! -f $(FASHION) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing dataset-fashion-mnist with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+
+demo: setup
+	$(VENV)/bin/mlmesh demo
+
+up: setup
+	$(VENV)/bin/mlmesh up
+
+protos: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+protos-check: $(STAMP)
+	$(PY) scripts/gen_protos.py --check
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: setup protos-check lint
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest -m unit
+
+test-integration: setup
+	$(PY) -m pytest -m integration
+
+test-faults: setup
+	$(PY) -m pytest -m faults
+
+bench: setup
+	@for b in benchmarks/*.py; do $(PY) $$b --json benchmarks/results/$$(basename $$b .py).json || exit 1; done
+
+clean:
+	rm -rf .mlmesh .pytest_cache .ruff_cache

@@ -1,0 +1,146 @@
+"""One Append stream: buffer validated batches, cut them into partitions, commit all or nothing."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping
+
+import numpy as np
+from mlmesh.errors import InvalidArgument
+
+from ingest_svc.core import metrics
+from ingest_svc.core.catalog import TEMP_PREFIX, Catalog, DatasetInfo, PartitionInfo, StagedPartition
+from ingest_svc.core.files import write_partition
+
+
+class SessionClosed(Exception):
+    """The session was aborted (or already committed) while still in use."""
+
+
+class AppendSession:
+    """The records of one Append stream, on their way to becoming partitions.
+
+    Records are cut in arrival order into partitions of
+    `max_partition_bytes // record_bytes` records (the last one smaller).
+    Full partitions are written to temp files as soon as they fill, so memory
+    stays bounded by about one partition; nothing is visible until `finish()`
+    commits every partition of the stream in one transaction.
+
+    Thread-safety: `add`, `flush` and `finish` belong to the stream and are
+    called one at a time (from any thread). `abort` may be called from any
+    thread at any moment - also while a `flush` is writing in another thread -
+    and no file of the session survives it. After a successful `finish`,
+    `abort` does nothing.
+    """
+
+    def __init__(self, catalog: Catalog, dataset: DatasetInfo) -> None:
+        self._catalog = catalog
+        self.dataset = dataset
+        self._schema = dataset.schema
+        self._dir = catalog.dataset_dir(dataset.name)
+        self._record_bytes = self._schema.record_bytes
+        self._per_partition = max(1, dataset.max_partition_bytes // max(self._record_bytes, 1))
+        self._token = uuid.uuid4().hex
+        self._seq = 0
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._pending_records = 0
+        self._staged: list[StagedPartition] = []
+        self._lock = threading.Lock()
+        self._state = "open"  # open -> committing -> committed | aborted
+        self.records = 0
+
+    def add(self, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Validate and buffer a batch (no I/O). Returns True when a full partition
+        is buffered and `flush()` should be called."""
+        n = self._schema.validate_batch(arrays)
+        if n == 0:
+            return False
+        if self._record_bytes > self.dataset.max_partition_bytes:
+            raise InvalidArgument(
+                f"a record of dataset {self.dataset.name!r} has {self._record_bytes} bytes "
+                f"({self._schema.describe()}) but its max_partition_bytes is "
+                f"{self.dataset.max_partition_bytes}; a record must fit in one partition"
+            )
+        self._pending.append(dict(arrays))
+        self._pending_records += n
+        self.records += n
+        return self._pending_records >= self._per_partition
+
+    def flush(self) -> None:
+        """Write every full partition buffered so far (blocking I/O)."""
+        while self._pending_records >= self._per_partition:
+            self._write(self._per_partition)
+
+    def finish(self) -> list[PartitionInfo]:
+        """Write the remainder and commit the stream's partitions (blocking I/O)."""
+        self.flush()
+        if self._pending_records:
+            self._write(self._pending_records)
+        with self._lock:
+            if self._state != "open":
+                raise SessionClosed(f"append session is {self._state}")
+            self._state = "committing"
+            staged = list(self._staged)
+        try:
+            parts = self._catalog.commit_partitions(self.dataset.name, staged)
+        except BaseException:
+            with self._lock:
+                self._state = "open"
+            self.abort()
+            raise
+        with self._lock:
+            self._state = "committed"
+            self._staged = []
+        metrics.RECORDS_APPENDED.inc(self.records)
+        metrics.BYTES_APPENDED.inc(sum(p.num_bytes for p in parts))
+        metrics.PARTITIONS_WRITTEN.inc(len(parts))
+        return parts
+
+    def abort(self) -> None:
+        """Delete every file of the session; idempotent, a no-op once committing."""
+        with self._lock:
+            if self._state in ("committing", "committed"):
+                return
+            self._state = "aborted"
+            staged, self._staged = self._staged, []
+        for st in staged:
+            st.path.unlink(missing_ok=True)
+
+    def _take(self, count: int) -> dict[str, list[np.ndarray]]:
+        """Remove the first `count` buffered records, as per-feature lists of views."""
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in self._schema.names}
+        first = self._schema.names[0]
+        need = count
+        while need:
+            piece = self._pending[0]
+            have = len(piece[first])
+            take = min(have, need)
+            for name in columns:
+                columns[name].append(piece[name][:take])
+            if take == have:
+                self._pending.pop(0)
+            else:
+                self._pending[0] = {name: arr[take:] for name, arr in piece.items()}
+            need -= take
+        self._pending_records -= count
+        return columns
+
+    def _write(self, count: int) -> None:
+        columns = self._take(count)
+        with self._lock:
+            if self._state != "open":
+                raise SessionClosed(f"append session is {self._state}")
+            path = self._dir / f"{TEMP_PREFIX}{self._token}-{self._seq:06d}"
+            self._seq += 1
+        try:
+            nbytes = write_partition(path, self._schema, columns, count)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        with self._lock:
+            if self._state == "aborted":
+                # abort() ran while we were writing and could not see this file.
+                path.unlink(missing_ok=True)
+                raise SessionClosed("append session was aborted")
+            self._staged.append(StagedPartition(path, count, nbytes))

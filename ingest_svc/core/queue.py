@@ -1,0 +1,338 @@
+"""The work queue: one task per (job, epoch, partition), handed out under leases.
+
+States: a task is `pending`, `leased` (under exactly one active lease) or
+`completed`. A lease is `active`, `expired` or `completed`. An active lease
+whose deadline has passed expires on the next queue call (or sweep): its task
+returns to `pending` with attempt + 1, and the lease can no longer complete.
+Everything lives in SQLite, so leases and progress survive a restart
+(deadlines are wall-clock unix times).
+
+Thread-safety: every method runs as one transaction under the store's lock.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from mlmesh.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+from ingest_svc.core import metrics
+from ingest_svc.core.db import Database
+from ingest_svc.core.schema import validate_dataset_name
+
+MAX_ID_CHARS = 256
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    job_id: str
+    pending: int
+    leased: int
+    completed: int
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.leased + self.completed
+
+    @property
+    def done(self) -> bool:
+        return self.total > 0 and self.completed == self.total
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    job_id: str
+    dataset: str
+    partition_id: int
+    epoch: int
+    num_records: int
+    lease_id: str
+    lease_deadline_unix: float
+    attempt: int
+
+
+def task_id(job_id: str, epoch: int, partition_id: int) -> str:
+    return f"{job_id}/e{epoch}/p{partition_id}"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def _validate_id(kind: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(f"{kind} is empty")
+    if len(value) > MAX_ID_CHARS or not value.isprintable():
+        raise InvalidArgument(
+            f"{kind} {value[:64]!r} is invalid: expected 1-{MAX_ID_CHARS} printable characters"
+        )
+    return value
+
+
+class TaskQueue:
+    def __init__(
+        self,
+        db: Database,
+        default_lease_seconds: float,
+        max_lease_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self.default_lease_seconds = default_lease_seconds
+        self.max_lease_seconds = max_lease_seconds
+        self._clock = clock
+
+    def enqueue_epoch(
+        self, job_id: str, dataset: str, epoch: int, shuffle: bool, seed: int
+    ) -> tuple[int, QueueStatus]:
+        """Create one pending task per partition of `dataset` (as it is now) for
+        (job_id, epoch), in partition-id order or, with `shuffle`, in the order
+        of a permutation determined by `seed` alone.
+
+        Idempotent per (job_id, epoch): a repeat of the same request enqueues 0;
+        a repeat naming another dataset, shuffle or seed is AlreadyExists.
+        """
+        _validate_id("job_id", job_id)
+        validate_dataset_name(dataset)
+        if epoch < 0:
+            raise InvalidArgument(f"epoch is {epoch}; expected >= 0")
+        now = self._clock()
+        self._expire_due(now)
+        with self._db.transaction() as conn:
+            if conn.execute("SELECT 1 FROM datasets WHERE name = ?", (dataset,)).fetchone() is None:
+                raise NotFound(f"dataset {dataset!r} not found")
+            prior = conn.execute(
+                "SELECT dataset, shuffle, seed FROM epochs WHERE job_id = ? AND epoch = ?", (job_id, epoch)
+            ).fetchone()
+            if prior is not None:
+                want = (dataset, int(shuffle), seed if shuffle else 0)
+                if tuple(prior) != want:
+                    raise AlreadyExists(
+                        f"epoch {epoch} of job {job_id!r} was already enqueued with dataset={prior[0]!r} "
+                        f"shuffle={bool(prior[1])} seed={prior[2]}, not dataset={dataset!r} "
+                        f"shuffle={shuffle} seed={seed}"
+                    )
+                return 0, self._status(conn, job_id)
+            parts = conn.execute(
+                "SELECT partition_id, num_records FROM partitions WHERE dataset = ? ORDER BY partition_id",
+                (dataset,),
+            ).fetchall()
+            if not parts:
+                raise FailedPrecondition(f"dataset {dataset!r} has no partitions yet; append records first")
+            order = list(range(len(parts)))
+            if shuffle:
+                # numpy wants a non-negative seed; the bit pattern keeps every int64 distinct.
+                order = np.random.default_rng(seed & 0xFFFF_FFFF_FFFF_FFFF).permutation(len(parts)).tolist()
+            conn.execute(
+                "INSERT INTO epochs (job_id, epoch, dataset, shuffle, seed, enqueued_unix) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, epoch, dataset, int(shuffle), seed if shuffle else 0, now),
+            )
+            conn.executemany(
+                "INSERT INTO tasks (job_id, epoch, partition_id, seq, dataset, num_records, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                [(job_id, epoch, parts[i][0], seq, dataset, parts[i][1]) for seq, i in enumerate(order)],
+            )
+            status = self._status(conn, job_id)
+            self._update_gauges(conn)
+        metrics.TASKS_ENQUEUED.inc(len(parts))
+        return len(parts), status
+
+    def lease(self, job_id: str, worker_id: str, lease_seconds: float) -> tuple[Task | None, QueueStatus]:
+        """Lease the job's next pending task: lowest epoch first, then the epoch's order.
+
+        Returns (None, status) when nothing is pending right now. NotFound if
+        nothing was ever enqueued for the job.
+        """
+        _validate_id("job_id", job_id)
+        _validate_id("worker_id", worker_id)
+        seconds = self._lease_seconds(lease_seconds)
+        now = self._clock()
+        self._expire_due(now)
+        with self._db.transaction() as conn:
+            self._require_job(conn, job_id)
+            row = conn.execute(
+                "SELECT epoch, partition_id, dataset, num_records, attempt FROM tasks "
+                "WHERE job_id = ? AND state = 'pending' ORDER BY epoch, seq LIMIT 1",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                return None, self._status(conn, job_id)
+            epoch, partition_id, dataset, num_records, attempt = row
+            lease_id = uuid.uuid4().hex
+            deadline = now + seconds
+            conn.execute(
+                "UPDATE tasks SET state = 'leased', lease_id = ? "
+                "WHERE job_id = ? AND epoch = ? AND partition_id = ?",
+                (lease_id, job_id, epoch, partition_id),
+            )
+            conn.execute(
+                "INSERT INTO leases (lease_id, job_id, epoch, partition_id, worker_id, leased_unix, "
+                "deadline_unix, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'active')",
+                (lease_id, job_id, epoch, partition_id, worker_id, now, deadline),
+            )
+            status = self._status(conn, job_id)
+            self._update_gauges(conn)
+        metrics.TASKS_LEASED.inc()
+        task = Task(
+            task_id(job_id, epoch, partition_id),
+            job_id,
+            dataset,
+            partition_id,
+            epoch,
+            num_records,
+            lease_id,
+            deadline,
+            attempt,
+        )
+        return task, status
+
+    def extend(self, lease_id: str, lease_seconds: float) -> float:
+        """Move an active lease's deadline to now + lease_seconds; returns the new deadline."""
+        _validate_id("lease_id", lease_id)
+        seconds = self._lease_seconds(lease_seconds)
+        now = self._clock()
+        self._expire_due(now)
+        with self._db.transaction() as conn:
+            self._active_lease(conn, lease_id, "extend")
+            deadline = now + seconds
+            conn.execute("UPDATE leases SET deadline_unix = ? WHERE lease_id = ?", (deadline, lease_id))
+        return deadline
+
+    def complete(self, lease_id: str) -> QueueStatus:
+        """Mark the lease's task completed. Idempotent: completing an already
+        completed lease again is OK and changes nothing."""
+        _validate_id("lease_id", lease_id)
+        now = self._clock()
+        self._expire_due(now)
+        with self._db.transaction() as conn:
+            job_id, epoch, partition_id, state = self._active_lease(conn, lease_id, "complete")
+            if state == "active":
+                conn.execute(
+                    "UPDATE leases SET state = 'completed', ended_unix = ? WHERE lease_id = ?",
+                    (now, lease_id),
+                )
+                conn.execute(
+                    "UPDATE tasks SET state = 'completed' "
+                    "WHERE job_id = ? AND epoch = ? AND partition_id = ?",
+                    (job_id, epoch, partition_id),
+                )
+            status = self._status(conn, job_id)
+            self._update_gauges(conn)
+        if state == "active":
+            metrics.TASKS_COMPLETED.inc()
+        return status
+
+    def status(self, job_id: str) -> QueueStatus:
+        _validate_id("job_id", job_id)
+        self._expire_due(self._clock())
+        with self._db.read() as conn:
+            self._require_job(conn, job_id)
+            return self._status(conn, job_id)
+
+    def expire_leases(self) -> int:
+        """Return tasks of overdue leases to pending and refresh the queue gauges;
+        the periodic sweep (and start-up) call this."""
+        n = self._expire_due(self._clock())
+        with self._db.read() as conn:
+            self._update_gauges(conn)
+        return n
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _expire_due(self, now: float) -> int:
+        """Expire overdue leases in a transaction of their own, so an error in the
+        caller's transaction (which rolls back) does not undo the expiry."""
+        with self._db.transaction() as conn:
+            n = self._expire(conn, now)
+            if n:
+                self._update_gauges(conn)
+        if n:
+            metrics.LEASES_EXPIRED.inc(n)
+        return n
+
+    def _lease_seconds(self, requested: float) -> float:
+        if math.isnan(requested) or requested < 0 or requested > self.max_lease_seconds:
+            raise InvalidArgument(
+                f"lease_seconds is {requested}; expected 0 (server default of {self.default_lease_seconds}s) "
+                f"or a value in (0, {self.max_lease_seconds}]"
+            )
+        return requested or self.default_lease_seconds
+
+    def _expire(self, conn: sqlite3.Connection, now: float) -> int:
+        overdue = conn.execute(
+            "SELECT lease_id, job_id, epoch, partition_id FROM leases "
+            "WHERE state = 'active' AND deadline_unix <= ?",
+            (now,),
+        ).fetchall()
+        if not overdue:
+            return 0
+        conn.executemany(
+            "UPDATE leases SET state = 'expired', ended_unix = deadline_unix WHERE lease_id = ?",
+            [(r[0],) for r in overdue],
+        )
+        conn.executemany(
+            "UPDATE tasks SET state = 'pending', attempt = attempt + 1, lease_id = NULL "
+            "WHERE job_id = ? AND epoch = ? AND partition_id = ? AND lease_id = ?",
+            [(r[1], r[2], r[3], r[0]) for r in overdue],
+        )
+        return len(overdue)
+
+    def _active_lease(
+        self, conn: sqlite3.Connection, lease_id: str, action: str
+    ) -> tuple[str, int, int, str]:
+        """The lease's (job_id, epoch, partition_id, state); raises unless it is active,
+        except that `complete` accepts an already completed lease."""
+        row = conn.execute(
+            "SELECT job_id, epoch, partition_id, state, deadline_unix, ended_unix FROM leases "
+            "WHERE lease_id = ?",
+            (lease_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"lease {lease_id!r} not found")
+        job_id, epoch, partition_id, state, deadline, ended = row
+        if state == "expired":
+            ago = self._clock() - deadline
+            raise FailedPrecondition(
+                f"cannot {action} lease {lease_id!r}: it expired at {_iso(deadline)} ({ago:.1f}s ago) "
+                f"and its task ({task_id(job_id, epoch, partition_id)}) went back to the queue"
+            )
+        if state == "completed" and action != "complete":
+            raise FailedPrecondition(
+                f"cannot {action} lease {lease_id!r}: its task was completed at {_iso(ended)}"
+            )
+        return job_id, epoch, partition_id, state
+
+    @staticmethod
+    def _require_job(conn: sqlite3.Connection, job_id: str) -> None:
+        if conn.execute("SELECT 1 FROM epochs WHERE job_id = ? LIMIT 1", (job_id,)).fetchone() is None:
+            raise NotFound(f"job {job_id!r} not found: no epoch was ever enqueued for it")
+
+    @staticmethod
+    def _status(conn: sqlite3.Connection, job_id: str) -> QueueStatus:
+        counts = dict(
+            conn.execute(
+                "SELECT state, count(*) FROM tasks WHERE job_id = ? GROUP BY state", (job_id,)
+            ).fetchall()
+        )
+        return QueueStatus(
+            job_id, counts.get("pending", 0), counts.get("leased", 0), counts.get("completed", 0)
+        )
+
+    @staticmethod
+    def _update_gauges(conn: sqlite3.Connection) -> None:
+        counts = dict(
+            conn.execute(
+                "SELECT state, count(*) FROM tasks WHERE state != 'completed' GROUP BY state"
+            ).fetchall()
+        )
+        metrics.QUEUE_PENDING.set(counts.get("pending", 0))
+        metrics.QUEUE_LEASED.set(counts.get("leased", 0))

@@ -1,0 +1,285 @@
+"""IngestService over gRPC: validate, convert proto <-> domain, call the core.
+
+Blocking work (SQLite, file I/O) runs in worker threads so one slow fsync
+never stalls the event loop; the core is thread-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from mlmesh import tensor as codec
+from mlmesh.errors import InvalidArgument, MlmeshError, Unavailable, grpc_errors
+from mlmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from mlmesh.logging import get_logger
+
+from ingest_svc.core import metrics
+from ingest_svc.core.append import AppendSession
+from ingest_svc.core.catalog import DatasetInfo, PartitionInfo
+from ingest_svc.core.files import CorruptPartition
+from ingest_svc.core.ingest import IngestCore
+from ingest_svc.core.queue import QueueStatus
+from ingest_svc.core.schema import FeatureSpec, Schema
+
+READ_BATCH_BYTES = 1024 * 1024
+# Room for framing around a ReadPartition batch's tensor bytes.
+_MAX_MESSAGE_OVERHEAD = 64 * 1024
+
+log = get_logger("ingest.servicer")
+
+
+# -- conversions ---------------------------------------------------------------
+
+
+def schema_from_proto(proto: ingest_pb2.DatasetSchema) -> Schema:
+    """Convert and validate (InvalidArgument names the offending feature)."""
+    features = []
+    for f in proto.features:
+        dtype = codec.numpy_dtype(f.dtype, f"feature {f.name!r}").name
+        features.append(FeatureSpec(f.name, dtype, tuple(int(d) for d in f.shape)))
+    return Schema.build(features)
+
+
+def schema_to_proto(schema: Schema) -> ingest_pb2.DatasetSchema:
+    return ingest_pb2.DatasetSchema(
+        features=[
+            ingest_pb2.FeatureSpec(name=f.name, dtype=codec.dtype_from_name(f.dtype), shape=list(f.shape))
+            for f in schema.features
+        ]
+    )
+
+
+def dataset_to_proto(d: DatasetInfo) -> ingest_pb2.Dataset:
+    return ingest_pb2.Dataset(
+        name=d.name,
+        schema=schema_to_proto(d.schema),
+        num_records=d.num_records,
+        num_partitions=d.num_partitions,
+        num_bytes=d.num_bytes,
+        max_partition_bytes=d.max_partition_bytes,
+        created_unix=d.created_unix,
+    )
+
+
+def partition_to_proto(p: PartitionInfo) -> ingest_pb2.Partition:
+    return ingest_pb2.Partition(
+        dataset=p.dataset,
+        partition_id=p.partition_id,
+        num_records=p.num_records,
+        num_bytes=p.num_bytes,
+        created_unix=p.created_unix,
+    )
+
+
+def status_to_proto(s: QueueStatus) -> ingest_pb2.QueueStatus:
+    return ingest_pb2.QueueStatus(
+        job_id=s.job_id, pending=s.pending, leased=s.leased, completed=s.completed, total=s.total, done=s.done
+    )
+
+
+# -- the servicer --------------------------------------------------------------
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    """Thin gRPC edge of IngestCore. Safe for any number of concurrent calls.
+
+    Registered before the core is open (the server binds first, then recovers
+    the data dir); until `attach` every call is UNAVAILABLE.
+    """
+
+    def __init__(self, max_message_bytes: int, core: IngestCore | None = None) -> None:
+        self._core_or_none = core
+        self._max_message_bytes = max_message_bytes
+
+    def _message_budget(self) -> int:
+        """Record bytes that fit in one message under the size limit."""
+        return self._max_message_bytes - min(_MAX_MESSAGE_OVERHEAD, self._max_message_bytes // 16)
+
+    def attach(self, core: IngestCore) -> None:
+        self._core_or_none = core
+
+    @property
+    def _core(self) -> IngestCore:
+        if self._core_or_none is None:
+            raise Unavailable("ingest is starting (recovering its data dir); retry shortly")
+        return self._core_or_none
+
+    @grpc_errors
+    async def CreateDataset(
+        self, request: ingest_pb2.CreateDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.CreateDatasetResponse:
+        schema = schema_from_proto(request.schema)
+        dataset, created = await asyncio.to_thread(
+            self._core.catalog.create_dataset, request.name, schema, request.max_partition_bytes
+        )
+        return ingest_pb2.CreateDatasetResponse(dataset=dataset_to_proto(dataset), created=created)
+
+    @grpc_errors
+    async def GetDataset(
+        self, request: ingest_pb2.GetDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.GetDatasetResponse:
+        dataset = await asyncio.to_thread(self._core.catalog.get_dataset, request.name)
+        return ingest_pb2.GetDatasetResponse(dataset=dataset_to_proto(dataset))
+
+    @grpc_errors
+    async def ListDatasets(
+        self, request: ingest_pb2.ListDatasetsRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.ListDatasetsResponse:
+        datasets = await asyncio.to_thread(self._core.catalog.list_datasets)
+        return ingest_pb2.ListDatasetsResponse(datasets=[dataset_to_proto(d) for d in datasets])
+
+    @grpc_errors
+    async def Append(
+        self, request_iterator: AsyncIterator[ingest_pb2.AppendRequest], context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.AppendResponse:
+        session: AppendSession | None = None
+        reason = "error"
+        try:
+            index = 0
+            async for request in request_iterator:
+                if session is None:
+                    if not request.dataset:
+                        raise InvalidArgument("the first Append message must name the dataset")
+                    session = await asyncio.to_thread(self._core.open_append, request.dataset)
+                elif request.dataset and request.dataset != session.dataset.name:
+                    raise InvalidArgument(
+                        f"Append message {index} names dataset {request.dataset!r} but the stream "
+                        f"appends to {session.dataset.name!r}"
+                    )
+                if request.HasField("batch") and request.batch.features:
+                    arrays = codec.map_from_proto(request.batch.features)
+                    if session.add(arrays):
+                        await asyncio.to_thread(session.flush)
+                index += 1
+            if session is None:
+                raise InvalidArgument("the Append stream was empty; the first message must name the dataset")
+            parts = await asyncio.to_thread(session.finish)
+            reason = ""
+        except MlmeshError:
+            reason = "rejected"
+            raise
+        except asyncio.CancelledError:
+            reason = "cancelled"
+            raise
+        finally:
+            if reason:
+                metrics.APPEND_FAILURES.labels(reason).inc()
+                if session is not None:
+                    # Synchronous on purpose: a cancelled task must not await here.
+                    session.abort()
+                    log.info("append aborted", dataset=session.dataset.name, reason=reason)
+        log.info(
+            "append committed", dataset=session.dataset.name, records=session.records, partitions=len(parts)
+        )
+        return ingest_pb2.AppendResponse(
+            dataset=session.dataset.name,
+            records_appended=session.records,
+            partitions=[partition_to_proto(p) for p in parts],
+        )
+
+    @grpc_errors
+    async def ListPartitions(
+        self, request: ingest_pb2.ListPartitionsRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.ListPartitionsResponse:
+        parts = await asyncio.to_thread(self._core.catalog.list_partitions, request.dataset)
+        return ingest_pb2.ListPartitionsResponse(partitions=[partition_to_proto(p) for p in parts])
+
+    @grpc_errors
+    async def ReadPartition(
+        self, request: ingest_pb2.ReadPartitionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_pb2.ReadPartitionResponse]:
+        if request.batch_size < 0:
+            raise InvalidArgument(f"batch_size is {request.batch_size}; expected 0 (about 1 MiB) or more")
+        try:
+            dataset, data = await asyncio.to_thread(
+                self._core.catalog.load_partition, request.dataset, request.partition_id
+            )
+        except CorruptPartition as e:
+            log.error(
+                "corrupt partition", dataset=request.dataset, partition_id=request.partition_id, error=str(e)
+            )
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(e))
+            return
+        record_bytes = max(dataset.schema.record_bytes, 1)
+        fits = max(1, self._message_budget() // record_bytes)  # records per message the limit allows
+        if request.batch_size == 0:
+            size = min(fits, max(1, READ_BATCH_BYTES // record_bytes))
+        elif (largest := min(request.batch_size, data.num_records)) > fits:
+            raise InvalidArgument(
+                f"batch_size {request.batch_size} makes messages of about "
+                f"{largest * record_bytes} bytes ({record_bytes} per record), "
+                f"over the {self._max_message_bytes}-byte message limit; use at most {fits}"
+            )
+        else:
+            size = request.batch_size
+        features = dataset.schema.features
+        for start in range(0, data.num_records, size):
+            stop = min(start + size, data.num_records)
+            batch = ingest_pb2.RecordBatch()
+            for f in features:
+                t = batch.features[f.name]
+                t.dtype = codec.dtype_from_name(f.dtype)
+                t.shape.extend((stop - start, *f.shape))
+                t.content = bytes(data.column_bytes(f.name, start, stop))
+            yield ingest_pb2.ReadPartitionResponse(batch=batch)
+
+    @grpc_errors
+    async def EnqueueEpoch(
+        self, request: ingest_pb2.EnqueueEpochRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.EnqueueEpochResponse:
+        n, status = await asyncio.to_thread(
+            self._core.queue.enqueue_epoch,
+            request.job_id,
+            request.dataset,
+            request.epoch,
+            request.shuffle,
+            request.seed,
+        )
+        return ingest_pb2.EnqueueEpochResponse(tasks_enqueued=n, status=status_to_proto(status))
+
+    @grpc_errors
+    async def LeaseTask(
+        self, request: ingest_pb2.LeaseTaskRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.LeaseTaskResponse:
+        task, status = await asyncio.to_thread(
+            self._core.queue.lease, request.job_id, request.worker_id, request.lease_seconds
+        )
+        response = ingest_pb2.LeaseTaskResponse(status=status_to_proto(status))
+        if task is not None:
+            response.task.CopyFrom(
+                ingest_pb2.Task(
+                    task_id=task.task_id,
+                    job_id=task.job_id,
+                    dataset=task.dataset,
+                    partition_id=task.partition_id,
+                    epoch=task.epoch,
+                    num_records=task.num_records,
+                    lease_id=task.lease_id,
+                    lease_deadline_unix=task.lease_deadline_unix,
+                    attempt=task.attempt,
+                )
+            )
+        return response
+
+    @grpc_errors
+    async def ExtendLease(
+        self, request: ingest_pb2.ExtendLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.ExtendLeaseResponse:
+        deadline = await asyncio.to_thread(self._core.queue.extend, request.lease_id, request.lease_seconds)
+        return ingest_pb2.ExtendLeaseResponse(lease_deadline_unix=deadline)
+
+    @grpc_errors
+    async def CompleteTask(
+        self, request: ingest_pb2.CompleteTaskRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.CompleteTaskResponse:
+        status = await asyncio.to_thread(self._core.queue.complete, request.lease_id)
+        return ingest_pb2.CompleteTaskResponse(status=status_to_proto(status))
+
+    @grpc_errors
+    async def GetQueueStatus(
+        self, request: ingest_pb2.GetQueueStatusRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.GetQueueStatusResponse:
+        status = await asyncio.to_thread(self._core.queue.status, request.job_id)
+        return ingest_pb2.GetQueueStatusResponse(status=status_to_proto(status))

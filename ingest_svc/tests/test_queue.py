@@ -1,0 +1,341 @@
+"""The task queue: EnqueueEpoch, LeaseTask, ExtendLease, CompleteTask, GetQueueStatus."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from mlmesh.ingest.v1 import ingest_pb2
+
+from ingest_svc.tests.conftest import MNIST_RECORD_BYTES, append_requests, create_mnist, mnist_like, rpc_error
+
+pytestmark = pytest.mark.unit
+
+SHORT = 0.3  # seconds; leases meant to expire within a test
+
+
+@pytest.fixture
+def ds(stub) -> str:
+    """Dataset 'ds' with 8 partitions (ids 0..7) of 5 records."""
+    create_mnist(stub, "ds", max_partition_bytes=4096)
+    per = 4096 // MNIST_RECORD_BYTES
+    stub.Append(append_requests("ds", mnist_like(8 * per), per_message=per), timeout=30)
+    return "ds"
+
+
+def enqueue(
+    stub, job: str = "job", epoch: int = 0, dataset: str = "ds", shuffle: bool = False, seed: int = 0
+):
+    return stub.EnqueueEpoch(
+        ingest_pb2.EnqueueEpochRequest(job_id=job, dataset=dataset, epoch=epoch, shuffle=shuffle, seed=seed),
+        timeout=30,
+    )
+
+
+def lease(stub, job: str = "job", worker: str = "w0", seconds: float = 0) -> ingest_pb2.LeaseTaskResponse:
+    return stub.LeaseTask(
+        ingest_pb2.LeaseTaskRequest(job_id=job, worker_id=worker, lease_seconds=seconds), timeout=30
+    )
+
+
+def complete(stub, lease_id: str) -> ingest_pb2.CompleteTaskResponse:
+    return stub.CompleteTask(ingest_pb2.CompleteTaskRequest(lease_id=lease_id), timeout=30)
+
+
+def drain_order(stub, job: str) -> list[tuple[int, int]]:
+    out = []
+    for _ in range(100):
+        resp = lease(stub, job)
+        if not resp.HasField("task"):
+            return out
+        out.append((resp.task.epoch, resp.task.partition_id))
+        complete(stub, resp.task.lease_id)
+    raise AssertionError("queue did not drain in 100 leases")
+
+
+# -- EnqueueEpoch ---------------------------------------------------------------------
+
+
+def test_enqueue_creates_one_pending_task_per_partition(stub, ds) -> None:
+    resp = enqueue(stub)
+    assert resp.tasks_enqueued == 8
+    s = resp.status
+    assert (s.job_id, s.pending, s.leased, s.completed, s.total, s.done) == ("job", 8, 0, 0, 8, False)
+
+
+def test_enqueue_is_idempotent_per_job_and_epoch(stub, ds) -> None:
+    enqueue(stub, shuffle=True, seed=7)
+    again = enqueue(stub, shuffle=True, seed=7)
+    assert again.tasks_enqueued == 0 and again.status.total == 8
+    assert enqueue(stub, epoch=1).tasks_enqueued == 8
+    assert enqueue(stub, job="other").tasks_enqueued == 8
+
+
+@pytest.mark.parametrize("change", [{"shuffle": False}, {"seed": 7}, {"dataset": "ds2"}])
+def test_enqueue_repeat_with_other_arguments_is_already_exists(stub, ds, change) -> None:
+    create_mnist(stub, "ds2")
+    stub.Append(append_requests("ds2", mnist_like(1), per_message=1), timeout=30)
+    enqueue(stub, shuffle=True, seed=1)
+    args = {"shuffle": True, "seed": 1, **change}
+    err = rpc_error(
+        stub.EnqueueEpoch, ingest_pb2.EnqueueEpochRequest(job_id="job", epoch=0, **{"dataset": "ds", **args})
+    )
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "epoch 0 of job 'job' was already enqueued" in err.details()
+
+
+def test_enqueue_unknown_dataset_is_not_found(stub) -> None:
+    err = rpc_error(stub.EnqueueEpoch, ingest_pb2.EnqueueEpochRequest(job_id="j", dataset="nope", epoch=0))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert "'nope' not found" in err.details()
+
+
+def test_enqueue_dataset_without_partitions_is_failed_precondition(stub) -> None:
+    create_mnist(stub, "empty")
+    err = rpc_error(stub.EnqueueEpoch, ingest_pb2.EnqueueEpochRequest(job_id="j", dataset="empty", epoch=0))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "'empty' has no partitions" in err.details()
+
+
+def test_enqueue_negative_epoch_is_invalid_argument(stub, ds) -> None:
+    err = rpc_error(stub.EnqueueEpoch, ingest_pb2.EnqueueEpochRequest(job_id="j", dataset="ds", epoch=-1))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "epoch is -1" in err.details()
+
+
+@pytest.mark.parametrize(
+    ("job", "expect"), [("", "job_id is empty"), ("a\nb", "printable"), ("x" * 257, "1-256")]
+)
+def test_enqueue_invalid_job_id_is_invalid_argument(stub, ds, job: str, expect: str) -> None:
+    err = rpc_error(stub.EnqueueEpoch, ingest_pb2.EnqueueEpochRequest(job_id=job, dataset="ds", epoch=0))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expect in err.details()
+
+
+def test_enqueue_invalid_dataset_name_is_invalid_argument(stub) -> None:
+    err = rpc_error(stub.EnqueueEpoch, ingest_pb2.EnqueueEpochRequest(job_id="j", dataset="", epoch=0))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- LeaseTask ordering ---------------------------------------------------------------
+
+
+def test_unshuffled_epoch_is_leased_in_partition_order(stub, ds) -> None:
+    enqueue(stub)
+    assert drain_order(stub, "job") == [(0, p) for p in range(8)]
+
+
+def test_lowest_epoch_is_leased_first(stub, ds) -> None:
+    enqueue(stub, epoch=2)
+    enqueue(stub, epoch=0)
+    enqueue(stub, epoch=1)
+    epochs = [e for e, _ in drain_order(stub, "job")]
+    assert epochs == [0] * 8 + [1] * 8 + [2] * 8
+
+
+def test_shuffle_is_a_permutation_determined_by_the_seed(stub, ds) -> None:
+    enqueue(stub, job="a", shuffle=True, seed=42)
+    enqueue(stub, job="b", shuffle=True, seed=42)
+    enqueue(stub, job="c", shuffle=True, seed=43)
+    a, b, c = (drain_order(stub, j) for j in "abc")
+    assert a == b
+    assert sorted(a) == [(0, p) for p in range(8)]
+    assert a != [(0, p) for p in range(8)] and a != c
+
+
+def test_negative_seed_is_accepted(stub, ds) -> None:
+    enqueue(stub, shuffle=True, seed=-5)
+    assert sorted(drain_order(stub, "job")) == [(0, p) for p in range(8)]
+
+
+def test_lease_returns_the_task_with_a_deadline_and_counts_it_leased(stub, ds) -> None:
+    enqueue(stub)
+    before = time.time()
+    resp = lease(stub, seconds=12.5)
+    t = resp.task
+    assert (t.job_id, t.dataset, t.partition_id, t.epoch, t.num_records, t.attempt) == (
+        "job",
+        "ds",
+        0,
+        0,
+        5,
+        0,
+    )
+    assert t.task_id == "job/e0/p0"
+    assert len(t.lease_id) == 32 and int(t.lease_id, 16) >= 0
+    assert before + 12.5 <= t.lease_deadline_unix <= time.time() + 12.5
+    assert (resp.status.pending, resp.status.leased) == (7, 1)
+
+
+def test_lease_zero_seconds_takes_the_server_default(stub, ds) -> None:
+    enqueue(stub)
+    t = lease(stub).task
+    assert abs(t.lease_deadline_unix - (time.time() + 30)) < 5
+
+
+def test_lease_ids_are_unique(stub, ds) -> None:
+    enqueue(stub)
+    ids = {lease(stub).task.lease_id for _ in range(8)}
+    assert len(ids) == 8
+
+
+def test_no_pending_task_returns_no_task_with_status(stub, ds) -> None:
+    enqueue(stub)
+    held = [lease(stub).task for _ in range(8)]
+    resp = lease(stub)
+    assert not resp.HasField("task")
+    assert (resp.status.pending, resp.status.leased, resp.status.done) == (0, 8, False)
+    for t in held:
+        complete(stub, t.lease_id)
+    resp = lease(stub)
+    assert not resp.HasField("task")
+    assert (resp.status.completed, resp.status.total, resp.status.done) == (8, 8, True)
+
+
+def test_lease_for_unknown_job_is_not_found(stub, ds) -> None:
+    err = rpc_error(stub.LeaseTask, ingest_pb2.LeaseTaskRequest(job_id="never", worker_id="w"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert "job 'never' not found" in err.details()
+
+
+@pytest.mark.parametrize(
+    ("job", "worker", "seconds", "expect"),
+    [
+        ("", "w", 0, "job_id is empty"),
+        ("job", "", 0, "worker_id is empty"),
+        ("job", "w", -1, "lease_seconds is -1"),
+        ("job", "w", 3601, "lease_seconds is 3601"),
+        ("job", "w", float("nan"), "lease_seconds is nan"),
+        ("job", "w", float("inf"), "lease_seconds is inf"),
+    ],
+)
+def test_lease_bad_input_is_invalid_argument(stub, ds, job, worker, seconds, expect) -> None:
+    enqueue(stub)
+    err = rpc_error(
+        stub.LeaseTask, ingest_pb2.LeaseTaskRequest(job_id=job, worker_id=worker, lease_seconds=seconds)
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expect in err.details()
+
+
+# -- expiry ---------------------------------------------------------------------------
+
+
+def test_expired_lease_returns_its_task_to_pending_with_next_attempt(stub, ds) -> None:
+    enqueue(stub)
+    first = lease(stub, seconds=SHORT).task
+    time.sleep(SHORT + 0.1)
+    status = stub.GetQueueStatus(ingest_pb2.GetQueueStatusRequest(job_id="job"), timeout=30).status
+    assert (status.pending, status.leased) == (8, 0)
+    again = lease(stub, worker="w1").task
+    assert (again.partition_id, again.attempt) == (first.partition_id, 1)
+    assert again.lease_id != first.lease_id
+
+
+def test_complete_after_expiry_is_failed_precondition_naming_when(stub, ds) -> None:
+    enqueue(stub)
+    t = lease(stub, seconds=SHORT).task
+    time.sleep(SHORT + 0.1)
+    err = rpc_error(stub.CompleteTask, ingest_pb2.CompleteTaskRequest(lease_id=t.lease_id))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "expired at 20" in err.details() and "s ago" in err.details() and "job/e0/p0" in err.details()
+    # ... and stays so after the task was leased to someone else.
+    lease(stub, worker="w1")
+    err = rpc_error(stub.CompleteTask, ingest_pb2.CompleteTaskRequest(lease_id=t.lease_id))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_extend_keeps_a_lease_alive(stub, ds) -> None:
+    enqueue(stub)
+    t = lease(stub, seconds=SHORT).task
+    deadline = stub.ExtendLease(
+        ingest_pb2.ExtendLeaseRequest(lease_id=t.lease_id, lease_seconds=20), timeout=30
+    )
+    assert deadline.lease_deadline_unix > t.lease_deadline_unix + 10
+    time.sleep(SHORT + 0.1)
+    assert complete(stub, t.lease_id).status.completed == 1
+
+
+def test_extend_zero_seconds_takes_the_server_default(stub, ds) -> None:
+    enqueue(stub)
+    t = lease(stub, seconds=1).task
+    resp = stub.ExtendLease(ingest_pb2.ExtendLeaseRequest(lease_id=t.lease_id), timeout=30)
+    assert abs(resp.lease_deadline_unix - (time.time() + 30)) < 5
+
+
+def test_extend_expired_lease_is_failed_precondition(stub, ds) -> None:
+    enqueue(stub)
+    t = lease(stub, seconds=SHORT).task
+    time.sleep(SHORT + 0.1)
+    err = rpc_error(stub.ExtendLease, ingest_pb2.ExtendLeaseRequest(lease_id=t.lease_id, lease_seconds=5))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "expired at" in err.details()
+
+
+def test_extend_completed_lease_is_failed_precondition(stub, ds) -> None:
+    enqueue(stub)
+    t = lease(stub).task
+    complete(stub, t.lease_id)
+    err = rpc_error(stub.ExtendLease, ingest_pb2.ExtendLeaseRequest(lease_id=t.lease_id, lease_seconds=5))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "completed" in err.details()
+
+
+def test_extend_unknown_lease_is_not_found(stub, ds) -> None:
+    err = rpc_error(stub.ExtendLease, ingest_pb2.ExtendLeaseRequest(lease_id="0" * 32, lease_seconds=5))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(("lease_id", "seconds"), [("", 5), ("x", -1), ("x", 1e9), ("x", float("nan"))])
+def test_extend_bad_input_is_invalid_argument(stub, ds, lease_id, seconds) -> None:
+    err = rpc_error(stub.ExtendLease, ingest_pb2.ExtendLeaseRequest(lease_id=lease_id, lease_seconds=seconds))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- CompleteTask / GetQueueStatus -----------------------------------------------------
+
+
+def test_complete_marks_the_task_completed(stub, ds) -> None:
+    enqueue(stub)
+    t = lease(stub).task
+    s = complete(stub, t.lease_id).status
+    assert (s.pending, s.leased, s.completed, s.total, s.done) == (7, 0, 1, 8, False)
+
+
+def test_complete_twice_is_ok_and_counts_once(stub, ds) -> None:
+    enqueue(stub)
+    t = lease(stub).task
+    complete(stub, t.lease_id)
+    s = complete(stub, t.lease_id).status
+    assert (s.completed, s.pending) == (1, 7)
+
+
+def test_complete_unknown_lease_is_not_found(stub, ds) -> None:
+    err = rpc_error(stub.CompleteTask, ingest_pb2.CompleteTaskRequest(lease_id="f" * 32))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert "not found" in err.details()
+
+
+def test_complete_empty_lease_id_is_invalid_argument(stub) -> None:
+    err = rpc_error(stub.CompleteTask, ingest_pb2.CompleteTaskRequest(lease_id=""))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_status_counts_across_epochs(stub, ds) -> None:
+    enqueue(stub, epoch=0)
+    enqueue(stub, epoch=1)
+    complete(stub, lease(stub).task.lease_id)
+    lease(stub)
+    s = stub.GetQueueStatus(ingest_pb2.GetQueueStatusRequest(job_id="job"), timeout=30).status
+    assert (s.job_id, s.pending, s.leased, s.completed, s.total, s.done) == ("job", 14, 1, 1, 16, False)
+
+
+def test_status_of_unknown_job_is_not_found(stub) -> None:
+    err = rpc_error(stub.GetQueueStatus, ingest_pb2.GetQueueStatusRequest(job_id="never"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_status_with_empty_job_id_is_invalid_argument(stub) -> None:
+    err = rpc_error(stub.GetQueueStatus, ingest_pb2.GetQueueStatusRequest(job_id=""))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT

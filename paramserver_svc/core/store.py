@@ -1,0 +1,141 @@
+"""The arrays a shard holds, per job.
+
+Ownership and locking: the `Store` owns its jobs; its map is guarded by its
+own lock. Each `Job` owns its variables, slots, clocks and counters, all
+guarded by `Job.lock`: whoever reads or writes them holds it, so a pull sees
+a push either wholly applied or not at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from mlmesh.errors import NotFound
+
+from paramserver_svc.core.consistency import AsyncPolicy, ConsistencyPolicy, WorkerClocks
+from paramserver_svc.core.specs import OptimizerConfig, VarSpec
+from paramserver_svc.core.update_rules import Slots, UpdateRule, make_rule
+
+
+@dataclass
+class Variable:
+    """This shard's part of one variable: all of a dense one, the owned rows
+    (in local order, global row r at r // num_shards) of a row-sharded one."""
+
+    spec: VarSpec
+    value: np.ndarray
+    slots: Slots
+    # Updates applied to this variable: Adam's bias-correction step.
+    updates: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.value.nbytes + sum(s.nbytes for s in self.slots.values()))
+
+
+@dataclass
+class JobSnapshot:
+    """A consistent copy of a job's state (what a checkpoint holds)."""
+
+    job_id: str
+    optimizer: OptimizerConfig
+    version: int
+    clocks: dict[str, int]
+    variables: list[Variable]
+    generation: int = 0
+
+
+@dataclass(eq=False)
+class Job:
+    """One job's state on this shard. Fields are guarded by `lock`."""
+
+    job_id: str
+    optimizer: OptimizerConfig
+    variables: dict[str, Variable] = field(default_factory=dict)
+    clocks: WorkerClocks = field(default_factory=WorkerClocks)
+    # Pushes applied (answered to clients as the job's version).
+    version: int = 0
+    # Bumped by every change; a checkpoint is due when it differs from saved_generation.
+    generation: int = 0
+    saved_generation: int = -1
+    policy: ConsistencyPolicy = field(default_factory=AsyncPolicy)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Serialises checkpoint writes of this job so an older snapshot never replaces a newer one.
+    save_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rule: UpdateRule = make_rule(self.optimizer)
+
+    def variable(self, name: str) -> Variable:
+        try:
+            return self.variables[name]
+        except KeyError:
+            raise NotFound(f"job {self.job_id!r} has no variable {name!r} on this shard") from None
+
+    def add(self, spec: VarSpec, value: np.ndarray) -> None:
+        slots = self.rule.init_slots(value) if spec.is_floating else {}
+        self.variables[spec.name] = Variable(spec, value, slots)
+        self.generation += 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self.variables.values())
+
+    def snapshot(self) -> JobSnapshot:
+        """Deep copy; call with the lock held."""
+        return JobSnapshot(
+            job_id=self.job_id,
+            optimizer=self.optimizer,
+            version=self.version,
+            clocks=self.clocks.as_dict(),
+            variables=[
+                Variable(v.spec, v.value.copy(), {k: s.copy() for k, s in v.slots.items()}, v.updates)
+                for v in self.variables.values()
+            ],
+            generation=self.generation,
+        )
+
+    def restore(self, snap: JobSnapshot) -> None:
+        """Replace all state by the snapshot's (which the job takes ownership of); call with the lock held."""
+        self.optimizer = snap.optimizer
+        self.rule = make_rule(snap.optimizer)
+        self.variables = {v.spec.name: v for v in snap.variables}
+        self.clocks = WorkerClocks(snap.clocks)
+        self.version = snap.version
+        self.generation += 1
+        self.saved_generation = self.generation
+
+    @classmethod
+    def from_snapshot(cls, snap: JobSnapshot) -> Job:
+        job = cls(snap.job_id, snap.optimizer)
+        job.restore(snap)
+        return job
+
+
+class Store:
+    """Jobs by id. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str) -> Job:
+        job = self.find(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} is not registered on this shard")
+        return job
+
+    def find(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def insert_if_absent(self, job: Job) -> Job:
+        """Insert `job` unless one with its id exists; return the job now in the store."""
+        with self._lock:
+            return self._jobs.setdefault(job.job_id, job)
+
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
