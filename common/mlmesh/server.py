@@ -64,20 +64,23 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         full = handler_call_details.method  # "/pkg.Service/Method"
         service, _, method = full.lstrip("/").partition("/")
 
-        def observe(started: float, context: grpc.aio.ServicerContext, failed: bool) -> None:
+        def observe(started: float, context: grpc.aio.ServicerContext, failed: str | None) -> None:
             code = _code_name(context)
             if failed and code == "OK":
-                code = "UNKNOWN"
+                code = failed
             RPCS.labels(service, method, code).inc()
             LATENCY.labels(service, method).observe(time.perf_counter() - started)
 
         def wrap_unary(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, failed = time.perf_counter(), False
+                started, failed = time.perf_counter(), None
                 try:
                     return await fn(request_or_iterator, context)
+                except asyncio.CancelledError:
+                    failed = "CANCELLED"  # the client went away
+                    raise
                 except BaseException:
-                    failed = True
+                    failed = "UNKNOWN"
                     raise
                 finally:
                     observe(started, context, failed)
@@ -86,12 +89,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
         def wrap_stream(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, failed = time.perf_counter(), False
+                started, failed = time.perf_counter(), None
                 try:
                     async for item in fn(request_or_iterator, context):
                         yield item
+                except asyncio.CancelledError:
+                    failed = "CANCELLED"  # the client went away
+                    raise
                 except BaseException:
-                    failed = True
+                    failed = "UNKNOWN"
                     raise
                 finally:
                     observe(started, context, failed)
@@ -137,11 +143,13 @@ async def run_service(
     on_stop: Callable[[], Awaitable[None]] | None = None,
     log_context: dict[str, Any] | None = None,
     stop_event: asyncio.Event | None = None,
+    install_signal_handlers: bool = True,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop_event`), then stop gracefully.
 
     `add_servicers` registers the service's servicers and returns their full
-    proto service names (for health and reflection).
+    proto service names (for health and reflection). Tests that run a service
+    off the main thread pass `stop_event` and `install_signal_handlers=False`.
     """
     configure_logging(settings.log_format, settings.log_level, service=name, **(log_context or {}))
     log = get_logger(name)
@@ -169,8 +177,9 @@ async def run_service(
 
     stop = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if install_signal_handlers:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
 
     try:
         if on_start is not None:

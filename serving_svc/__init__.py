@@ -1,0 +1,1 @@
+"""serving_svc: model servers that load SavedModels from a repository and answer Predict."""

@@ -1,0 +1,1 @@
+"""Tests of serving_svc: unit (in-process), integration and faults (real processes)."""
