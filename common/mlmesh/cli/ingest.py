@@ -1,0 +1,231 @@
+"""`mlmesh ingest`: stream arrays into ingest_svc with a progress bar."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from mlmesh.cli.common import DEFAULT_ROOT, console, fail, resolve, rpc_errors
+from mlmesh.clients import APPEND_BATCH_BYTES, IngestClient, num_records, record_batches, schema_of
+from mlmesh.errors import InvalidArgument
+
+MIN_PARTITION_BYTES = 64 * 1024
+
+app = typer.Typer(help="Load data into ingest_svc (datasets of column arrays).", no_args_is_help=True)
+
+
+class RateColumn(ProgressColumn):
+    """Records per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:,.0f} records/s" if speed else "- records/s", style="progress.data.speed")
+
+
+def ingest_progress() -> Progress:
+    # Narrow enough for an 80-column terminal.
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+@dataclass
+class IngestResult:
+    dataset: str
+    records: int
+    partitions: int
+    seconds: float
+    skipped: bool
+
+
+def partition_bytes_for(records: int, record_bytes: int, partitions: int) -> int:
+    """max_partition_bytes that cuts `records` into about `partitions` partitions."""
+    total = max(1, records * record_bytes)
+    return max(MIN_PARTITION_BYTES, math.ceil(total / max(1, partitions)))
+
+
+def ingest_arrays(
+    client: IngestClient,
+    dataset: str,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    max_partition_bytes: int = 0,
+    progress: Progress | None = None,
+    append: bool = False,
+) -> IngestResult:
+    """Create `dataset` (idempotent) and append the arrays in one all-or-nothing stream.
+
+    A dataset that already holds records is left alone unless `append`, so
+    running the same ingest twice does not duplicate data.
+    """
+    n = num_records(arrays)
+    schema = schema_of(arrays)
+    started = time.perf_counter()
+    # An existing dataset keeps its partition bound; asking for another would be ALREADY_EXISTS.
+    known = client.get_dataset(dataset) is not None
+    created = client.create_dataset(dataset, schema, 0 if known else max_partition_bytes)
+    existing = created.dataset
+    if not created.created and existing.num_records > 0 and not append:
+        return IngestResult(dataset, existing.num_records, existing.num_partitions, 0.0, skipped=True)
+    # Batches no larger than a partition, so a server that cuts on batch edges still can.
+    limit = existing.max_partition_bytes or max_partition_bytes
+    batch_bytes = min(APPEND_BATCH_BYTES, limit) if limit > 0 else APPEND_BATCH_BYTES
+    task = progress.add_task(dataset, total=n) if progress is not None else None
+
+    def batches() -> Iterator[Mapping[str, np.ndarray]]:
+        for batch in record_batches(arrays, batch_bytes):
+            yield batch
+            if progress is not None and task is not None:
+                progress.advance(task, len(next(iter(batch.values()))))
+
+    resp = client.append(dataset, batches())
+    return IngestResult(
+        dataset,
+        int(resp.records_appended),
+        len(resp.partitions),
+        time.perf_counter() - started,
+        skipped=False,
+    )
+
+
+def report(result: IngestResult) -> None:
+    if result.skipped:
+        console.print(
+            f"{result.dataset}: already holds {result.records:,} records in {result.partitions} partitions; "
+            "left as is (use --append to add these records again)"
+        )
+    else:
+        rate = result.records / result.seconds if result.seconds > 0 else 0.0
+        console.print(
+            f"{result.dataset}: appended {result.records:,} records in {result.partitions} partitions "
+            f"({result.seconds:.1f}s, {rate:,.0f} records/s)"
+        )
+
+
+RootOpt = Annotated[Path, typer.Option("--root", help="Suite root directory (holds run/suite.json).")]
+IngestAddrOpt = Annotated[
+    str | None, typer.Option("--ingest-addr", help="ingest_svc HOST:PORT (default: from suite.json).")
+]
+AppendOpt = Annotated[bool, typer.Option("--append", help="Append even if the dataset already has records.")]
+
+
+@app.command("fashion-mnist")
+def fashion_mnist(
+    limit_train: Annotated[
+        int | None, typer.Option(min=0, help="Ingest only the first N train records.")
+    ] = None,
+    limit_test: Annotated[
+        int | None, typer.Option(min=0, help="Ingest only the first N test records.")
+    ] = None,
+    partitions: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Cut each split into about N partitions.")
+    ] = 16,
+    max_partition_bytes: Annotated[
+        int, typer.Option(min=0, help="Explicit partition size bound (overrides --partitions).")
+    ] = 0,
+    append: AppendOpt = False,
+    root: RootOpt = DEFAULT_ROOT,
+    ingest_addr: IngestAddrOpt = None,
+) -> None:
+    """Ingest Fashion-MNIST as datasets fashion-mnist-train and fashion-mnist-test
+    (image uint8 [28,28], label int64 []).
+
+    Data comes from MLMESH_DATA, else /usr/share/datasets/fashion-mnist
+    (apt-get install dataset-fashion-mnist), else Keras's downloader.
+    """
+    addr = resolve(root, ingest_addr, "ingest", "--ingest-addr")
+    for result in ingest_fashion_mnist(
+        addr, limit_train, limit_test, partitions, max_partition_bytes, append
+    ):
+        report(result)
+
+
+def ingest_fashion_mnist(
+    addr: str,
+    limit_train: int | None,
+    limit_test: int | None,
+    partitions: int = 16,
+    max_partition_bytes: int = 0,
+    append: bool = False,
+) -> list[IngestResult]:
+    from mlmesh.data import DataUnavailable, IdxFormatError, load_fashion_mnist
+
+    splits = {}
+    for split, limit in (("train", limit_train), ("test", limit_test)):
+        try:
+            images, labels = load_fashion_mnist(split, limit)  # type: ignore[arg-type]
+        except (DataUnavailable, IdxFormatError) as e:
+            fail(str(e))
+        splits[f"fashion-mnist-{split}"] = {"image": images, "label": labels}
+    results = []
+    with IngestClient(addr) as client, ingest_progress() as progress, rpc_errors(f"ingest at {addr}"):
+        for name, arrays in splits.items():
+            n = len(arrays["label"])
+            mpb = max_partition_bytes or partition_bytes_for(n, 28 * 28 + 8, partitions)
+            results.append(
+                ingest_arrays(client, name, arrays, max_partition_bytes=mpb, progress=progress, append=append)
+            )
+    return results
+
+
+@app.command("npz")
+def npz(
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="A .npz file; one array per feature.")
+    ],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name to create or append to.")],
+    max_partition_bytes: Annotated[
+        int, typer.Option(min=0, help="Partition size bound for a new dataset; 0 = the server's default.")
+    ] = 0,
+    append: AppendOpt = False,
+    root: RootOpt = DEFAULT_ROOT,
+    ingest_addr: IngestAddrOpt = None,
+) -> None:
+    """Ingest your own data: every array in FILE.npz is a feature with its dtype and
+    per-record shape (the first axis counts records; all arrays must agree)."""
+    arrays = load_npz(file)
+    addr = resolve(root, ingest_addr, "ingest", "--ingest-addr")
+    with IngestClient(addr) as client, ingest_progress() as progress, rpc_errors(f"ingest at {addr}"):
+        result = ingest_arrays(
+            client, dataset, arrays, max_partition_bytes=max_partition_bytes, progress=progress, append=append
+        )
+    report(result)
+
+
+def load_npz(file: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz, checked: no pickles, no scalars, one record count, supported dtypes."""
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {name: np.asarray(data[name]) for name in data.files}
+    except (OSError, ValueError) as e:
+        fail(f"{file}: not a readable .npz file: {e}")
+    if not arrays:
+        fail(f"{file}: holds no arrays")
+    try:
+        schema_of(arrays)
+        num_records(arrays)
+    except (ValueError, InvalidArgument) as e:
+        fail(f"{file}: {e}")
+    return arrays

@@ -1,0 +1,318 @@
+"""Thin synchronous clients over the mlmesh gRPC APIs and the gateway's HTTP API.
+
+Used by the `mlmesh` CLI, the supervisor and the end-to-end tests, never by a
+service (services talk through their own stubs). Each client owns one channel;
+a client is safe to share between threads (gRPC channels are), and `close()`
+(or a `with` block) releases it. Errors are the `grpc.RpcError`s of the
+underlying calls; `rpc_error_text` renders one for humans.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mlmesh import tensor
+from mlmesh.channels import sync_channel
+from mlmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from mlmesh.paramserver.v1 import paramserver_pb2
+from mlmesh.serving.v1 import serving_pb2, serving_pb2_grpc
+from mlmesh.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+APPEND_BATCH_BYTES = 1 << 20
+SERVING_SERVICE = "mlmesh.serving.v1.ServingService"
+
+
+def rpc_error_text(err: grpc.RpcError) -> str:
+    """'NOT_FOUND: dataset 'x' does not exist' from a failed call."""
+    code = err.code() if hasattr(err, "code") else None
+    details = err.details() if hasattr(err, "details") else str(err)
+    return f"{code.name if code else 'UNKNOWN'}: {details}"
+
+
+# --- health ---------------------------------------------------------------
+
+
+def check_health(addr: str, service: str = "", timeout: float = 2.0) -> str:
+    """The serving status name ('SERVING', 'NOT_SERVING', ...) or 'UNREACHABLE' / a status code name."""
+    with sync_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as e:
+            code = e.code()  # type: ignore[attr-defined]
+            return "UNREACHABLE" if code == grpc.StatusCode.UNAVAILABLE else code.name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+def wait_serving(addr: str, service: str = "", timeout: float = 30.0, interval: float = 0.2) -> None:
+    """Block until `addr` reports SERVING for `service`; TimeoutError with the last status."""
+    deadline = time.monotonic() + timeout
+    last = "UNREACHABLE"
+    while time.monotonic() < deadline:
+        last = check_health(addr, service, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+        if last == "SERVING":
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{addr} did not report SERVING for {service!r} within {timeout:.0f}s (last: {last})")
+
+
+class _Client:
+    def __init__(self, addr: str, timeout: float = 30.0) -> None:
+        self.addr = addr
+        self.timeout = timeout
+        self._channel = sync_channel(addr)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+# --- ingest ---------------------------------------------------------------
+
+
+def schema_of(arrays: Mapping[str, np.ndarray]) -> ingest_pb2.DatasetSchema:
+    """Schema whose features are the arrays (first axis = records), sorted by name."""
+    features = []
+    for name in sorted(arrays):
+        arr = np.asarray(arrays[name])
+        if arr.ndim == 0:
+            raise ValueError(f"feature {name!r} is a scalar; expected an array with one entry per record")
+        features.append(
+            ingest_pb2.FeatureSpec(name=name, dtype=tensor.dtype_code(arr.dtype), shape=list(arr.shape[1:]))
+        )
+    return ingest_pb2.DatasetSchema(features=features)
+
+
+def num_records(arrays: Mapping[str, np.ndarray]) -> int:
+    """Records in column arrays; ValueError if the columns disagree."""
+    counts = {name: len(a) for name, a in arrays.items()}
+    if not counts:
+        raise ValueError("no features given")
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"features have different record counts: {counts}")
+    return next(iter(counts.values()))
+
+
+def record_batches(
+    arrays: Mapping[str, np.ndarray], target_bytes: int = APPEND_BATCH_BYTES
+) -> Iterator[dict[str, np.ndarray]]:
+    """Consecutive column slices of about `target_bytes` each (at least one record)."""
+    n = num_records(arrays)
+    per_record = sum(np.asarray(a)[:1].nbytes for a in arrays.values()) or 1
+    step = max(1, target_bytes // per_record)
+    for start in range(0, n, step):
+        yield {name: np.asarray(a)[start : start + step] for name, a in arrays.items()}
+
+
+class IngestClient(_Client):
+    def __init__(self, addr: str, timeout: float = 30.0) -> None:
+        super().__init__(addr, timeout)
+        self.stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
+
+    def create_dataset(
+        self, name: str, schema: ingest_pb2.DatasetSchema, max_partition_bytes: int = 0
+    ) -> ingest_pb2.CreateDatasetResponse:
+        req = ingest_pb2.CreateDatasetRequest(
+            name=name, schema=schema, max_partition_bytes=max_partition_bytes
+        )
+        return self.stub.CreateDataset(req, timeout=self.timeout)
+
+    def get_dataset(self, name: str) -> ingest_pb2.Dataset | None:
+        """The dataset, or None when it does not exist."""
+        try:
+            return self.stub.GetDataset(ingest_pb2.GetDatasetRequest(name=name), timeout=self.timeout).dataset
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                return None
+            raise
+
+    def list_datasets(self) -> list[ingest_pb2.Dataset]:
+        return list(self.stub.ListDatasets(ingest_pb2.ListDatasetsRequest(), timeout=self.timeout).datasets)
+
+    def append(
+        self, dataset: str, batches: Iterable[Mapping[str, np.ndarray]], timeout: float | None = 600.0
+    ) -> ingest_pb2.AppendResponse:
+        """Stream the batches in one Append call (all-or-nothing on the server)."""
+
+        def requests() -> Iterator[ingest_pb2.AppendRequest]:
+            for batch in batches:
+                yield ingest_pb2.AppendRequest(
+                    dataset=dataset, batch=ingest_pb2.RecordBatch(features=tensor.map_to_proto(batch))
+                )
+
+        return self.stub.Append(requests(), timeout=timeout)
+
+
+# --- trainer --------------------------------------------------------------
+
+TERMINAL_JOB_STATES = frozenset(
+    {trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED}
+)
+
+
+def job_state_name(state: int) -> str:
+    """'RUNNING' for JOB_STATE_RUNNING."""
+    return trainer_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+
+
+def job_spec(
+    *,
+    model: str,
+    train_dataset: str,
+    eval_dataset: str = "",
+    epochs: int = 1,
+    batch_size: int = 64,
+    optimizer: str = "adam",
+    learning_rate: float = 1e-3,
+    model_name: str = "",
+    model_args: Mapping[str, str] | None = None,
+    seed: int = 0,
+    eval_max_records: int = 0,
+) -> trainer_pb2.JobSpec:
+    return trainer_pb2.JobSpec(
+        model=model,
+        model_args=dict(model_args or {}),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=paramserver_pb2.OptimizerSpec(
+            kind=optimizer, learning_rate=learning_rate, beta_1=0.9, beta_2=0.999, epsilon=1e-7
+        ),
+        model_name=model_name,
+        seed=seed,
+        eval_max_records=eval_max_records,
+    )
+
+
+class TrainerClient(_Client):
+    def __init__(self, addr: str, timeout: float = 30.0) -> None:
+        super().__init__(addr, timeout)
+        self.stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
+
+    def create_job(self, spec: trainer_pb2.JobSpec, job_id: str = "") -> trainer_pb2.JobStatus:
+        return self.stub.CreateJob(
+            trainer_pb2.CreateJobRequest(spec=spec, job_id=job_id), timeout=self.timeout
+        ).job
+
+    def get_job(self, job_id: str) -> trainer_pb2.JobStatus:
+        return self.stub.GetJob(trainer_pb2.GetJobRequest(job_id=job_id), timeout=self.timeout).job
+
+    def list_jobs(self) -> list[trainer_pb2.JobStatus]:
+        return list(self.stub.ListJobs(trainer_pb2.ListJobsRequest(), timeout=self.timeout).jobs)
+
+    def cancel_job(self, job_id: str) -> trainer_pb2.JobStatus:
+        return self.stub.CancelJob(trainer_pb2.CancelJobRequest(job_id=job_id), timeout=self.timeout).job
+
+
+# --- serving --------------------------------------------------------------
+
+
+def version_state_name(state: int) -> str:
+    return serving_pb2.ModelVersionState.Name(state).removeprefix("MODEL_VERSION_STATE_")
+
+
+def first_output(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The output serving's JSON `predictions` carry: first in sorted-name order."""
+    if not outputs:
+        raise ValueError("the response has no outputs")
+    return outputs[sorted(outputs)[0]]
+
+
+class ServingClient(_Client):
+    """Talks to a serving replica, or to the gateway's gRPC side (same API)."""
+
+    def __init__(self, addr: str, timeout: float = 30.0) -> None:
+        super().__init__(addr, timeout)
+        self.stub = serving_pb2_grpc.ServingServiceStub(self._channel)
+
+    def predict(
+        self,
+        model_name: str,
+        inputs: Mapping[str, np.ndarray],
+        version: int = 0,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> tuple[int, dict[str, np.ndarray]]:
+        """(version that answered, outputs by name) for tensor inputs."""
+        req = serving_pb2.PredictRequest(
+            model_name=model_name, version=version, inputs=tensor.map_to_proto(inputs)
+        )
+        resp = self.stub.Predict(req, timeout=self.timeout, metadata=metadata)
+        return resp.version, {k: np.array(v) for k, v in tensor.map_from_proto(resp.outputs).items()}
+
+    def predict_instances(
+        self, model_name: str, instances: list[Any], version: int = 0
+    ) -> tuple[int, list[Any]]:
+        """(version, predictions) for JSON-style instances sent over gRPC."""
+        lv = struct_pb2.ListValue()
+        lv.extend(instances)
+        req = serving_pb2.PredictRequest(model_name=model_name, version=version, instances=lv)
+        resp = self.stub.Predict(req, timeout=self.timeout)
+        return resp.version, json_format.MessageToDict(resp.predictions)  # type: ignore[return-value]
+
+    def model_status(self, model_name: str) -> list[serving_pb2.ModelVersionStatus]:
+        req = serving_pb2.GetModelStatusRequest(model_name=model_name)
+        return list(self.stub.GetModelStatus(req, timeout=self.timeout).versions)
+
+
+# --- gateway HTTP ---------------------------------------------------------
+
+
+class HttpError(RuntimeError):
+    """A non-2xx answer; carries the status and the body."""
+
+    def __init__(self, status: int, body: str, url: str) -> None:
+        super().__init__(f"HTTP {status} from {url}: {body[:500]}")
+        self.status = status
+        self.body = body
+
+
+def http_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    timeout: float = 30.0,
+    headers: Mapping[str, str] | None = None,
+) -> Any:
+    """Send JSON, parse the JSON answer; HttpError on a non-2xx status."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    for k, v in (headers or {}).items():
+        req.add_header(k, v)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as e:
+        raise HttpError(e.code, e.read().decode(errors="replace"), url) from None
+    return json.loads(raw) if raw else None
+
+
+def http_predict(http_addr: str, model_name: str, instances: list[Any], timeout: float = 30.0) -> Any:
+    """POST /v1/models/<name>:predict through the gateway; the parsed JSON answer."""
+    return http_json(
+        "POST", f"http://{http_addr}/v1/models/{model_name}:predict", {"instances": instances}, timeout
+    )
+
+
+def http_model_status(http_addr: str, model_name: str, timeout: float = 10.0) -> Any:
+    return http_json("GET", f"http://{http_addr}/v1/models/{model_name}", timeout=timeout)

@@ -1,0 +1,111 @@
+"""The tensor codec: NumPy <-> mlmesh.types.v1.Tensor, with validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlmesh import tensor
+from mlmesh.errors import InvalidArgument
+from mlmesh.types.v1 import tensor_pb2
+
+pytestmark = pytest.mark.unit
+
+ALL_DTYPES = ["float32", "float64", "int32", "int64", "uint8", "float16", "bool", "int8", "int16"]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_every_dtype_round_trips_exactly(dtype: str) -> None:
+    rng = np.random.default_rng(0)
+    arr = (rng.standard_normal((3, 4, 5)) * 50).astype(dtype)
+    proto = tensor.to_proto(arr)
+    assert proto.dtype == tensor.dtype_from_name(dtype)
+    assert list(proto.shape) == [3, 4, 5]
+    back = tensor.from_proto(tensor_pb2.Tensor.FromString(proto.SerializeToString()))
+    assert back.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back, arr)
+
+
+def test_all_nine_proto_dtypes_are_covered() -> None:
+    codes = {v for k, v in tensor_pb2.DType.items() if k != "DTYPE_UNSPECIFIED"}
+    assert {tensor.dtype_from_name(n) for n in ALL_DTYPES} == codes
+
+
+def test_scalar_encodes_with_empty_shape_and_one_element() -> None:
+    proto = tensor.to_proto(np.float32(2.5))
+    assert list(proto.shape) == []
+    assert len(proto.content) == 4
+    assert tensor.from_proto(proto).item() == 2.5
+
+
+def test_scalar_with_empty_shape_decodes_to_0d() -> None:
+    proto = tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_FLOAT32, shape=[], content=np.float32(2.5).tobytes())
+    back = tensor.from_proto(proto)
+    assert back.shape == ()
+    assert back.item() == 2.5
+
+
+def test_big_endian_and_non_contiguous_inputs_are_normalised() -> None:
+    arr = np.arange(12, dtype=">i4").reshape(3, 4)[:, ::2]
+    back = tensor.from_proto(tensor.to_proto(arr))
+    np.testing.assert_array_equal(back, arr)
+    assert back.dtype == np.dtype("<i4")
+
+
+def test_decoded_array_is_read_only_view() -> None:
+    back = tensor.from_proto(tensor.to_proto(np.zeros(4, np.float32)))
+    with pytest.raises(ValueError):
+        back[0] = 1.0
+
+
+def test_byte_length_mismatch_names_tensor_and_expectation() -> None:
+    bad = tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_FLOAT32, shape=[32, 64], content=b"\0" * 4096)
+    with pytest.raises(InvalidArgument) as e:
+        tensor.from_proto(bad, "w1")
+    assert e.value.message == "tensor 'w1' has 4096 bytes but float32[32,64] needs 8192"
+
+
+def test_unknown_dtype_is_invalid_argument_naming_the_tensor() -> None:
+    bad = tensor_pb2.Tensor(dtype=99, shape=[1], content=b"\0")
+    with pytest.raises(InvalidArgument, match=r"tensor 'x' has unknown dtype 99"):
+        tensor.from_proto(bad, "x")
+
+
+def test_unspecified_dtype_is_rejected() -> None:
+    with pytest.raises(InvalidArgument, match="unknown dtype 0"):
+        tensor.from_proto(tensor_pb2.Tensor(shape=[0]), "empty")
+
+
+def test_negative_dimension_is_rejected() -> None:
+    bad = tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_UINT8, shape=[2, -1], content=b"")
+    with pytest.raises(InvalidArgument, match=r"tensor 'neg' has a negative dimension in shape \[2, -1\]"):
+        tensor.from_proto(bad, "neg")
+
+
+def test_too_many_dimensions_is_rejected() -> None:
+    bad = tensor_pb2.Tensor(dtype=tensor_pb2.DTYPE_UINT8, shape=[1] * 33, content=b"\0")
+    with pytest.raises(InvalidArgument, match="33 dimensions; at most 32"):
+        tensor.from_proto(bad, "deep")
+
+
+def test_unsupported_numpy_dtype_is_rejected_when_encoding() -> None:
+    with pytest.raises(InvalidArgument, match="dtype complex64 is not supported"):
+        tensor.to_proto(np.zeros(2, np.complex64))
+
+
+def test_unknown_dtype_name_lists_the_known_ones() -> None:
+    with pytest.raises(InvalidArgument, match=r"unknown dtype 'float8'; expected one of \["):
+        tensor.dtype_from_name("float8")
+
+
+def test_map_round_trip_names_the_bad_entry() -> None:
+    protos = tensor.map_to_proto({"a": np.ones((2, 2), np.float32), "b": np.arange(3)})
+    back = tensor.map_from_proto(protos)
+    np.testing.assert_array_equal(back["b"], np.arange(3))
+    protos["b"].content = protos["b"].content[:-1]
+    with pytest.raises(InvalidArgument, match="tensor 'b' has 23 bytes but int64\\[3\\] needs 24"):
+        tensor.map_from_proto(protos)
+
+
+def test_describe_formats_dtype_and_shape() -> None:
+    assert tensor.describe(tensor_pb2.DTYPE_INT64, [2, 3]) == "int64[2,3]"
+    assert tensor.describe(tensor_pb2.DTYPE_FLOAT32, []) == "float32[]"

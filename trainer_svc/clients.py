@@ -1,0 +1,356 @@
+"""gRPC implementations of the core's ports (ingest, parameter-server shards,
+coordinator), with bounded retries of UNAVAILABLE and domain errors for the rest.
+
+Each client owns its channels; `close()` them when done. Safe to use from
+one event loop (grpc.aio).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from mlmesh import tensor
+from mlmesh.channels import aio_channel
+from mlmesh.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MlmeshError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from mlmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from mlmesh.logging import get_logger
+from mlmesh.paramserver.v1 import paramserver_pb2, paramserver_pb2_grpc
+from mlmesh.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+
+from trainer_svc import convert
+from trainer_svc.core.types import (
+    DatasetInfo,
+    FeatureInfo,
+    OptimizerConfig,
+    PartitionInfo,
+    PullResult,
+    QueueInfo,
+    TaskInfo,
+    VariableSpec,
+)
+from trainer_svc.core.worker import Assignment
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+_ERRORS: dict[grpc.StatusCode, type[MlmeshError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+}
+
+
+def domain_error(e: grpc.aio.AioRpcError, what: str) -> MlmeshError:
+    cls = _ERRORS.get(e.code(), MlmeshError)
+    return cls(f"{what}: {e.code().name}: {e.details()}")
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """Per-call deadline, and how long UNAVAILABLE is retried (exponential backoff with jitter)."""
+
+    timeout: float = 30.0
+    stream_timeout: float = 300.0
+    retry_seconds: float = 60.0
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    max_message_bytes: int = 64 * 1024 * 1024
+
+    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run `fn` (one RPC), retrying UNAVAILABLE until `retry_seconds` have passed."""
+        started = time.monotonic()
+        delay = self.initial_backoff
+        while True:
+            try:
+                return await fn()
+            except grpc.aio.AioRpcError as e:
+                retry = e.code() == grpc.StatusCode.UNAVAILABLE
+                if not retry or time.monotonic() - started + delay > self.retry_seconds:
+                    raise domain_error(e, what) from None
+                log.debug("retrying", what=what, code=e.code().name, delay=round(delay, 3))
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.max_backoff)
+
+
+class IngestClient:
+    def __init__(self, addr: str, policy: CallPolicy) -> None:
+        self.addr = addr
+        self.policy = policy
+        self.channel = aio_channel(addr, policy.max_message_bytes)
+        self.stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def get_dataset(self, name: str) -> DatasetInfo:
+        resp = await self.policy.call(
+            f"ingest GetDataset({name!r})",
+            lambda: self.stub.GetDataset(
+                ingest_pb2.GetDatasetRequest(name=name), timeout=self.policy.timeout
+            ),
+        )
+        d = resp.dataset
+        features = {
+            f.name: FeatureInfo(
+                tensor.numpy_dtype(f.dtype, f"feature {f.name!r}").name, tuple(int(x) for x in f.shape)
+            )
+            for f in d.schema.features
+        }
+        return DatasetInfo(d.name, features, d.num_records, d.num_partitions)
+
+    async def list_partitions(self, dataset: str) -> list[PartitionInfo]:
+        resp = await self.policy.call(
+            f"ingest ListPartitions({dataset!r})",
+            lambda: self.stub.ListPartitions(
+                ingest_pb2.ListPartitionsRequest(dataset=dataset), timeout=self.policy.timeout
+            ),
+        )
+        return [PartitionInfo(p.dataset, p.partition_id, p.num_records) for p in resp.partitions]
+
+    async def read_partition(self, dataset: str, partition_id: int) -> dict[str, np.ndarray]:
+        async def read() -> dict[str, np.ndarray]:
+            parts: dict[str, list[np.ndarray]] = {}
+            call = self.stub.ReadPartition(
+                ingest_pb2.ReadPartitionRequest(dataset=dataset, partition_id=partition_id),
+                timeout=self.policy.stream_timeout,
+            )
+            async for resp in call:
+                for name, t in resp.batch.features.items():
+                    parts.setdefault(name, []).append(tensor.from_proto(t, name))
+            return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+        return await self.policy.call(f"ingest ReadPartition({dataset!r}, {partition_id})", read)
+
+    async def enqueue_epoch(self, job_id: str, dataset: str, epoch: int, seed: int) -> QueueInfo:
+        req = ingest_pb2.EnqueueEpochRequest(
+            job_id=job_id, dataset=dataset, epoch=epoch, shuffle=True, seed=seed
+        )
+        resp = await self.policy.call(
+            f"ingest EnqueueEpoch({job_id!r}, epoch {epoch})",
+            lambda: self.stub.EnqueueEpoch(req, timeout=self.policy.timeout),
+        )
+        return _queue(resp.status)
+
+    async def queue_status(self, job_id: str) -> QueueInfo:
+        resp = await self.policy.call(
+            f"ingest GetQueueStatus({job_id!r})",
+            lambda: self.stub.GetQueueStatus(
+                ingest_pb2.GetQueueStatusRequest(job_id=job_id), timeout=self.policy.timeout
+            ),
+        )
+        return _queue(resp.status)
+
+    async def lease_task(
+        self, job_id: str, worker_id: str, lease_seconds: float
+    ) -> tuple[TaskInfo | None, QueueInfo]:
+        req = ingest_pb2.LeaseTaskRequest(job_id=job_id, worker_id=worker_id, lease_seconds=lease_seconds)
+        resp = await self.policy.call(
+            f"ingest LeaseTask({job_id!r})", lambda: self.stub.LeaseTask(req, timeout=self.policy.timeout)
+        )
+        task = None
+        if resp.HasField("task"):
+            t = resp.task
+            task = TaskInfo(
+                t.task_id,
+                t.job_id,
+                t.dataset,
+                t.partition_id,
+                t.epoch,
+                t.num_records,
+                t.lease_id,
+                t.lease_deadline_unix,
+                t.attempt,
+            )
+        return task, _queue(resp.status)
+
+    async def extend_lease(self, lease_id: str, lease_seconds: float) -> float:
+        req = ingest_pb2.ExtendLeaseRequest(lease_id=lease_id, lease_seconds=lease_seconds)
+        resp = await self.policy.call(
+            "ingest ExtendLease", lambda: self.stub.ExtendLease(req, timeout=self.policy.timeout)
+        )
+        return resp.lease_deadline_unix
+
+    async def complete_task(self, lease_id: str) -> QueueInfo:
+        req = ingest_pb2.CompleteTaskRequest(lease_id=lease_id)
+        resp = await self.policy.call(
+            "ingest CompleteTask", lambda: self.stub.CompleteTask(req, timeout=self.policy.timeout)
+        )
+        return _queue(resp.status)
+
+
+def _queue(s: ingest_pb2.QueueStatus) -> QueueInfo:
+    return QueueInfo(s.pending, s.leased, s.completed, s.total, s.done)
+
+
+class ParamClient:
+    """All shards of the parameter server, by shard index."""
+
+    def __init__(self, addrs: Sequence[str], policy: CallPolicy) -> None:
+        if not addrs:
+            raise ValueError("at least one parameter-server address is needed")
+        self.addrs = list(addrs)
+        self.policy = policy
+        self.channels = [aio_channel(a, policy.max_message_bytes) for a in self.addrs]
+        self.stubs = [paramserver_pb2_grpc.ParameterServerServiceStub(c) for c in self.channels]
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.stubs)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.channels))
+
+    async def register(
+        self, shard: int, job_id: str, variables: Sequence[VariableSpec], optimizer: OptimizerConfig
+    ) -> None:
+        req = paramserver_pb2.RegisterVariablesRequest(
+            job_id=job_id,
+            optimizer=convert.optimizer_to_proto(optimizer),
+            variables=[
+                paramserver_pb2.VariableSpec(
+                    name=v.name,
+                    dtype=tensor.dtype_code(v.dtype),
+                    shape=list(v.shape),
+                    row_sharded=v.row_sharded,
+                    initializer=paramserver_pb2.Initializer(kind="value", value=tensor.to_proto(v.value)),
+                )
+                for v in variables
+            ],
+        )
+        await self.policy.call(
+            f"shard {shard} RegisterVariables({job_id!r})",
+            lambda: self.stubs[shard].RegisterVariables(req, timeout=self.policy.timeout),
+        )
+
+    async def pull(
+        self, shard: int, job_id: str, dense: Sequence[str], rows: Mapping[str, np.ndarray]
+    ) -> PullResult:
+        req = paramserver_pb2.PullRequest(
+            job_id=job_id,
+            dense=list(dense),
+            rows=[paramserver_pb2.RowSlice(name=n, rows=r.tolist()) for n, r in rows.items()],
+        )
+        resp = await self.policy.call(
+            f"shard {shard} Pull({job_id!r})",
+            lambda: self.stubs[shard].Pull(req, timeout=self.policy.timeout),
+        )
+        return PullResult(
+            dense=tensor.map_from_proto(resp.dense),
+            rows={
+                rs.name: (np.asarray(rs.rows, dtype=np.int64), tensor.from_proto(rs.values, rs.name))
+                for rs in resp.rows
+            },
+        )
+
+    async def push(
+        self,
+        shard: int,
+        job_id: str,
+        worker_id: str,
+        step: int,
+        dense_grads: Mapping[str, np.ndarray],
+        row_grads: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    ) -> bool:
+        req = paramserver_pb2.PushRequest(
+            job_id=job_id,
+            worker_id=worker_id,
+            step=step,
+            dense_grads=tensor.map_to_proto(dense_grads),
+            row_grads=[
+                paramserver_pb2.RowSlice(name=n, rows=r.tolist(), values=tensor.to_proto(v))
+                for n, (r, v) in row_grads.items()
+            ],
+        )
+        # Retrying is safe: a shard applies each (job, worker, step) once.
+        resp = await self.policy.call(
+            f"shard {shard} Push({job_id!r}, step {step})",
+            lambda: self.stubs[shard].Push(req, timeout=self.policy.timeout),
+        )
+        return resp.applied
+
+    async def save_checkpoint(self, shard: int, job_id: str) -> None:
+        req = paramserver_pb2.SaveCheckpointRequest(job_id=job_id)
+        await self.policy.call(
+            f"shard {shard} SaveCheckpoint({job_id!r})",
+            lambda: self.stubs[shard].SaveCheckpoint(req, timeout=self.policy.timeout),
+        )
+
+
+class CoordinatorClient:
+    """The worker's view of the coordinator. Calls are tried once: the worker
+    keeps training through a coordinator outage and tries again later."""
+
+    def __init__(self, addr: str, policy: CallPolicy) -> None:
+        self.policy = dataclasses.replace(policy, retry_seconds=0.0)
+        self.channel = aio_channel(addr, policy.max_message_bytes)
+        self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def acquire_work(self, worker_id: str, device: str) -> Assignment | None:
+        req = trainer_pb2.AcquireWorkRequest(worker_id=worker_id, device=device)
+        resp = await self.policy.call(
+            "coordinator AcquireWork", lambda: self.stub.AcquireWork(req, timeout=self.policy.timeout)
+        )
+        if not resp.has_work:
+            return None
+        return Assignment(
+            resp.job_id, convert.spec_from_proto(resp.spec), resp.ingest_addr, tuple(resp.ps_addrs)
+        )
+
+    async def report_progress(
+        self, job_id: str, worker_id: str, steps: int, examples: int, loss_sum: float
+    ) -> str:
+        req = trainer_pb2.ReportProgressRequest(
+            job_id=job_id, worker_id=worker_id, steps=steps, examples=examples, loss_sum=loss_sum
+        )
+        resp = await self.policy.call(
+            "coordinator ReportProgress", lambda: self.stub.ReportProgress(req, timeout=self.policy.timeout)
+        )
+        return convert.state_from_proto(resp.state)
+
+
+class Connector:
+    """Clients for the ingest and shard addresses a job names, reused while they stay the same."""
+
+    def __init__(self, policy: CallPolicy) -> None:
+        self.policy = policy
+        self._key: tuple[str, tuple[str, ...]] | None = None
+        self._clients: tuple[IngestClient, ParamClient] | None = None
+        self._stale: list[IngestClient | ParamClient] = []
+
+    def connect(self, ingest_addr: str, ps_addrs: Sequence[str]) -> tuple[IngestClient, ParamClient]:
+        key = (ingest_addr, tuple(ps_addrs))
+        if self._clients is None or self._key != key:
+            if self._clients is not None:
+                self._stale.extend(self._clients)
+            self._clients = (IngestClient(ingest_addr, self.policy), ParamClient(ps_addrs, self.policy))
+            self._key = key
+        return self._clients
+
+    async def close(self) -> None:
+        clients = [*self._stale, *(self._clients or ())]
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)

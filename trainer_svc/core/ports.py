@@ -1,0 +1,74 @@
+"""What the core needs from the other services, as protocols.
+
+The gRPC implementations live in `trainer_svc.clients`. They retry
+UNAVAILABLE with backoff (within a bound) and raise `mlmesh.errors` domain
+errors (NotFound, FailedPrecondition, Unavailable, ...) for the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from trainer_svc.core.types import (
+    DatasetInfo,
+    OptimizerConfig,
+    PartitionInfo,
+    PullResult,
+    QueueInfo,
+    TaskInfo,
+    VariableSpec,
+)
+
+
+class IngestPort(Protocol):
+    async def get_dataset(self, name: str) -> DatasetInfo: ...
+
+    async def list_partitions(self, dataset: str) -> list[PartitionInfo]: ...
+
+    async def read_partition(self, dataset: str, partition_id: int) -> dict[str, np.ndarray]:
+        """All records of one partition, column by column."""
+        ...
+
+    async def enqueue_epoch(self, job_id: str, dataset: str, epoch: int, seed: int) -> QueueInfo: ...
+
+    async def queue_status(self, job_id: str) -> QueueInfo: ...
+
+    async def lease_task(
+        self, job_id: str, worker_id: str, lease_seconds: float
+    ) -> tuple[TaskInfo | None, QueueInfo]: ...
+
+    async def extend_lease(self, lease_id: str, lease_seconds: float) -> float: ...
+
+    async def complete_task(self, lease_id: str) -> QueueInfo: ...
+
+
+class ParamPort(Protocol):
+    """The shards of one job's parameter server, addressed by shard index."""
+
+    @property
+    def num_shards(self) -> int: ...
+
+    async def register(
+        self, shard: int, job_id: str, variables: Sequence[VariableSpec], optimizer: OptimizerConfig
+    ) -> None: ...
+
+    async def pull(
+        self, shard: int, job_id: str, dense: Sequence[str], rows: Mapping[str, np.ndarray]
+    ) -> PullResult: ...
+
+    async def push(
+        self,
+        shard: int,
+        job_id: str,
+        worker_id: str,
+        step: int,
+        dense_grads: Mapping[str, np.ndarray],
+        row_grads: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    ) -> bool:
+        """Returns whether the shard applied it (False: a duplicate step)."""
+        ...
+
+    async def save_checkpoint(self, shard: int, job_id: str) -> None: ...

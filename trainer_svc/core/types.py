@@ -1,0 +1,90 @@
+"""Domain values exchanged between the core and the service ports.
+
+Plain dataclasses of Python and NumPy values: the servicer and the gRPC
+clients convert them to and from protos, the core never sees a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One dataset column: NumPy dtype name and per-record shape."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    features: dict[str, FeatureInfo]
+    num_records: int
+    num_partitions: int
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    dataset: str
+    partition_id: int
+    num_records: int
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    pending: int = 0
+    leased: int = 0
+    completed: int = 0
+    total: int = 0
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    task_id: str
+    job_id: str
+    dataset: str
+    partition_id: int
+    epoch: int
+    num_records: int
+    lease_id: str
+    lease_deadline_unix: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The shards' update rule; `kind` is "sgd", "adam" or "adagrad"."""
+
+    kind: str = "adam"
+    learning_rate: float = 1e-3
+    beta_1: float = 0.0
+    beta_2: float = 0.0
+    epsilon: float = 0.0
+
+
+@dataclass
+class VariableSpec:
+    """A variable as registered on one shard.
+
+    `shape` is the global shape; `value` is the initial value this shard
+    holds (the whole array for a dense variable, the shard's rows for a
+    row-sharded one).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    row_sharded: bool
+    value: np.ndarray
+
+
+@dataclass
+class PullResult:
+    dense: dict[str, np.ndarray] = field(default_factory=dict)
+    # name -> (global row ids, values [len(rows), *shape[1:]])
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)

@@ -1,0 +1,412 @@
+"""The training worker's loop.
+
+    AcquireWork → (build the model once per job) → LeaseTask → load the
+    partition (local cache, else ingest) → shuffled batches → per batch:
+    pull parameters, compute gradients, push them → CompleteTask → ...
+
+The pull for batch i+1 runs while batch i computes, and the push of batch i
+while batch i+1 computes (`prefetch`): under asynchronous updates this adds
+at most two steps of staleness and takes the network off the critical path.
+Pushes stay in step order, one at a time, because a shard ignores a step not
+above the last one it applied from this worker.
+
+Runs on one asyncio event loop; TensorFlow compute runs in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from mlmesh import keys
+from mlmesh.errors import FailedPrecondition, InvalidArgument, MlmeshError, NotFound, Unavailable
+from mlmesh.logging import get_logger
+
+from trainer_svc.core import batching, metrics, placement
+from trainer_svc.core.cache import PartitionCache
+from trainer_svc.core.ports import IngestPort, ParamPort
+from trainer_svc.core.spec import JobSpec
+from trainer_svc.core.types import FeatureInfo, PullResult, TaskInfo
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What AcquireWork hands a worker."""
+
+    job_id: str
+    spec: JobSpec
+    ingest_addr: str
+    ps_addrs: tuple[str, ...]
+
+
+class CoordinatorPort(Protocol):
+    async def acquire_work(self, worker_id: str, device: str) -> Assignment | None: ...
+
+    async def report_progress(
+        self, job_id: str, worker_id: str, steps: int, examples: int, loss_sum: float
+    ) -> str:
+        """Returns the job's state name ("RUNNING", "CANCELLED", ...)."""
+        ...
+
+
+class Connector(Protocol):
+    def connect(self, ingest_addr: str, ps_addrs: Sequence[str]) -> tuple[IngestPort, ParamPort]: ...
+
+
+class Runner(Protocol):
+    """The TensorFlow side (trainer_svc.core.step.StepRunner)."""
+
+    features: list[str]
+    label: str
+    dense_names: list[str]
+    sparse_names: list[str]
+
+    def inputs(self, batch: Mapping[str, np.ndarray]) -> Any: ...
+
+    def rows_needed(self, x: Any) -> dict[str, np.ndarray]: ...
+
+    def compute(
+        self,
+        dense: Mapping[str, np.ndarray],
+        rows: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        x: Any,
+        y: np.ndarray,
+    ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    worker_id: str
+    device: str = "CPU:0"
+    poll_seconds: float = 1.0
+    lease_seconds: float = 60.0
+    report_every_seconds: float = 2.0
+    prefetch: bool = True
+
+
+class JobStopped(Exception):
+    """The coordinator says the job is no longer RUNNING."""
+
+
+@dataclass
+class _Progress:
+    steps: int = 0
+    examples: int = 0
+    loss_sum: float = 0.0
+    last_report: float = field(default_factory=time.monotonic)
+
+
+class TrainingWorker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        coordinator: CoordinatorPort,
+        connector: Connector,
+        cache: PartitionCache,
+        make_runner: Callable[[JobSpec, dict[str, FeatureInfo]], Awaitable[Runner]],
+    ) -> None:
+        self.config = config
+        self.coordinator = coordinator
+        self.connector = connector
+        self.cache = cache
+        self.make_runner = make_runner
+        self._runner: tuple[str, Runner] | None = None
+        self._finished_job = ""  # whose queue this worker saw done
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Train whatever the coordinator hands out until `stop` is set."""
+        log.info("worker started", worker_id=self.config.worker_id, device=self.config.device)
+        while not stop.is_set():
+            try:
+                assignment = await self.coordinator.acquire_work(self.config.worker_id, self.config.device)
+            except MlmeshError as e:
+                log.warning("acquire work failed", error=e.message)
+                assignment = None
+            if assignment is None or assignment.job_id == self._finished_job:
+                # A finished job stays RUNNING until the coordinator notices (it then evaluates).
+                await _sleep_or_stop(stop, self.config.poll_seconds)
+                continue
+            try:
+                await self.train_job(assignment, stop)
+                self._finished_job = assignment.job_id
+            except JobStopped as e:
+                log.info("job stopped", job_id=assignment.job_id, state=str(e))
+            except MlmeshError as e:
+                log.warning("job interrupted", job_id=assignment.job_id, error=e.message)
+                await _sleep_or_stop(stop, self.config.poll_seconds)
+            except Exception:
+                log.exception("job interrupted", job_id=assignment.job_id)
+                await _sleep_or_stop(stop, self.config.poll_seconds)
+
+    async def train_job(self, a: Assignment, stop: asyncio.Event) -> None:
+        """Lease and train tasks of job `a` until its queue is done (or `stop`)."""
+        ingest, params = self.connector.connect(a.ingest_addr, a.ps_addrs)
+        if self._runner is None or self._runner[0] != a.job_id:
+            self._runner = None  # free the previous job's model first
+            schema = (await ingest.get_dataset(a.spec.train_dataset)).features
+            self._runner = (a.job_id, await self.make_runner(a.spec, schema))
+            log.info("model built", job_id=a.job_id, model=a.spec.model)
+        job = _JobRun(self, a, ingest, params, self._runner[1])
+        try:
+            while not stop.is_set():
+                task, queue = await ingest.lease_task(
+                    a.job_id, self.config.worker_id, self.config.lease_seconds
+                )
+                if task is None:
+                    if queue.done:
+                        log.info("job queue done", job_id=a.job_id)
+                        return
+                    await job.maybe_report()
+                    await _sleep_or_stop(stop, self.config.poll_seconds)
+                    continue
+                await job.run_task(task, stop)
+        finally:
+            with contextlib.suppress(MlmeshError, JobStopped):
+                await job.report()
+
+
+class _JobRun:
+    """One job's training state inside a worker: step counter, pending progress."""
+
+    def __init__(
+        self, worker: TrainingWorker, a: Assignment, ingest: IngestPort, params: ParamPort, runner: Runner
+    ) -> None:
+        self.w = worker
+        self.cfg = worker.config
+        self.a = a
+        self.ingest = ingest
+        self.params = params
+        self.runner = runner
+        self.n = params.num_shards
+        self.dense_by_shard = placement.dense_by_shard(runner.dense_names, self.n)
+        # Steps must rise across restarts of a worker that keeps its id, since
+        # shards drop pushes whose step is not above the last one applied:
+        # start from the wall clock in milliseconds (one step takes longer).
+        self.step = int(time.time() * 1000)
+        self.progress = _Progress()
+
+    # ----- progress --------------------------------------------------------------------------
+
+    async def maybe_report(self) -> None:
+        if time.monotonic() - self.progress.last_report >= self.cfg.report_every_seconds:
+            await self.report()
+
+    async def report(self) -> None:
+        """Send the deltas; raise JobStopped unless the job is still RUNNING.
+
+        A coordinator that cannot be reached keeps the deltas for the next report.
+        """
+        p = self.progress
+        steps, examples, loss_sum = p.steps, p.examples, p.loss_sum
+        try:
+            state = await self.w.coordinator.report_progress(
+                self.a.job_id, self.cfg.worker_id, steps, examples, loss_sum
+            )
+        except Unavailable as e:
+            log.warning("progress report failed; kept for the next one", error=e.message)
+            p.last_report = time.monotonic()
+            return
+        p.steps -= steps
+        p.examples -= examples
+        p.loss_sum -= loss_sum
+        p.last_report = time.monotonic()
+        if state != "RUNNING":
+            raise JobStopped(state)
+
+    # ----- one task ----------------------------------------------------------------------------
+
+    async def load_partition(self, task: TaskInfo) -> dict[str, np.ndarray]:
+        columns = self.w.cache.get(task.dataset, task.partition_id, task.num_records)
+        if columns is not None:
+            metrics.PARTITION_READS.labels("cache").inc()
+            return columns
+        columns = await self.ingest.read_partition(task.dataset, task.partition_id)
+        metrics.PARTITION_READS.labels("ingest").inc()
+        await asyncio.to_thread(self.w.cache.put, task.dataset, task.partition_id, columns)
+        return columns
+
+    async def run_task(self, task: TaskInfo, stop: asyncio.Event) -> None:
+        """Train one partition and complete its task; a lost lease abandons it."""
+        spec = self.a.spec
+        columns = await self.load_partition(task) if task.num_records > 0 else {}
+        needed = [*self.runner.features, self.runner.label]
+        missing = [c for c in needed if c not in columns]
+        if missing and task.num_records > 0:
+            raise InvalidArgument(
+                f"partition {task.partition_id} of {task.dataset!r} lacks features {missing}"
+            )
+        rng = np.random.default_rng(
+            batching.batch_seed(spec.seed, task.epoch, task.partition_id, task.attempt)
+        )
+        batches = (
+            list(batching.shuffled_batches({c: columns[c] for c in needed}, spec.batch_size, rng))
+            if task.num_records > 0
+            else []
+        )
+        renew_at = self._renew_at(task.lease_deadline_unix)
+        failed = 0
+        log.debug("task leased", partition=task.partition_id, epoch=task.epoch, batches=len(batches))
+
+        def prepare(i: int) -> tuple[Any, np.ndarray, dict[str, np.ndarray]]:
+            x = self.runner.inputs(batches[i])
+            return x, batches[i][self.runner.label], self.runner.rows_needed(x)
+
+        prepared = prepare(0) if batches else None
+        pull_next: asyncio.Future[PullResult] | None = None
+        push_prev: asyncio.Future[None] | None = None
+        try:
+            for i in range(len(batches)):
+                if stop.is_set():
+                    return
+                if time.monotonic() > renew_at:
+                    try:
+                        deadline = await self.ingest.extend_lease(task.lease_id, self.cfg.lease_seconds)
+                        renew_at = self._renew_at(deadline)
+                    except (FailedPrecondition, NotFound) as e:
+                        metrics.TASKS.labels("lease_lost").inc()
+                        log.warning(
+                            "lease lost; task abandoned", partition=task.partition_id, error=e.message
+                        )
+                        return
+                assert prepared is not None
+                x, y, rows = prepared
+                t0 = time.perf_counter()
+                if pull_next is None:
+                    pull_next = asyncio.ensure_future(self.pull(rows))
+                pulled = await pull_next
+                t1 = time.perf_counter()
+                prepared = prepare(i + 1) if i + 1 < len(batches) else None
+                pull_next = None
+                if self.cfg.prefetch and prepared is not None:
+                    pull_next = asyncio.ensure_future(self.pull(prepared[2]))
+                try:
+                    result = await asyncio.to_thread(self.runner.compute, pulled.dense, pulled.rows, x, y)
+                except Exception as e:  # bad records (say, ids outside a table): drop the batch, loudly
+                    failed += 1
+                    metrics.SKIPPED_BATCHES.labels("compute_error").inc()
+                    log.error(
+                        "batch failed; skipped", partition=task.partition_id, error=f"{type(e).__name__}: {e}"
+                    )
+                    continue
+                t2 = time.perf_counter()
+                if push_prev is not None:
+                    await push_prev
+                    push_prev = None
+                if np.isfinite(result.loss):
+                    self.step += 1
+                    push_prev = asyncio.ensure_future(self.push(self.step, result))
+                    if not self.cfg.prefetch:
+                        await push_prev
+                        push_prev = None
+                    self.record(len(y), result.loss)
+                else:
+                    metrics.SKIPPED_BATCHES.labels("nonfinite_loss").inc()
+                    log.warning(
+                        "non-finite loss; batch skipped", loss=result.loss, partition=task.partition_id
+                    )
+                t3 = time.perf_counter()
+                metrics.STEP_PHASE.labels("pull").observe(t1 - t0)
+                metrics.STEP_PHASE.labels("compute").observe(t2 - t1)
+                metrics.STEP_PHASE.labels("push").observe(t3 - t2)
+                await self.maybe_report()
+            if push_prev is not None:
+                await push_prev
+                push_prev = None
+            if batches and failed == len(batches):
+                # Nothing trained: a systematic fault (model vs data), not bad records. Leave
+                # the task to expire rather than report it done.
+                raise InvalidArgument(
+                    f"every batch of partition {task.partition_id} of {task.dataset!r} failed to compute"
+                )
+        finally:
+            for fut in (pull_next, push_prev):
+                if fut is not None and not fut.done():
+                    fut.cancel()
+                    with contextlib.suppress(BaseException):
+                        await fut
+        try:
+            await self.ingest.complete_task(task.lease_id)
+            metrics.TASKS.labels("completed").inc()
+        except (FailedPrecondition, NotFound) as e:
+            # The lease expired and the task went back to the queue: another
+            # worker will train it; our pushes were still useful updates.
+            metrics.TASKS.labels("lease_lost").inc()
+            log.warning(
+                "task completion refused (lease expired)", partition=task.partition_id, error=e.message
+            )
+
+    def _renew_at(self, deadline_unix: float) -> float:
+        """Local monotonic time to extend a lease: half-way to its deadline, measured from
+        now so that clock skew between hosts does not matter."""
+        remaining = min(self.cfg.lease_seconds, max(0.0, deadline_unix - time.time()))
+        return time.monotonic() + remaining / 2
+
+    def record(self, examples: int, loss: float) -> None:
+        self.progress.steps += 1
+        self.progress.examples += examples
+        self.progress.loss_sum += loss
+        metrics.STEPS.inc()
+        metrics.EXAMPLES.inc(examples)
+        metrics.LOSS.set(loss)
+
+    # ----- parameter server ------------------------------------------------------------------
+
+    async def pull(self, rows: Mapping[str, np.ndarray]) -> PullResult:
+        """Dense variables from their shards and the given rows of sparse ones, all shards at once."""
+        split = {name: keys.split_rows(r, self.n) for name, r in rows.items()}
+
+        async def one(shard: int) -> PullResult | None:
+            dense = self.dense_by_shard[shard]
+            shard_rows = {name: parts[shard][1] for name, parts in split.items() if len(parts[shard][1])}
+            if not dense and not shard_rows:
+                return None
+            return await self.params.pull(shard, self.a.job_id, dense, shard_rows)
+
+        results = await asyncio.gather(*(one(s) for s in range(self.n)))
+        out = PullResult()
+        for result in results:
+            if result is not None:
+                out.dense.update(result.dense)
+        for name, r in rows.items():
+            values: np.ndarray | None = None
+            for shard, (pos, _) in enumerate(split[name]):
+                result = results[shard]
+                if not len(pos) or result is None:
+                    continue
+                _, got = result.rows[name]
+                if values is None:
+                    values = np.empty((len(r), *got.shape[1:]), dtype=got.dtype)
+                values[pos] = got
+            out.rows[name] = (r, values if values is not None else np.zeros((0,), dtype=np.float32))
+        return out
+
+    async def push(self, step: int, result: Any) -> None:
+        """Gradients to their owning shards, all with this step number."""
+        split = {name: keys.split_rows(r, self.n) for name, (r, _) in result.row_grads.items()}
+
+        async def one(shard: int) -> None:
+            dense = {name: result.dense_grads[name] for name in self.dense_by_shard[shard]}
+            rows = {}
+            for name, parts in split.items():
+                pos, global_rows = parts[shard]
+                if len(pos):
+                    rows[name] = (global_rows, result.row_grads[name][1][pos])
+            if not dense and not rows:
+                return
+            applied = await self.params.push(shard, self.a.job_id, self.cfg.worker_id, step, dense, rows)
+            if not applied:
+                metrics.PUSHES_IGNORED.inc()
+
+        await asyncio.gather(*(one(s) for s in range(self.n)))
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

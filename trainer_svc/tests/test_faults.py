@@ -1,0 +1,73 @@
+"""Faults during a job: a worker killed mid-task, the coordinator killed and
+restarted. The job still completes every task and succeeds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from mlmesh.trainer.v1 import trainer_pb2
+
+from trainer_svc.tests.cluster import Cluster, fashion_spec, metric, wait_job
+
+pytestmark = pytest.mark.faults
+
+RUNNING_OR_LATER = {trainer_pb2.JOB_STATE_RUNNING, *range(3, 8)}
+
+
+def wait_steps(c: Cluster, job_id: str, steps: int) -> trainer_pb2.JobStatus:
+    """Wait until the job has trained `steps` steps (or left RUNNING); bounded at 60 s."""
+    trainer = c.trainer()
+    for _ in range(600):
+        job = wait_job(trainer, job_id, RUNNING_OR_LATER)
+        if job.steps >= steps or job.state != trainer_pb2.JOB_STATE_RUNNING:
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} did not reach {steps} steps")
+
+
+def test_worker_killed_mid_task_is_replaced_and_the_job_completes(cluster: Cluster) -> None:
+    trainer = cluster.trainer()
+    trainer.CreateJob(
+        trainer_pb2.CreateJobRequest(
+            spec=fashion_spec(epochs=5, model_name="fashion-fault-w", batch_size=32), job_id="fault-w"
+        ),
+        timeout=120,
+    )
+    job = wait_steps(cluster, "fault-w", 40)
+    assert job.state == trainer_pb2.JOB_STATE_RUNNING
+    cluster.workers["w1"].kill()  # SIGKILL: its lease is abandoned, not completed
+    # The same identity comes back: its pushes must still be applied (steps keep rising).
+    replacement = cluster.start_worker("w1")
+    job = wait_job(trainer, "fault-w", timeout=150)
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.tasks_completed == job.tasks_total == 50
+    assert job.eval_metrics["accuracy"] > 0.5
+    # The replacement trained, and the shards applied its pushes although its
+    # id's earlier incarnation had pushed higher step counts than it started from.
+    assert metric(replacement, 'mlmesh_trainer_worker_tasks_total{outcome="completed"}') > 0
+    assert metric(replacement, "mlmesh_trainer_worker_pushes_ignored_total") == 0
+
+
+def test_coordinator_restart_resumes_the_running_job(cluster: Cluster) -> None:
+    trainer = cluster.trainer()
+    trainer.CreateJob(
+        trainer_pb2.CreateJobRequest(
+            spec=fashion_spec(epochs=2, model_name="fashion-fault-c", batch_size=32), job_id="fault-c"
+        ),
+        timeout=120,
+    )
+    before = wait_steps(cluster, "fault-c", 20)
+    assert before.state == trainer_pb2.JOB_STATE_RUNNING
+    assert cluster.coordinator is not None
+    port = cluster.coordinator.info["port"]
+    cluster.coordinator.kill()
+    cluster.start_coordinator(port=port)  # same address: the workers keep it
+    trainer = cluster.trainer()
+    again = trainer.GetJob(trainer_pb2.GetJobRequest(job_id="fault-c"), timeout=10).job
+    assert again.state == trainer_pb2.JOB_STATE_RUNNING and again.created_unix == before.created_unix
+    job = wait_job(trainer, "fault-c", timeout=150)
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.tasks_completed == job.tasks_total == 20
+    assert job.started_unix == before.started_unix
+    assert job.eval_metrics["accuracy"] > 0.5

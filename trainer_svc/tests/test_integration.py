@@ -1,0 +1,148 @@
+"""The trainer against real ingest and parameter-server processes: jobs are
+validated against real datasets, train with two workers, are evaluated and
+exported as SavedModels that load and predict."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+import pytest
+from mlmesh import keys
+from mlmesh.ingest.v1 import ingest_pb2
+from mlmesh.paramserver.v1 import paramserver_pb2
+from mlmesh.trainer.v1 import trainer_pb2
+
+from trainer_svc.tests import procs
+from trainer_svc.tests.cluster import FASHION_SCHEMA, FASHION_TRAIN, Cluster, fashion_spec, metric, wait_job
+
+pytestmark = pytest.mark.integration
+
+
+def create(c: Cluster, spec: trainer_pb2.JobSpec, job_id: str = "") -> trainer_pb2.JobStatus:
+    return c.trainer().CreateJob(trainer_pb2.CreateJobRequest(spec=spec, job_id=job_id), timeout=120).job
+
+
+def status_of(c: Cluster, spec: trainer_pb2.JobSpec) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as e:
+        create(c, spec)
+    return e.value.code(), e.value.details()
+
+
+def test_fashion_job_trains_evaluates_and_exports(cluster: Cluster) -> None:
+    trainer = cluster.trainer()
+    job = create(cluster, fashion_spec(epochs=1), "fashion-1")
+    assert job.state in (trainer_pb2.JOB_STATE_PENDING, trainer_pb2.JOB_STATE_RUNNING)
+    job = wait_job(trainer, "fashion-1")
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    partitions = (
+        cluster.ingest_stub()
+        .ListPartitions(ingest_pb2.ListPartitionsRequest(dataset=FASHION_TRAIN))
+        .partitions
+    )
+    assert len(partitions) > 2  # enough tasks for both workers
+    assert job.tasks_completed == job.tasks_total == len(partitions)  # one epoch: one task per partition
+    # Every record once; one step per batch of 16 within a partition.
+    assert job.examples == 3000
+    assert job.steps == sum(-(-p.num_records // 16) for p in partitions)
+    assert 0 < job.loss < 2.3 and job.examples_per_second > 0 and job.train_seconds > 0
+    assert job.eval_metrics["accuracy"] > 0.5, dict(job.eval_metrics)
+    assert 0 < job.eval_metrics["loss"] < 2.0
+
+    # The export: <repo>/fashion-mnist/<version>/, no temp dir left, loads and predicts.
+    export = cluster.repo / "fashion-mnist" / str(job.model_version)
+    assert job.export_path == str(export) and (export / "saved_model.pb").exists()
+    assert not [p for p in export.parent.iterdir() if p.name.startswith(".tmp-")]
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(job.export_path).signatures["serving_default"]
+    test = procs.load_fashion("test", 500)
+    probs = signature(image=tf.constant(test["image"].astype(np.float32)))["probabilities"].numpy()
+    assert probs.shape == (500, 10)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+    assert (probs.argmax(axis=1) == test["label"]).mean() > 0.5
+
+    # Every variable sits on the shard mlmesh.keys assigns it.
+    for i in range(2):
+        info = cluster.shard_stub(i).GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
+        names = [v.name for v in info.variables if v.job_id == "fashion-1"]
+        assert names and all(keys.dense_shard(n, 2) == i for n in names)
+    steps = sum(metric(w, "mlmesh_trainer_worker_steps_total") for w in cluster.workers.values())
+    assert steps >= 100
+
+
+def test_user_model_with_sparse_embedding_trains_from_the_example(cluster: Cluster) -> None:
+    from examples.tabular.train import job_spec, train
+
+    assert cluster.coordinator is not None
+    job = train(cluster.channel(cluster.coordinator.addr), job_spec("churn", epochs=3), timeout=150)
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    # 35% churn: always answering "stays" would score 0.65.
+    assert job.eval_metrics["accuracy"] > 0.72, dict(job.eval_metrics)
+    assert job.eval_metrics["auc"] > 0.75, dict(job.eval_metrics)
+    # The embedding is row-sharded: each shard holds its half of the 50 regions.
+    for i in range(2):
+        info = cluster.shard_stub(i).GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
+        [emb] = [
+            v for v in info.variables if v.job_id == job.job_id and v.name == "region_embedding/embeddings"
+        ]
+        assert emb.row_sharded and list(emb.shape) == [50, 8] and emb.local_rows == 25
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(job.export_path).signatures["serving_default"]
+    customers = np.array([[2, 110, 6, 10, 30, 4], [100, 30, 0, 10, 60, 0]], dtype=np.float32)
+    out = signature(numeric=tf.constant(customers), region=tf.constant([0, 0], dtype=tf.int64))
+    out = out["churn_probability"].numpy()
+    assert out[0, 0] > out[1, 0]  # a new, pricey, complaining, late payer churns more than a loyal one
+
+
+def test_jobs_run_one_at_a_time_and_a_pending_job_can_be_cancelled(cluster: Cluster) -> None:
+    trainer = cluster.trainer()
+    first = create(cluster, fashion_spec(epochs=1, model_name="fashion-queue"), "queue-first")
+    second = create(cluster, fashion_spec(epochs=1, model_name="fashion-queue", seed=2), "queue-second")
+    wait_job(trainer, "queue-first", {trainer_pb2.JOB_STATE_RUNNING, *range(3, 8)})
+    second = trainer.GetJob(trainer_pb2.GetJobRequest(job_id="queue-second")).job
+    assert second.state == trainer_pb2.JOB_STATE_PENDING
+    cancelled = trainer.CancelJob(trainer_pb2.CancelJobRequest(job_id="queue-second")).job
+    assert cancelled.state == trainer_pb2.JOB_STATE_CANCELLED
+    first = wait_job(trainer, "queue-first")
+    assert first.state == trainer_pb2.JOB_STATE_SUCCEEDED, first.error
+    time.sleep(0.5)  # a few monitor ticks: the cancelled job must not start
+    second = trainer.GetJob(trainer_pb2.GetJobRequest(job_id="queue-second")).job
+    assert second.state == trainer_pb2.JOB_STATE_CANCELLED and second.steps == 0 and second.tasks_total == 0
+    assert [p.name for p in (cluster.repo / "fashion-queue").iterdir()] == [str(first.model_version)]
+
+
+def test_job_ids_are_idempotent_per_spec(cluster: Cluster) -> None:
+    spec = fashion_spec(epochs=1, model_name="fashion-idem")
+    first = create(cluster, spec, "idem")
+    again = create(cluster, spec, "idem")
+    assert again.job_id == "idem" and again.created_unix == first.created_unix
+    code, details = status_of_id(cluster, fashion_spec(epochs=2, model_name="fashion-idem"), "idem")
+    assert (
+        code == grpc.StatusCode.ALREADY_EXISTS
+        and "job 'idem' already exists with a different spec" in details
+    )
+    cluster.trainer().CancelJob(trainer_pb2.CancelJobRequest(job_id="idem"))
+    wait_job(cluster.trainer(), "idem")
+
+
+def status_of_id(c: Cluster, spec: trainer_pb2.JobSpec, job_id: str) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as e:
+        create(c, spec, job_id)
+    return e.value.code(), e.value.details()
+
+
+def test_specs_are_checked_against_the_real_datasets(cluster: Cluster) -> None:
+    code, details = status_of(cluster, fashion_spec(train_dataset="no-such-data"))
+    assert code == grpc.StatusCode.NOT_FOUND and "train_dataset 'no-such-data' does not exist" in details
+    code, details = status_of(cluster, fashion_spec(eval_dataset="no-such-eval"))
+    assert code == grpc.StatusCode.NOT_FOUND and "eval_dataset 'no-such-eval' does not exist" in details
+    code, details = status_of(cluster, fashion_spec(train_dataset="churn-train"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "has no feature 'image'" in details
+    cluster.ingest_stub().CreateDataset(
+        ingest_pb2.CreateDatasetRequest(name="empty-fashion", schema=FASHION_SCHEMA)
+    )
+    code, details = status_of(cluster, fashion_spec(train_dataset="empty-fashion"))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "has no records yet" in details
