@@ -202,3 +202,35 @@ def test_demo_batch_size_shrinks_so_small_runs_still_take_about_100_steps() -> N
     assert auto_batch_size(6_000) == 32
     assert auto_batch_size(3_000) == 16
     assert auto_batch_size(10) == 16  # never below 16
+
+
+def test_service_command_runs_the_named_service_with_its_own_flags() -> None:
+    import subprocess
+    import sys
+
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlmesh.cli.main",
+            "service",
+            "paramserver",
+            "--shard-index",
+            "3",
+            "--num-shards",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "shard_index" in bad.stderr
+    unknown = subprocess.run(
+        [sys.executable, "-m", "mlmesh.cli.main", "service", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 2
+    assert "unknown service 'nope'" in unknown.stderr

@@ -9,6 +9,7 @@ import typer
 from mlmesh.cli import ingest
 from mlmesh.cli.demo import demo
 from mlmesh.cli.predict import predict
+from mlmesh.cli.service import service
 from mlmesh.cli.status import status
 from mlmesh.cli.train import train
 from mlmesh.cli.up import up
@@ -38,6 +39,9 @@ app.add_typer(ingest.app, name="ingest")
 app.command()(train)
 app.command()(predict)
 app.command()(status)
+app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+)(service)
 
 
 if __name__ == "__main__":

@@ -104,8 +104,8 @@ def train(
     eval_dataset: Annotated[
         str, typer.Option(help="Dataset to evaluate on ('' = none).")
     ] = "fashion-mnist-test",
-    epochs: Annotated[int, typer.Option(min=1, max=10_000)] = 3,
-    batch_size: Annotated[int, typer.Option(min=1, max=1_000_000)] = 128,
+    epochs: Annotated[int, typer.Option(min=1, max=10_000)] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, max=1_000_000)] = 64,
     optimizer: Annotated[str, typer.Option(help="sgd, adam or adagrad.")] = "adam",
     lr: Annotated[float, typer.Option(min=0.0, help="Learning rate.")] = 1e-3,
     model_name: Annotated[str, typer.Option(help="Export name in the model repository.")] = "fashion-mnist",
