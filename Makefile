@@ -61,7 +61,7 @@ test-faults: setup
 	$(PY) -m pytest -m faults
 
 bench: setup
-	@for b in benchmarks/*.py; do $(PY) $$b --json benchmarks/results/$$(basename $$b .py).json || exit 1; done
+	@mkdir -p benchmarks/results; for b in benchmarks/[!_]*.py; do $(PY) $$b --json benchmarks/results/$$(basename $$b .py).json || exit 1; done
 
 clean:
 	rm -rf .mlmesh .pytest_cache .ruff_cache
