@@ -42,6 +42,8 @@ from trainer_svc.core.types import (
     PartitionInfo,
     PullResult,
     QueueInfo,
+    ShardInfo,
+    ShardVariable,
     TaskInfo,
     VariableSpec,
 )
@@ -295,6 +297,22 @@ class ParamClient:
         await self.policy.call(
             f"shard {shard} SaveCheckpoint({job_id!r})",
             lambda: self.stubs[shard].SaveCheckpoint(req, timeout=self.policy.timeout),
+        )
+
+    async def shard_info(self, shard: int) -> ShardInfo:
+        resp = await self.policy.call(
+            f"shard {shard} GetShardInfo",
+            lambda: self.stubs[shard].GetShardInfo(
+                paramserver_pb2.GetShardInfoRequest(), timeout=self.policy.timeout
+            ),
+        )
+        return ShardInfo(
+            resp.shard_index,
+            resp.num_shards,
+            [
+                ShardVariable(v.job_id, v.name, tuple(int(d) for d in v.shape), v.row_sharded)
+                for v in resp.variables
+            ],
         )
 
 

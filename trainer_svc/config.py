@@ -65,6 +65,16 @@ class CoordinatorSettings(_Client):
         description="How often the shards are asked to checkpoint a running job; 0 = never.",
     )
 
+    min_partition_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        le=2**40,
+        description="Dense variables of at least this many bytes (with a row per shard) are "
+        "partitioned by rows across all shards, like tf.distribute's MinSizePartitioner; the rest "
+        "live whole on one shard. Decided when a job is first registered; 0 partitions every "
+        "variable with a row per shard.",
+    )
+
     @field_validator("ingest_addr")
     @classmethod
     def _ingest(cls, v: str) -> str:

@@ -34,6 +34,7 @@ def build_coordinator(settings: CoordinatorSettings) -> tuple[Coordinator, Inges
         eval_batch_size=settings.eval_batch_size,
         worker_timeout_seconds=settings.worker_timeout_seconds,
         checkpoint_seconds=settings.checkpoint_seconds,
+        min_partition_bytes=settings.min_partition_bytes,
     )
     return Coordinator(config, JobStore(settings.work_dir), ingest, params), ingest, params
 

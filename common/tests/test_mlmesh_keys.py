@@ -52,3 +52,45 @@ def test_bad_shard_counts_raise() -> None:
         keys.dense_shard("w", 0)
     with pytest.raises(ValueError, match=r"shard 3 is outside 0..2"):
         keys.local_rows(10, 3, 3)
+
+
+def test_variables_at_or_above_the_threshold_are_partitioned() -> None:
+    # float32 [1600, 128] is 800 KiB: the Fashion-MNIST CNN's dense kernel.
+    assert keys.partitioned((1600, 128), 4, 2)
+    assert keys.partitioned((256, 256), 4, 2, min_partition_bytes=256 * 1024)  # exactly the threshold
+    assert not keys.partitioned((256, 255), 4, 2, min_partition_bytes=256 * 1024)
+    assert not keys.partitioned((3, 3, 32, 64), 4, 2)  # 72 KiB conv kernel stays whole
+
+
+def test_the_default_threshold_is_256_kib() -> None:
+    assert keys.MIN_PARTITION_BYTES == 256 * 1024
+    assert keys.partitioned((64 * 1024,), 4, 2) and not keys.partitioned((64 * 1024 - 1,), 4, 2)
+
+
+def test_itemsize_counts() -> None:
+    assert not keys.partitioned((1000, 100), 2, 2, min_partition_bytes=300_000)
+    assert keys.partitioned((1000, 100), 4, 2, min_partition_bytes=300_000)
+
+
+@pytest.mark.parametrize(
+    ("shape", "num_shards"),
+    [
+        ((), 2),  # a scalar has no rows
+        ((3, 1_000_000), 4),  # fewer rows than shards
+        ((1_000_000,), 1),  # one shard: nothing to balance
+    ],
+)
+def test_never_partitioned(shape: tuple[int, ...], num_shards: int) -> None:
+    assert not keys.partitioned(shape, 8, num_shards, min_partition_bytes=0)
+
+
+def test_zero_threshold_partitions_every_variable_with_a_row_per_shard() -> None:
+    assert keys.partitioned((2,), 4, 2, min_partition_bytes=0)
+    assert keys.partitioned((0, 5), 4, 1, min_partition_bytes=0) is False
+
+
+def test_bad_partition_arguments_raise() -> None:
+    with pytest.raises(ValueError, match="num_shards must be positive, got 0"):
+        keys.partitioned((10,), 4, 0)
+    with pytest.raises(ValueError, match="min_partition_bytes must be >= 0, got -1"):
+        keys.partitioned((10,), 4, 2, min_partition_bytes=-1)

@@ -276,7 +276,13 @@ class Shard:
                 grad = summed
             else:
                 idx = local  # already unique; keep the caller's order and skip a copy
-            updates.append(_Update(job.variables[name], grad, idx))
+            var = job.variables[name]
+            if len(idx) == len(var.value) and np.array_equal(idx, np.arange(len(idx))):
+                # Every local row in local order (a partitioned dense variable's push): the
+                # same update as on rows, applied to the whole array without gather/scatter.
+                updates.append(_Update(var, grad))
+            else:
+                updates.append(_Update(var, grad, idx))
         return updates
 
     def _trainable(self, job: Job, name: str) -> Variable:

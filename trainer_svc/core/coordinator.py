@@ -50,6 +50,9 @@ class CoordinatorConfig:
     checkpoint_seconds: float = 60.0
     # Bound on the tensor bytes of one RegisterVariables / Pull request.
     request_bytes: int = 16 * 1024 * 1024
+    # Dense variables of at least this many bytes are partitioned by rows over all
+    # shards (mlmesh.keys.partitioned), decided when a job is first registered.
+    min_partition_bytes: int = keys.MIN_PARTITION_BYTES
 
 
 @dataclass
@@ -249,7 +252,12 @@ class Coordinator:
                     return tf["tfmodel"].variable_values(ms), list(ms.sparse_variables)
 
                 values, sparse = await asyncio.to_thread(initial)
-            plan = placement.plan_registration(values, sparse, self.params.num_shards)
+            # What the shards already hold of this job (a restart) keeps its layout.
+            registered = await self._registered_layout(job.job_id)
+            partitioned = placement.partitioned_names(
+                values, sparse, self.params.num_shards, self.config.min_partition_bytes, registered
+            )
+            plan = placement.plan_registration(values, sparse, self.params.num_shards, partitioned)
 
             async def register(shard: int) -> None:
                 for chunk in placement.chunk_specs(plan[shard], self.config.request_bytes):
@@ -279,7 +287,13 @@ class Coordinator:
         job.tasks_total, job.tasks_completed, job.error = queue.total, queue.completed, ""
         if job.state == JobState.PENDING:
             self._transition(job, JobState.RUNNING, started_unix=time.time())
-        log.info("job running", job_id=job.job_id, variables=len(values), tasks=queue.total)
+        log.info(
+            "job running",
+            job_id=job.job_id,
+            variables=len(values),
+            partitioned=partitioned,
+            tasks=queue.total,
+        )
 
     async def _poll_queue(self, job: Job) -> None:
         try:
@@ -368,18 +382,24 @@ class Coordinator:
     async def _pull_all(
         self, job_id: str, like: dict[str, np.ndarray], sparse: list[str]
     ) -> dict[str, np.ndarray]:
-        """Every variable whole, assembled from the shards (`like` gives names, shapes, dtypes)."""
+        """Every variable whole, assembled from the shards (`like` gives names, shapes, dtypes).
+
+        Where each dense variable lives comes from the shards themselves
+        (`placement.read_layout`); partitioned ones are read by rows, like
+        sparse tables, so no single request exceeds `request_bytes`.
+        """
         n = self.params.num_shards
         values: dict[str, np.ndarray] = {}
         dense = [name for name in like if name not in sparse]
-        for shard, names in enumerate(placement.dense_by_shard(dense, n)):
+        layout = await placement.read_layout(self.params, job_id, dense, sparse)
+        for shard, names in enumerate(layout.whole):
             for chunk in _chunk_names(names, like, self.config.request_bytes):
                 result = await self.params.pull(shard, job_id, chunk, {})
                 for name in chunk:
                     if name not in result.dense:
                         raise FailedPrecondition(f"shard {shard} did not return variable {name!r}")
                     values[name] = np.asarray(result.dense[name])
-        for name in sparse:
+        for name in [*sparse, *layout.partitioned]:
             full = np.zeros_like(like[name])
             shape = full.shape
             row_bytes = max(1, full[:1].nbytes)
@@ -393,6 +413,11 @@ class Coordinator:
                     full[got_rows] = got
             values[name] = full
         return values
+
+    async def _registered_layout(self, job_id: str) -> dict[str, bool]:
+        """Name -> row_sharded of the variables of `job_id` some shard already holds."""
+        infos = await asyncio.gather(*(self.params.shard_info(s) for s in range(self.params.num_shards)))
+        return {v.name: v.row_sharded for info in infos for v in info.variables if v.job_id == job_id}
 
     async def _evaluate(self, evaluate: ModuleType, ms: Any, specs: Any, spec: JobSpec) -> dict[str, float]:
         if not spec.eval_dataset:

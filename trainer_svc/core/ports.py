@@ -18,6 +18,7 @@ from trainer_svc.core.types import (
     PartitionInfo,
     PullResult,
     QueueInfo,
+    ShardInfo,
     TaskInfo,
     VariableSpec,
 )
@@ -72,3 +73,7 @@ class ParamPort(Protocol):
         ...
 
     async def save_checkpoint(self, shard: int, job_id: str) -> None: ...
+
+    async def shard_info(self, shard: int) -> ShardInfo:
+        """The variables the shard holds (of every job), with their global shapes."""
+        ...

@@ -88,3 +88,20 @@ class PullResult:
     dense: dict[str, np.ndarray] = field(default_factory=dict)
     # name -> (global row ids, values [len(rows), *shape[1:]])
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShardVariable:
+    """A variable as one shard reports it (GetShardInfo); `shape` is the global shape."""
+
+    job_id: str
+    name: str
+    shape: tuple[int, ...]
+    row_sharded: bool
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    shard_index: int
+    num_shards: int
+    variables: list[ShardVariable]

@@ -1,8 +1,15 @@
 """The training worker's loop.
 
-    AcquireWork → (build the model once per job) → LeaseTask → load the
-    partition (local cache, else ingest) → shuffled batches → per batch:
-    pull parameters, compute gradients, push them → CompleteTask → ...
+    AcquireWork → (build the model once per job) → read the job's layout
+    from the shards → LeaseTask → load the partition (local cache, else
+    ingest) → shuffled batches → per batch: pull parameters, compute
+    gradients, push them → CompleteTask → ...
+
+Placement is read from the shards (`placement.read_layout`), not recomputed:
+a dense variable is whole on its `keys.dense_shard`, or - when the
+coordinator partitioned it - row-sharded over all shards; then the worker
+pulls every shard's slice and interleaves them (full[shard::n] = slice), and
+pushes each shard the gradient of its rows as a row slice.
 
 The pull for batch i+1 runs while batch i computes, and the push of batch i
 while batch i+1 computes (`prefetch`): under asynchronous updates this adds
@@ -153,7 +160,11 @@ class TrainingWorker:
             schema = (await ingest.get_dataset(a.spec.train_dataset)).features
             self._runner = (a.job_id, await self.make_runner(a.spec, schema))
             log.info("model built", job_id=a.job_id, model=a.spec.model)
-        job = _JobRun(self, a, ingest, params, self._runner[1])
+        runner = self._runner[1]
+        layout = await placement.read_layout(params, a.job_id, runner.dense_names, runner.sparse_names)
+        if layout.partitioned:
+            log.info("partitioned variables", job_id=a.job_id, variables=sorted(layout.partitioned))
+        job = _JobRun(self, a, ingest, params, runner, layout)
         try:
             while not stop.is_set():
                 task, queue = await ingest.lease_task(
@@ -176,7 +187,13 @@ class _JobRun:
     """One job's training state inside a worker: step counter, pending progress."""
 
     def __init__(
-        self, worker: TrainingWorker, a: Assignment, ingest: IngestPort, params: ParamPort, runner: Runner
+        self,
+        worker: TrainingWorker,
+        a: Assignment,
+        ingest: IngestPort,
+        params: ParamPort,
+        runner: Runner,
+        layout: placement.Layout,
     ) -> None:
         self.w = worker
         self.cfg = worker.config
@@ -185,7 +202,7 @@ class _JobRun:
         self.params = params
         self.runner = runner
         self.n = params.num_shards
-        self.dense_by_shard = placement.dense_by_shard(runner.dense_names, self.n)
+        self.layout = layout
         # Steps must rise across restarts of a worker that keeps its id, since
         # shards drop pushes whose step is not above the last one applied:
         # start from the wall clock in milliseconds (one step takes longer).
@@ -359,11 +376,13 @@ class _JobRun:
     # ----- parameter server ------------------------------------------------------------------
 
     async def pull(self, rows: Mapping[str, np.ndarray]) -> PullResult:
-        """Dense variables from their shards and the given rows of sparse ones, all shards at once."""
+        """Dense variables from their shards (partitioned ones from every shard, reassembled)
+        and the given rows of sparse ones, all shards at once."""
         split = {name: keys.split_rows(r, self.n) for name, r in rows.items()}
+        parts = list(self.layout.partitioned)
 
         async def one(shard: int) -> PullResult | None:
-            dense = self.dense_by_shard[shard]
+            dense = [*self.layout.whole[shard], *parts]
             shard_rows = {name: parts[shard][1] for name, parts in split.items() if len(parts[shard][1])}
             if not dense and not shard_rows:
                 return None
@@ -374,6 +393,8 @@ class _JobRun:
         for result in results:
             if result is not None:
                 out.dense.update(result.dense)
+        for name in parts:  # each shard answered its slice, in local order
+            out.dense[name] = self.layout.assemble(name, [r.dense[name] for r in results if r is not None])
         for name, r in rows.items():
             values: np.ndarray | None = None
             for shard, (pos, _) in enumerate(split[name]):
@@ -392,8 +413,11 @@ class _JobRun:
         split = {name: keys.split_rows(r, self.n) for name, (r, _) in result.row_grads.items()}
 
         async def one(shard: int) -> None:
-            dense = {name: result.dense_grads[name] for name in self.dense_by_shard[shard]}
-            rows = {}
+            dense = {name: result.dense_grads[name] for name in self.layout.whole[shard]}
+            rows = {
+                name: (self.layout.global_rows(name, shard), result.dense_grads[name][shard :: self.n])
+                for name in self.layout.partitioned
+            }
             for name, parts in split.items():
                 pos, global_rows = parts[shard]
                 if len(pos):

@@ -63,11 +63,15 @@ def test_fashion_job_trains_evaluates_and_exports(cluster: Cluster) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
     assert (probs.argmax(axis=1) == test["label"]).mean() > 0.5
 
-    # Every variable sits on the shard mlmesh.keys assigns it.
+    # Every variable sits where mlmesh.keys puts it: the 800 KiB dense kernel is
+    # partitioned by rows over both shards, the rest whole on its hashed shard.
     for i in range(2):
         info = cluster.shard_stub(i).GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
-        names = [v.name for v in info.variables if v.job_id == "fashion-1"]
-        assert names and all(keys.dense_shard(n, 2) == i for n in names)
+        held = [v for v in info.variables if v.job_id == "fashion-1"]
+        assert [v.name for v in held if v.row_sharded] == ["dense/kernel"]
+        assert all(keys.dense_shard(v.name, 2) == i for v in held if not v.row_sharded)
+        [kernel] = [v for v in held if v.row_sharded]
+        assert list(kernel.shape) == [1600, 128] and kernel.local_rows == 800
     steps = sum(metric(w, "mlmesh_trainer_worker_steps_total") for w in cluster.workers.values())
     assert steps >= 100
 
