@@ -221,13 +221,16 @@ def run_demo_steps(
         console.print(f"job {job.job_id}: {epochs} epochs, batch {batch_size}, {optimizer} lr {lr}")
         job, peak = follow_job(client, job.job_id, timeout=train_timeout)
     wall = time.perf_counter() - t
+    train_seconds = job.train_seconds or wall
     summary.update(
         job_state=job_state_name(job.state),
-        train_seconds=round(job.train_seconds or wall, 3),
+        train_seconds=round(train_seconds, 3),
         train_wall_seconds=round(wall, 3),
         steps=int(job.steps),
         examples=int(job.examples),
-        examples_per_second=round(job.examples_per_second or job.examples / max(wall, 1e-9), 1),
+        # The job's average over its training phase; JobStatus.examples_per_second
+        # is a recent moving rate (what a progress bar wants), not the whole job's.
+        examples_per_second=round(job.examples / max(train_seconds, 1e-9), 1),
         active_workers_peak=peak,
         eval_metrics={k: float(v) for k, v in job.eval_metrics.items()},
         eval_loss=float(job.eval_metrics["loss"]) if "loss" in job.eval_metrics else None,
@@ -241,7 +244,7 @@ def run_demo_steps(
     if job.model_version <= 0:
         raise DemoError(f"job {job.job_id} succeeded but reports no exported model version")
     console.print(
-        f"job {job.job_id} SUCCEEDED: {job.steps:,} steps, {job.examples_per_second:,.0f} examples/s, "
+        f"job {job.job_id} SUCCEEDED: {job.steps:,} steps, {summary['examples_per_second']:,.0f} examples/s, "
         f"eval {dict(job.eval_metrics)}; exported version {job.model_version}"
     )
 
