@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from mlmesh.descriptors import serving_descriptor_set
+from mlmesh.files import atomic_write_bytes
 from mlmesh.logging import configure_logging, get_logger
 from mlmesh.server import write_port_file
 
@@ -85,16 +86,6 @@ class WorkFiles:
             envoy_log=work_dir / "envoy.log",
             access_log=work_dir / "access.log",
         )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename: Envoy never reads a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def resolve_envoy_binary(override: Path | None) -> Path:
@@ -167,8 +158,8 @@ def prepare_work_dir(settings: GatewaySettings) -> WorkFiles:
     except ValueError as e:
         raise GatewayError(f"cannot render the Envoy bootstrap: {e}") from None
     try:
-        write_atomic(files.descriptor, serving_descriptor_set())
-        write_atomic(files.config, json.dumps(bootstrap, indent=1).encode())
+        atomic_write_bytes(files.descriptor, serving_descriptor_set())
+        atomic_write_bytes(files.config, json.dumps(bootstrap, indent=1).encode())
         files.admin_address.unlink(missing_ok=True)
     except OSError as e:
         raise GatewayError(f"cannot write Envoy's files in {settings.work_dir}: {e}") from None

@@ -15,7 +15,6 @@ servicers and start/stop hooks:
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -29,6 +28,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
+from mlmesh.files import atomic_write_json
 from mlmesh.logging import configure_logging, get_logger
 from mlmesh.settings import ServiceSettings
 
@@ -117,13 +117,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
 def write_port_file(path: Path, ports: dict[str, int]) -> None:
     """Write atomically so a reader never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(ports, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, ports, indent=None)
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlmesh.errors import AlreadyExists, InvalidArgument, NotFound
+from mlmesh.files import fsync_dir
 from mlmesh.logging import get_logger
 
 from ingest_svc.core import metrics
 from ingest_svc.core.db import Database
-from ingest_svc.core.files import CorruptPartition, PartitionData, fsync_dir, read_partition
+from ingest_svc.core.files import CorruptPartition, PartitionData, read_partition
 from ingest_svc.core.schema import Schema, validate_dataset_name
 
 MIN_PARTITION_BYTES = 4 * 1024

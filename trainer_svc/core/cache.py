@@ -17,9 +17,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+from mlmesh.files import fsync_dir
 from mlmesh.logging import get_logger
-
-from trainer_svc.core.store import fsync_dir
 
 log = get_logger(__name__)
 

@@ -17,10 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import tensorflow as tf
+from mlmesh.files import fsync_dir
 from mlmesh.model import ModelSpec
 
 from trainer_svc.core import tfmodel
-from trainer_svc.core.store import fsync_dir
 
 SIGNATURE = "serving_default"
 # Bound on rename races with another writer of the same model name.

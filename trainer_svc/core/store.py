@@ -8,34 +8,14 @@ thread-safe: the coordinator writes from its one event loop.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from mlmesh.files import atomic_write_bytes
 from mlmesh.logging import get_logger
 
 from trainer_svc.core.jobs import Job
 
 log = get_logger(__name__)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old or the new file, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JobStore:

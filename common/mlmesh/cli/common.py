@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from mlmesh.clients import HttpError, rpc_error_text
+from mlmesh.files import atomic_write_json
 
 console = Console()
 err_console = Console(stderr=True)
@@ -101,13 +102,7 @@ def suite_path(root: Path) -> Path:
 def write_suite(addrs: SuiteAddresses) -> Path:
     """Atomically (temp, fsync, rename), so a reader never sees half a file."""
     path = suite_path(addrs.root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(addrs.to_json(), f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, addrs.to_json())
     return path
 
 

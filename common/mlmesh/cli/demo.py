@@ -8,8 +8,6 @@ check the answers agree → summary table + <root>/demo-summary.json → stop al
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,6 +32,7 @@ from mlmesh.clients import (
     job_state_name,
     rpc_error_text,
 )
+from mlmesh.files import atomic_write_json
 from mlmesh.serving.v1 import serving_pb2
 from mlmesh.supervisor import SupervisorError, terminate_on_signals
 from mlmesh.trainer.v1 import trainer_pb2
@@ -308,13 +307,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
 
 def write_summary(root: Path, summary: dict[str, Any]) -> Path:
     path = root / "demo-summary.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, summary)
     return path
 
 
