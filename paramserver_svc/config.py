@@ -27,6 +27,20 @@ class ParamServerSettings(ServiceSettings):
         le=86_400,
         description="Checkpoint changed jobs this often; 0 turns periodic checkpoints off.",
     )
+    checkpoint_every_steps: int = Field(
+        0,
+        ge=0,
+        le=100_000_000,
+        description="Also checkpoint a job once it has applied this many updates since its last "
+        "checkpoint; 0 turns step-based checkpoints off.",
+    )
+    checkpoint_keep: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="Checkpoints kept per job; older ones are deleted. Keep 2 or more so a damaged "
+        "newest checkpoint still leaves one to resume from.",
+    )
     worker_threads: int = Field(
         4, ge=1, le=64, description="Threads that run NumPy work (pull copies, updates, checkpoints)."
     )

@@ -23,7 +23,9 @@ def build_shard(settings: ParamServerSettings) -> Shard:
     """A shard with every checkpoint in its directory loaded; SystemExit on a bad one
     (resuming with part of the state would silently lose training)."""
     settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    shard = Shard(settings.shard_index, settings.num_shards, settings.checkpoint_dir)
+    shard = Shard(
+        settings.shard_index, settings.num_shards, settings.checkpoint_dir, settings.checkpoint_keep
+    )
     try:
         loaded = shard.load_all()
     except MlmeshError as e:
@@ -34,13 +36,17 @@ def build_shard(settings: ParamServerSettings) -> Shard:
     return shard
 
 
-async def _checkpoint_periodically(shard: Shard, executor: ThreadPoolExecutor, every: float) -> None:
+async def _checkpoint_periodically(
+    shard: Shard, executor: ThreadPoolExecutor, every_seconds: float, every_steps: int
+) -> None:
+    """Checkpoint each job every `every_seconds` (if it changed) or after `every_steps` updates."""
     log = get_logger(NAME)
     loop = asyncio.get_running_loop()
+    tick = min(every_seconds or 0.5, 0.5) if every_steps else every_seconds
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(tick)
         try:
-            saved = await loop.run_in_executor(executor, shard.save_dirty)
+            saved = await loop.run_in_executor(executor, shard.save_due, every_seconds, every_steps)
             if saved:
                 log.debug("periodic checkpoint", jobs=len(saved))
         except Exception:  # keep the timer alive; the next round retries
@@ -65,9 +71,11 @@ async def serve(settings: ParamServerSettings, stop_event: asyncio.Event | None 
 
     async def on_start() -> None:
         nonlocal timer
-        if settings.checkpoint_every_seconds > 0:
+        if settings.checkpoint_every_seconds > 0 or settings.checkpoint_every_steps > 0:
             timer = asyncio.create_task(
-                _checkpoint_periodically(shard, executor, settings.checkpoint_every_seconds)
+                _checkpoint_periodically(
+                    shard, executor, settings.checkpoint_every_seconds, settings.checkpoint_every_steps
+                )
             )
 
     async def on_stop() -> None:

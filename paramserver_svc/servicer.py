@@ -1,30 +1,58 @@
-"""ParameterServerService: proto <-> domain, nothing else.
+"""ParameterServerService: proto <-> domain, and the waiting of pulls.
 
 Each RPC decodes its request, calls the shard in a thread pool (NumPy work
 and the job locks must not block the event loop) and encodes the answer.
 Domain errors become gRPC statuses through `mlmesh.errors.grpc_errors`.
+
+A pull the consistency model holds back (SYNC barrier, staleness bound) waits
+here, on the event loop, costing no thread: the shard reports every change
+that may release it (`Shard.listeners`), and a timer re-asks anyway so that
+an expired lease is noticed. The client's deadline bounds the wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
 import grpc
 import numpy as np
-from mlmesh import tensor
-from mlmesh.errors import grpc_errors
+from mlmesh import keys, tensor
+from mlmesh.errors import InvalidArgument, grpc_errors
 from mlmesh.paramserver.v1 import paramserver_pb2 as pb
 from mlmesh.paramserver.v1 import paramserver_pb2_grpc
 from mlmesh.types.v1 import tensor_pb2
 
-from paramserver_svc.core.shard import RowValues, Shard
-from paramserver_svc.core.specs import InitSpec, OptimizerConfig, VarSpec
+from paramserver_svc.core import metrics
+from paramserver_svc.core.shard import PullResult, RowValues, Shard
+from paramserver_svc.core.specs import InitSpec, JobConfig, Mode, OptimizerConfig, VarSpec
 
 T = TypeVar("T")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterServerService"].full_name
+# How often a waiting pull asks again without being woken (how soon a lease expiry is seen).
+RECHECK_SECONDS = 0.25
+
+_LAYOUTS = {
+    pb.ROW_LAYOUT_UNSPECIFIED: keys.RowLayout.HASH,
+    pb.ROW_LAYOUT_HASH: keys.RowLayout.HASH,
+    pb.ROW_LAYOUT_BLOCKS: keys.RowLayout.BLOCKS,
+}
+_LAYOUT_TO_PB = {keys.RowLayout.HASH: pb.ROW_LAYOUT_HASH, keys.RowLayout.BLOCKS: pb.ROW_LAYOUT_BLOCKS}
+_MODES = {
+    pb.CONSISTENCY_UNSPECIFIED: Mode.ASYNC,
+    pb.CONSISTENCY_ASYNC: Mode.ASYNC,
+    pb.CONSISTENCY_SYNC: Mode.SYNC,
+    pb.CONSISTENCY_BOUNDED: Mode.BOUNDED,
+}
+_MODE_TO_PB = {
+    Mode.ASYNC: pb.CONSISTENCY_ASYNC,
+    Mode.SYNC: pb.CONSISTENCY_SYNC,
+    Mode.BOUNDED: pb.CONSISTENCY_BOUNDED,
+}
 
 
 def _rows(ids: object) -> np.ndarray:
@@ -40,7 +68,12 @@ def _fill(out: tensor_pb2.Tensor, array: np.ndarray) -> None:
 
 def _var_spec(v: pb.VariableSpec) -> tuple[VarSpec, InitSpec]:
     dtype = tensor.numpy_dtype(v.dtype, f"variable {v.name!r}")
-    spec = VarSpec(v.name, dtype, tuple(int(d) for d in v.shape), v.row_sharded)
+    layout = _LAYOUTS.get(v.row_layout)
+    if layout is None:
+        raise InvalidArgument(f"variable {v.name!r} has unknown row_layout {v.row_layout}")
+    if not v.row_sharded:
+        layout = keys.RowLayout.HASH  # meaningless for a dense variable: one canonical spec
+    spec = VarSpec(v.name, dtype, tuple(int(d) for d in v.shape), v.row_sharded, layout)
     ini = v.initializer
     value = tensor.from_proto(ini.value, f"initial value of {v.name!r}") if ini.HasField("value") else None
     return spec, InitSpec(ini.kind or "zeros", ini.scale, ini.seed, value)
@@ -50,15 +83,78 @@ def _optimizer(request: pb.RegisterVariablesRequest) -> OptimizerConfig | None:
     if not request.HasField("optimizer"):
         return None
     o = request.optimizer
-    return OptimizerConfig.parse(o.kind, o.learning_rate, o.beta_1, o.beta_2, o.epsilon)
+    return OptimizerConfig.parse(
+        o.kind, o.learning_rate, o.beta_1, o.beta_2, o.epsilon, o.momentum, o.nesterov
+    )
+
+
+def _job_config(request: pb.RegisterVariablesRequest) -> JobConfig | None:
+    if not request.HasField("config"):
+        return None
+    c = request.config
+    mode = _MODES.get(c.consistency)
+    if mode is None:
+        raise InvalidArgument(f"config.consistency {c.consistency} is not a known ConsistencyMode")
+    return JobConfig.parse(mode, c.staleness, c.worker_lease_seconds, c.skip_nonfinite_pushes)
+
+
+def config_to_proto(c: JobConfig) -> pb.JobConfig:
+    return pb.JobConfig(
+        consistency=_MODE_TO_PB[c.mode],
+        staleness=c.staleness,
+        worker_lease_seconds=c.worker_lease_seconds,
+        skip_nonfinite_pushes=c.skip_nonfinite,
+    )
+
+
+def optimizer_to_proto(o: OptimizerConfig) -> pb.OptimizerSpec:
+    return pb.OptimizerSpec(
+        kind=o.kind,
+        learning_rate=o.learning_rate,
+        beta_1=o.beta_1,
+        beta_2=o.beta_2,
+        epsilon=o.epsilon,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+    )
+
+
+class _Changes:
+    """One asyncio.Event per job, set (and replaced) whenever the shard reports a change.
+
+    Waiters take the current event *before* asking the shard, so a change that
+    lands between their question and their wait still wakes them.
+    """
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def event(self, job_id: str) -> asyncio.Event:
+        ev = self._events.get(job_id)
+        if ev is None:
+            ev = self._events[job_id] = asyncio.Event()
+        return ev
+
+    def notify(self, job_id: str) -> None:
+        ev = self._events.pop(job_id, None)
+        if ev is not None:
+            ev.set()
 
 
 class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceServicer):
     """Thin adapter over one `Shard`. Safe for concurrent calls (the shard is)."""
 
     def __init__(self, shard: Shard, executor: Executor) -> None:
+        """Build on the event loop that will serve the calls."""
         self._shard = shard
         self._executor = executor
+        self._changes = _Changes()
+        self._loop = asyncio.get_running_loop()
+        shard.listeners.append(self._on_change)
+
+    def _on_change(self, job_id: str) -> None:
+        """Called from any thread by the shard."""
+        self._loop.call_soon_threadsafe(self._changes.notify, job_id)
 
     async def _offload(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -69,17 +165,52 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
     ) -> pb.RegisterVariablesResponse:
         def run() -> pb.RegisterVariablesResponse:
             specs = [_var_spec(v) for v in request.variables]
-            created, existing = self._shard.register(request.job_id, specs, _optimizer(request))
+            created, existing = self._shard.register(
+                request.job_id, specs, _optimizer(request), _job_config(request)
+            )
             return pb.RegisterVariablesResponse(created=created, existing=existing)
 
         return await self._offload(run)
 
     @grpc_errors
+    async def JoinJob(
+        self, request: pb.JoinJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JoinJobResponse:
+        clock, config = await self._offload(lambda: self._shard.join(request.job_id, request.worker_id))
+        return pb.JoinJobResponse(clock=clock, config=config_to_proto(config))
+
+    @grpc_errors
+    async def LeaveJob(
+        self, request: pb.LeaveJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LeaveJobResponse:
+        await self._offload(lambda: self._shard.leave(request.job_id, request.worker_id))
+        return pb.LeaveJobResponse()
+
+    @grpc_errors
     async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> pb.PullResponse:
-        def run() -> pb.PullResponse:
-            rows = [RowValues(rs.name, _rows(rs.rows)) for rs in request.rows]
-            result = self._shard.pull(request.job_id, list(request.dense), rows)
-            resp = pb.PullResponse(version=result.version)
+        rows = [RowValues(rs.name, _rows(rs.rows)) for rs in request.rows]
+        dense = list(request.dense)
+
+        def run() -> PullResult | None:
+            return self._shard.pull(
+                request.job_id, dense, rows, request.worker_id, request.clock, request.pushed
+            )
+
+        waited_since = None
+        while True:
+            changed = self._changes.event(request.job_id)
+            result = await self._offload(run)
+            if result is not None:
+                break
+            if waited_since is None:
+                waited_since = time.perf_counter()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), RECHECK_SECONDS)
+        if waited_since is not None:
+            metrics.PULL_WAIT_SECONDS.observe(time.perf_counter() - waited_since)
+
+        def encode() -> pb.PullResponse:
+            resp = pb.PullResponse(version=result.version, clock=result.clock)
             for name, array in result.dense.items():
                 _fill(resp.dense[name], array)
             for rv in result.rows:
@@ -88,7 +219,7 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
                 _fill(out.values, rv.values)
             return resp
 
-        return await self._offload(run)
+        return await self._offload(encode)
 
     @grpc_errors
     async def Push(self, request: pb.PushRequest, context: grpc.aio.ServicerContext) -> pb.PushResponse:
@@ -126,7 +257,20 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
         self, request: pb.GetShardInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetShardInfoResponse:
         infos = await self._offload(self._shard.info)
+        jobs = await self._offload(self._shard.jobs_info)
         return pb.GetShardInfoResponse(
+            jobs=[
+                pb.JobInfo(
+                    job_id=j.job_id,
+                    config=config_to_proto(j.config),
+                    optimizer=optimizer_to_proto(j.optimizer),
+                    clock=j.clock,
+                    version=j.version,
+                    workers=j.workers,
+                    lost_steps=j.lost_steps,
+                )
+                for j in jobs
+            ],
             shard_index=self._shard.index,
             num_shards=self._shard.num_shards,
             variables=[
@@ -137,6 +281,9 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
                     shape=list(i.spec.shape),
                     row_sharded=i.spec.row_sharded,
                     local_rows=i.local_rows,
+                    row_layout=_LAYOUT_TO_PB[i.spec.layout]
+                    if i.spec.row_sharded
+                    else pb.ROW_LAYOUT_UNSPECIFIED,
                 )
                 for i in infos
             ],

@@ -38,6 +38,7 @@ from trainer_svc import convert
 from trainer_svc.core.types import (
     DatasetInfo,
     FeatureInfo,
+    JobOptions,
     OptimizerConfig,
     PartitionInfo,
     PullResult,
@@ -75,6 +76,9 @@ class CallPolicy:
 
     timeout: float = 30.0
     stream_timeout: float = 300.0
+    # A worker's pull may wait at a SYNC barrier or staleness bound; a dead peer leaves it
+    # within its lease (10 s by default), so this only bounds a wait that never ends.
+    barrier_timeout: float = 120.0
     retry_seconds: float = 60.0
     initial_backoff: float = 0.1
     max_backoff: float = 2.0
@@ -94,6 +98,15 @@ class CallPolicy:
                 log.debug("retrying", what=what, code=e.code().name, delay=round(delay, 3))
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.max_backoff)
+
+
+_MODES = {
+    "async": paramserver_pb2.CONSISTENCY_ASYNC,
+    "sync": paramserver_pb2.CONSISTENCY_SYNC,
+    "bounded": paramserver_pb2.CONSISTENCY_BOUNDED,
+}
+_LAYOUTS = {"hash": paramserver_pb2.ROW_LAYOUT_HASH, "blocks": paramserver_pb2.ROW_LAYOUT_BLOCKS}
+_LAYOUT_NAMES = {paramserver_pb2.ROW_LAYOUT_HASH: "hash", paramserver_pb2.ROW_LAYOUT_BLOCKS: "blocks"}
 
 
 class IngestClient:
@@ -225,17 +238,32 @@ class ParamClient:
         await asyncio.gather(*(c.close() for c in self.channels))
 
     async def register(
-        self, shard: int, job_id: str, variables: Sequence[VariableSpec], optimizer: OptimizerConfig
+        self,
+        shard: int,
+        job_id: str,
+        variables: Sequence[VariableSpec],
+        optimizer: OptimizerConfig,
+        options: JobOptions | None = None,
     ) -> None:
+        options = options or JobOptions()
         req = paramserver_pb2.RegisterVariablesRequest(
             job_id=job_id,
             optimizer=convert.optimizer_to_proto(optimizer),
+            config=paramserver_pb2.JobConfig(
+                consistency=_MODES[options.consistency.mode],
+                staleness=options.consistency.staleness,
+                worker_lease_seconds=options.worker_lease_seconds,
+                skip_nonfinite_pushes=options.skip_nonfinite,
+            ),
             variables=[
                 paramserver_pb2.VariableSpec(
                     name=v.name,
                     dtype=tensor.dtype_code(v.dtype),
                     shape=list(v.shape),
                     row_sharded=v.row_sharded,
+                    row_layout=_LAYOUTS[v.layout]
+                    if v.row_sharded
+                    else paramserver_pb2.ROW_LAYOUT_UNSPECIFIED,
                     initializer=paramserver_pb2.Initializer(kind="value", value=tensor.to_proto(v.value)),
                 )
                 for v in variables
@@ -246,17 +274,46 @@ class ParamClient:
             lambda: self.stubs[shard].RegisterVariables(req, timeout=self.policy.timeout),
         )
 
+    async def join(self, shard: int, job_id: str, worker_id: str) -> int:
+        """Enter the job's barrier on one shard; returns the clock to continue from."""
+        req = paramserver_pb2.JoinJobRequest(job_id=job_id, worker_id=worker_id)
+        resp = await self.policy.call(
+            f"shard {shard} JoinJob({job_id!r})",
+            lambda: self.stubs[shard].JoinJob(req, timeout=self.policy.timeout),
+        )
+        return int(resp.clock)
+
+    async def leave(self, shard: int, job_id: str, worker_id: str) -> None:
+        req = paramserver_pb2.LeaveJobRequest(job_id=job_id, worker_id=worker_id)
+        await self.policy.call(
+            f"shard {shard} LeaveJob({job_id!r})",
+            lambda: self.stubs[shard].LeaveJob(req, timeout=self.policy.timeout),
+        )
+
     async def pull(
-        self, shard: int, job_id: str, dense: Sequence[str], rows: Mapping[str, np.ndarray]
+        self,
+        shard: int,
+        job_id: str,
+        dense: Sequence[str],
+        rows: Mapping[str, np.ndarray],
+        worker_id: str = "",
+        clock: int = 0,
+        pushed: int = 0,
     ) -> PullResult:
+        """Values from one shard; a worker's pull (worker_id set) may wait for the
+        consistency model, for as long as the barrier timeout allows."""
         req = paramserver_pb2.PullRequest(
             job_id=job_id,
             dense=list(dense),
             rows=[paramserver_pb2.RowSlice(name=n, rows=r.tolist()) for n, r in rows.items()],
+            worker_id=worker_id,
+            clock=clock,
+            pushed=pushed,
         )
+        timeout = self.policy.barrier_timeout if worker_id else self.policy.timeout
         resp = await self.policy.call(
             f"shard {shard} Pull({job_id!r})",
-            lambda: self.stubs[shard].Pull(req, timeout=self.policy.timeout),
+            lambda: self.stubs[shard].Pull(req, timeout=timeout),
         )
         return PullResult(
             dense=tensor.map_from_proto(resp.dense),
@@ -264,6 +321,7 @@ class ParamClient:
                 rs.name: (np.asarray(rs.rows, dtype=np.int64), tensor.from_proto(rs.values, rs.name))
                 for rs in resp.rows
             },
+            clock=int(resp.clock),
         )
 
     async def push(
@@ -310,7 +368,13 @@ class ParamClient:
             resp.shard_index,
             resp.num_shards,
             [
-                ShardVariable(v.job_id, v.name, tuple(int(d) for d in v.shape), v.row_sharded)
+                ShardVariable(
+                    v.job_id,
+                    v.name,
+                    tuple(int(d) for d in v.shape),
+                    v.row_sharded,
+                    _LAYOUT_NAMES.get(v.row_layout, "hash"),
+                )
                 for v in resp.variables
             ],
         )

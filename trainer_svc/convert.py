@@ -26,6 +26,8 @@ def optimizer_from_proto(pb: paramserver_pb2.OptimizerSpec) -> OptimizerConfig:
         beta_1=pb.beta_1,
         beta_2=pb.beta_2,
         epsilon=pb.epsilon,
+        momentum=pb.momentum,
+        nesterov=pb.nesterov,
     )
 
 
@@ -36,6 +38,8 @@ def optimizer_to_proto(opt: OptimizerConfig) -> paramserver_pb2.OptimizerSpec:
         beta_1=opt.beta_1,
         beta_2=opt.beta_2,
         epsilon=opt.epsilon,
+        momentum=opt.momentum,
+        nesterov=opt.nesterov,
     )
 
 
@@ -52,6 +56,9 @@ def spec_from_proto(pb: trainer_pb2.JobSpec) -> JobSpec:
         model_name=pb.model_name,
         seed=pb.seed,
         eval_max_records=pb.eval_max_records,
+        consistency=pb.consistency,
+        worker_lease_seconds=pb.worker_lease_seconds,
+        skip_nonfinite_pushes=pb.skip_nonfinite_pushes,
     )
 
 
@@ -67,6 +74,9 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
         model_name=spec.model_name,
         seed=spec.seed,
         eval_max_records=spec.eval_max_records,
+        consistency=spec.consistency,
+        worker_lease_seconds=spec.worker_lease_seconds,
+        skip_nonfinite_pushes=spec.skip_nonfinite_pushes,
     )
 
 

@@ -186,6 +186,8 @@ def job_spec(
     model_args: Mapping[str, str] | None = None,
     seed: int = 0,
     eval_max_records: int = 0,
+    consistency: str = "async",
+    skip_nonfinite_pushes: bool = False,
 ) -> trainer_pb2.JobSpec:
     return trainer_pb2.JobSpec(
         model=model,
@@ -200,6 +202,8 @@ def job_spec(
         model_name=model_name,
         seed=seed,
         eval_max_records=eval_max_records,
+        consistency=consistency,
+        skip_nonfinite_pushes=skip_nonfinite_pushes,
     )
 
 

@@ -101,7 +101,7 @@ def test_predict_to_a_dead_gateway_fails_cleanly(tmp_path: Path) -> None:
 def test_train_rejects_unknown_optimizer_and_bad_model_arg(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--optimizer", "rmsprop", "--coordinator-addr", "127.0.0.1:1"])
     assert result.exit_code == 1
-    assert "--optimizer 'rmsprop' is not one of sgd, adam, adagrad" in result.output
+    assert "--optimizer 'rmsprop' is not one of sgd, momentum, adam, adagrad" in result.output
     result = runner.invoke(app, ["train", "--model-arg", "novalue", "--coordinator-addr", "127.0.0.1:1"])
     assert result.exit_code == 1
     assert "--model-arg 'novalue' is not of the form key=value" in result.output

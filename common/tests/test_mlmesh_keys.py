@@ -9,49 +9,95 @@ from mlmesh import keys
 pytestmark = pytest.mark.unit
 
 
+LAYOUTS = list(keys.RowLayout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("num_shards", [1, 2, 3, 7])
-def test_split_then_scatter_back_restores_request_order(num_shards: int) -> None:
+def test_split_then_scatter_back_restores_request_order(num_shards: int, layout: keys.RowLayout) -> None:
     rng = np.random.default_rng(num_shards)
     rows = rng.integers(0, 1000, size=200)
-    parts = keys.split_rows(rows, num_shards)
+    placement = keys.row_placement(1000, num_shards, layout)
+    parts = placement.split(rows)
     assert len(parts) == num_shards
     merged = np.full_like(rows, -1)
     for shard, (pos, ids) in enumerate(parts):
-        assert np.all(keys.row_shard(ids, num_shards) == shard)
+        assert np.all(placement.owner(ids) == shard)
         merged[pos] = ids
     np.testing.assert_array_equal(merged, rows)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("total", [0, 1, 2, 5, 100, 101])
 @pytest.mark.parametrize("num_shards", [1, 2, 3, 8])
-def test_local_rows_sum_to_total(total: int, num_shards: int) -> None:
-    assert sum(keys.local_rows(total, s, num_shards) for s in range(num_shards)) == total
+def test_every_row_has_exactly_one_home(total: int, num_shards: int, layout: keys.RowLayout) -> None:
+    placement = keys.row_placement(total, num_shards, layout)
+    assert sum(placement.count(s) for s in range(num_shards)) == total
+    seen = np.concatenate([placement.global_rows(s) for s in range(num_shards)])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(total))
+    for s in range(num_shards):
+        held = placement.global_rows(s)
+        np.testing.assert_array_equal(placement.local(held), np.arange(len(held)))
+        assert np.all(placement.owner(held) == s)
 
 
-def test_shard_slice_matches_local_rows_and_global_ids() -> None:
-    full = np.arange(10 * 3).reshape(10, 3)
-    for shard in range(3):
-        local = keys.shard_slice(full, shard, 3)
-        assert len(local) == keys.local_rows(10, shard, 3)
-        gids = keys.to_global(np.arange(len(local)), shard, 3)
-        np.testing.assert_array_equal(local, full[gids])
-        np.testing.assert_array_equal(keys.to_local(gids, 3), np.arange(len(local)))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_shard_slices_reassemble_the_full_array(layout: keys.RowLayout) -> None:
+    full = np.arange(11 * 3).reshape(11, 3)
+    placement = keys.row_placement(11, 3, layout)
+    parts = [placement.shard_slice(full, s) for s in range(3)]
+    for s, part in enumerate(parts):
+        np.testing.assert_array_equal(part, full[placement.global_rows(s)])
+    np.testing.assert_array_equal(placement.assemble(parts), full)
 
 
-def test_dense_shard_is_stable_and_in_range() -> None:
-    names = [f"dense_{i}/kernel" for i in range(50)]
-    first = [keys.dense_shard(n, 4) for n in names]
-    assert first == [keys.dense_shard(n, 4) for n in names]
-    assert set(first) <= {0, 1, 2, 3}
-    assert len(set(first)) > 1  # a hash, not a constant
-    assert keys.dense_shard("anything", 1) == 0
+def test_blocks_are_contiguous_and_balanced() -> None:
+    placement = keys.row_placement(10, 3, keys.RowLayout.BLOCKS)
+    assert [placement.global_rows(s).tolist() for s in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+    full = np.arange(10)
+    assert np.shares_memory(placement.shard_slice(full, 1), full)  # a view: no copy to split a gradient
+
+
+def test_hash_spreads_consecutive_ids_unlike_modulo() -> None:
+    owners = keys.row_placement(1000, 2).owner(np.arange(1000))
+    assert 400 < owners.sum() < 600
+    assert not np.array_equal(owners, np.arange(1000) % 2)
+
+
+def test_zipf_ids_load_the_busiest_of_two_shards_at_most_1_15x_the_mean() -> None:
+    """Issue 5: Zipf(1.1) ids over 1M rows. Load = rows a shard serves per step (a worker
+    pulls each distinct id once) and, stricter, raw lookups before de-duplication."""
+    total, batch, steps = 1_000_000, 1024, 100
+    p = np.arange(1, total + 1, dtype=np.float64) ** -1.1
+    cdf = np.cumsum(p) / p.sum()
+    rng = np.random.default_rng(5)
+    placement = keys.row_placement(total, 2)
+    served = np.zeros(2)
+    lookups = np.zeros(2)
+    for _ in range(steps):
+        ids = np.searchsorted(cdf, rng.random(batch))  # id 0 the most popular
+        served += np.bincount(placement.owner(np.unique(ids)), minlength=2)
+        lookups += np.bincount(placement.owner(ids), minlength=2)
+    assert served.max() / served.mean() <= 1.15
+    assert lookups.max() / lookups.mean() <= 1.15
+
+
+def test_balance_spreads_bytes_largest_first() -> None:
+    sizes = {"big": 800, "a": 300, "b": 300, "c": 200, "tiny": 10}
+    owners = keys.balance(sizes, 2)
+    load = [sum(v for k, v in sizes.items() if owners[k] == s) for s in range(2)]
+    assert owners["big"] == 0 and sorted(load) == [800, 810]
+    assert keys.balance(sizes, 2) == owners  # deterministic
+    assert keys.balance({"x": 5}, 3, preload=[9, 1, 4]) == {"x": 1}
 
 
 def test_bad_shard_counts_raise() -> None:
     with pytest.raises(ValueError, match="num_shards must be positive, got 0"):
-        keys.dense_shard("w", 0)
+        keys.balance({"w": 1}, 0)
     with pytest.raises(ValueError, match=r"shard 3 is outside 0..2"):
         keys.local_rows(10, 3, 3)
+    with pytest.raises(ValueError, match="preload has 1 entries for 2 shards"):
+        keys.balance({"w": 1}, 2, preload=[0])
 
 
 def test_variables_at_or_above_the_threshold_are_partitioned() -> None:

@@ -9,7 +9,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 PUSHES = Counter(
     "mlmesh_ps_pushes_total",
-    "Pushes by outcome: applied, duplicate (step already applied) or rejected (bad input)",
+    "Pushes by outcome: applied, buffered (SYNC, waiting for the step's other workers), duplicate "
+    "(step already applied), nonfinite_skipped (NaN/Inf, job set to skip) or rejected (bad input)",
     ["result"],
 )
 PULL_BYTES = Counter("mlmesh_ps_pull_bytes_total", "Bytes of parameter values returned by pulls")
@@ -29,4 +30,17 @@ CHECKPOINT_SECONDS = Histogram(
     "Time to write or read one job's checkpoint",
     ["op"],
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+)
+SYNC_STEPS = Counter(
+    "mlmesh_ps_sync_steps_total",
+    "SYNC steps closed: applied (one aggregated update) or empty (its pushes were lost in a restart)",
+    ["result"],
+)
+PULL_WAIT_SECONDS = Histogram(
+    "mlmesh_ps_pull_wait_seconds",
+    "Time a worker's pull waited for the consistency model (SYNC barrier, staleness bound)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10, 30),
+)
+MEMBERSHIP = Counter(
+    "mlmesh_ps_membership_total", "Workers joining, leaving and expiring (lease ran out)", ["event"]
 )

@@ -1,32 +1,37 @@
 """One parameter-server shard: the glue between the servicer and the store.
 
-Vocabulary (ps-lite's): `register`, `pull`, `push`, plus checkpoints.
-Placement follows `mlmesh.keys`, so workers and shards agree by construction.
+Vocabulary (ps-lite's): `register`, `join`/`leave`, `pull`, `push`, plus
+checkpoints. Row placement follows `mlmesh.keys`, so workers and shards
+agree by construction; when a pull may proceed and a push may apply is the
+job's consistency model (`consistency.Clocks`).
 
 Thread-safety: every method may be called from any thread, concurrently.
 A request's validation and effect happen under its job's lock, so a pull
-never sees half a push, and a push is applied wholly or (on any bad input)
-not at all. Methods block on NumPy work: call them from a thread pool, not
-from the event loop.
+never sees half an update, and a push is applied wholly or (on any bad
+input) not at all. Methods block on NumPy work: call them from a thread
+pool, not from the event loop. Nothing here blocks waiting for other
+workers: `pull` answers None when the consistency model says "not yet",
+and the caller waits (asynchronously) and asks again.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mlmesh import keys
 from mlmesh.errors import FailedPrecondition, InvalidArgument, MlmeshError, NotFound
 from mlmesh.logging import get_logger
 
 from paramserver_svc.core import checkpoint, metrics
-from paramserver_svc.core.consistency import Admission
+from paramserver_svc.core.consistency import Admission, Barrier
 from paramserver_svc.core.initializers import initial_value
 from paramserver_svc.core.specs import (
     InitSpec,
+    JobConfig,
+    Mode,
     OptimizerConfig,
     VarSpec,
     check_job_id,
@@ -53,6 +58,7 @@ class PullResult:
     dense: dict[str, np.ndarray]
     rows: list[RowValues]
     version: int
+    clock: int = 0
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,17 @@ class VariableInfo:
 
 
 @dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    config: JobConfig
+    optimizer: OptimizerConfig
+    clock: int
+    version: int
+    workers: dict[str, int]
+    lost_steps: int
+
+
+@dataclass(frozen=True)
 class _Update:
     var: Variable
     grad: np.ndarray
@@ -76,13 +93,35 @@ class _Update:
 
 
 class Shard:
-    def __init__(self, shard_index: int, num_shards: int, checkpoint_dir: Path) -> None:
+    def __init__(
+        self,
+        shard_index: int,
+        num_shards: int,
+        checkpoint_dir: Path,
+        keep_checkpoints: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
         self.index = shard_index
         self.num_shards = num_shards
         self.checkpoint_dir = checkpoint_dir
+        self.keep_checkpoints = keep_checkpoints
+        self.now = clock  # leases are measured on this clock (a test may pass its own)
         self.store = Store()
+        # Called with a job id (from whichever thread made the change, possibly under the
+        # job's lock: must not block) when a waiting pull of that job may have become ready.
+        self.listeners: list[Callable[[str], None]] = []
+
+    def _changed(self, job_id: str) -> None:
+        for listener in self.listeners:
+            listener(job_id)
+
+    def _expire(self, job: Job, now: float) -> None:
+        for worker_id in job.clocks.expire(now):
+            metrics.MEMBERSHIP.labels("expired").inc()
+            log.warning("worker lease expired; it left the barrier", job_id=job.job_id, worker_id=worker_id)
+            job.generation += 1
 
     # -- registration -------------------------------------------------------
 
@@ -91,13 +130,14 @@ class Shard:
         job_id: str,
         variables: Sequence[tuple[VarSpec, InitSpec]],
         optimizer: OptimizerConfig | None,
+        config: JobConfig | None = None,
     ) -> tuple[list[str], list[str]]:
         """Create the variables this request names that do not exist yet.
 
         Idempotent: a variable registered again with the same spec keeps its
         value and is reported in `existing`. All-or-nothing: on any error
-        nothing is created. `optimizer` may be None only for a known job.
-        Returns (created, existing) names.
+        nothing is created. `optimizer` may be None only for a known job; a
+        new job without `config` is asynchronous. Returns (created, existing) names.
         """
         check_job_id(job_id)
         names: set[str] = set()
@@ -107,25 +147,22 @@ class Shard:
             if spec.name in names:
                 raise InvalidArgument(f"variable {spec.name!r} appears twice in one request")
             names.add(spec.name)
-            if not spec.row_sharded:
-                owner = keys.dense_shard(spec.name, self.num_shards)
-                if owner != self.index:
-                    raise FailedPrecondition(
-                        f"dense variable {spec.name!r} belongs on shard {owner} of {self.num_shards} "
-                        f"(mlmesh.keys.dense_shard), not on shard {self.index}"
-                    )
         job = self.store.find(job_id)
         if job is None:
             if optimizer is None:
                 raise InvalidArgument(f"job {job_id!r} is new on this shard; its optimizer kind is required")
-            fresh = Job(job_id, optimizer)
+            fresh = Job(job_id, optimizer, config or JobConfig())
             with fresh.lock:
                 created, existing = self._register_locked(fresh, variables)
             job = self.store.insert_if_absent(fresh)
             if job is fresh:
                 self._update_gauges()
                 log.info(
-                    "job registered", job_id=job_id, optimizer=optimizer.describe(), created=len(created)
+                    "job registered",
+                    job_id=job_id,
+                    optimizer=optimizer.describe(),
+                    consistency=fresh.config.describe(),
+                    created=len(created),
                 )
                 return created, existing
         # The job exists (possibly created by a concurrent request just now).
@@ -134,6 +171,11 @@ class Shard:
                 raise FailedPrecondition(
                     f"job {job_id!r} is registered with optimizer {job.optimizer.describe()}; "
                     f"got {optimizer.describe()}"
+                )
+            if config is not None and config != job.config:
+                raise FailedPrecondition(
+                    f"job {job_id!r} is registered with consistency {job.config.describe()}; "
+                    f"got {config.describe()}"
                 )
             created, existing = self._register_locked(job, variables)
         if created:
@@ -163,14 +205,58 @@ class Shard:
             created.append(spec.name)
         return created, existing
 
+    # -- membership -----------------------------------------------------------
+
+    def join(self, job_id: str, worker_id: str) -> tuple[int, JobConfig]:
+        """Enter `worker_id` into the job's barrier; returns (its clock, the job's config)."""
+        check_job_id(job_id)
+        _check_worker(worker_id)
+        job = self.store.get(job_id)
+        with job.lock:
+            clock = job.clocks.join(worker_id, self.now())
+            job.generation += 1
+        metrics.MEMBERSHIP.labels("joined").inc()
+        log.info("worker joined", job_id=job_id, worker_id=worker_id, clock=clock)
+        self._changed(job_id)
+        return clock, job.config
+
+    def leave(self, job_id: str, worker_id: str) -> None:
+        """Take `worker_id` out of the barrier (a SYNC step waiting only for it completes)."""
+        check_job_id(job_id)
+        _check_worker(worker_id)
+        job = self.store.get(job_id)
+        with job.lock:
+            if job.clocks.leave(worker_id):
+                job.generation += 1
+                metrics.MEMBERSHIP.labels("left").inc()
+                log.info("worker left", job_id=job_id, worker_id=worker_id)
+            self._advance(job)
+        self._changed(job_id)
+
+    def next_expiry(self, job_id: str) -> float | None:
+        """When (on `self.now`'s clock) the first live worker's lease of the job runs out."""
+        job = self.store.get(job_id)
+        with job.lock:
+            return job.clocks.next_expiry()
+
     # -- pull / push ----------------------------------------------------------
 
-    def pull(self, job_id: str, dense: Sequence[str], rows: Sequence[RowValues]) -> PullResult:
-        """Copies of the named variables and rows, all taken at one version.
+    def pull(
+        self,
+        job_id: str,
+        dense: Sequence[str],
+        rows: Sequence[RowValues],
+        worker_id: str = "",
+        clock: int = 0,
+        pushed: int | None = None,
+    ) -> PullResult | None:
+        """Copies of the named variables and rows, all taken at one version; None when the
+        job's consistency model says the worker at `clock` must wait (ask again later).
 
-        A dense name may also name a row-sharded variable: the answer is this
-        shard's whole slice, in local order (row i is global row i*n + index).
-        Rows come back in request order, duplicates included.
+        An empty `worker_id` is an observer (the coordinator's evaluation): it never waits.
+        `pushed` (default `clock`) is how many of the worker's steps were acknowledged.
+        A dense name may also name a row-sharded variable: the answer is this shard's
+        whole part, in local order. Rows come back in request order, duplicates included.
         """
         check_job_id(job_id)
         job = self.store.get(job_id)
@@ -180,12 +266,23 @@ class Shard:
             for req in rows:
                 var = job.variable(req.name)
                 row_reqs.append((req, var, self._local_rows(job_id, var, req.rows)))
+            if worker_id:
+                now = self.now()
+                self._expire(job, now)
+                done = clock if pushed is None else pushed
+                ready = job.clocks.pull_ready(worker_id, clock, done, now)
+                if self._advance(job):
+                    self._changed(job_id)
+                    ready = job.clocks.pull_ready(worker_id, clock, done, now)
+                if not ready:
+                    return None
             out_dense = {name: var.value.copy() for name, var in dense_vars}
             out_rows = [RowValues(req.name, req.rows, var.value[local]) for req, var, local in row_reqs]
             version = job.version
+            answered = job.clocks.response_clock(worker_id)
         nbytes = sum(a.nbytes for a in out_dense.values()) + sum(r.values.nbytes for r in out_rows)  # type: ignore[union-attr]
         metrics.PULL_BYTES.inc(nbytes)
-        return PullResult(out_dense, out_rows, version)
+        return PullResult(out_dense, out_rows, version, answered)
 
     def push(
         self,
@@ -195,43 +292,97 @@ class Shard:
         dense: Mapping[str, np.ndarray],
         rows: Sequence[RowValues],
     ) -> PushResult:
-        """Apply gradients with the job's update rule.
+        """Apply (ASYNC, BOUNDED) or buffer (SYNC) gradients with the job's update rule.
 
-        Idempotent per (job, worker, step): a step not above the worker's last
-        applied one is answered applied=False and changes nothing. Every
-        gradient is validated (names, dtypes, shapes, row ownership, NaN/Inf)
-        before any is applied. Duplicate row ids in one push are summed.
+        Idempotent per (job, worker, step): a step below the worker's clock is
+        answered applied=False and changes nothing. Every gradient is validated
+        (names, dtypes, shapes, row ownership, NaN/Inf) before any is applied.
+        Duplicate row ids in one push are summed.
         """
         try:
             check_job_id(job_id)
-            if not worker_id:
-                raise InvalidArgument("worker_id is empty; pushes are deduplicated per (job, worker, step)")
+            _check_worker(worker_id)
             if step < 0:
                 raise InvalidArgument(f"step must be >= 0, got {step}")
             job = self.store.get(job_id)
             started = time.perf_counter()
             with job.lock:
                 updates = self._validate_push(job, dense, rows)
-                if job.policy.admit(job.clocks, worker_id, step) is not Admission.APPLY:
+                bad = next((u for u in updates if not np.isfinite(u.grad).all()), None)
+                if bad is not None and not job.config.skip_nonfinite:
+                    raise InvalidArgument(
+                        f"gradient of variable {bad.var.spec.name!r} contains NaN or Inf; "
+                        "nothing of this push was applied"
+                    )
+                now = self.now()
+                self._expire(job, now)
+                admission = job.clocks.admit(worker_id, step, now)
+                job.generation += 1
+                if admission is Admission.DUPLICATE:
                     metrics.PUSHES.labels("duplicate").inc()
                     return PushResult(False, job.version)
-                for up in updates:
-                    up.var.updates += 1
-                    if up.idx is None:
-                        job.rule.apply_dense(up.var.value, up.var.slots, up.grad, up.var.updates)
-                    else:
-                        job.rule.apply_rows(up.var.value, up.var.slots, up.idx, up.grad, up.var.updates)
-                job.clocks.record(worker_id, step)
-                job.version += 1
-                job.generation += 1
+                if bad is not None:
+                    if admission is Admission.BUFFER:
+                        job.clocks.barrier.mark(worker_id)
+                        self._advance(job)
+                    self._changed(job_id)
+                    metrics.PUSHES.labels("nonfinite_skipped").inc()
+                    log.warning(
+                        "non-finite push skipped",
+                        job_id=job_id,
+                        worker_id=worker_id,
+                        step=step,
+                        variable=bad.var.spec.name,
+                    )
+                    return PushResult(False, job.version)
+                if not updates:  # a clock tick: the worker's step had nothing to push here
+                    if admission is Admission.BUFFER:
+                        job.clocks.barrier.mark(worker_id)
+                        self._advance(job)
+                elif admission is Admission.BUFFER:
+                    job.clocks.barrier.add(
+                        worker_id,
+                        {u.var.spec.name: u.grad for u in updates if u.idx is None},
+                        {u.var.spec.name: (u.idx, u.grad) for u in updates if u.idx is not None},
+                    )
+                    self._advance(job)
+                else:
+                    self._apply(job, updates)
                 version = job.version
             metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
+            self._changed(job_id)
         except MlmeshError:
             metrics.PUSHES.labels("rejected").inc()
             raise
-        metrics.PUSHES.labels("applied").inc()
+        metrics.PUSHES.labels("applied" if admission is Admission.APPLY else "buffered").inc()
         metrics.PUSH_BYTES.inc(sum(up.grad.nbytes for up in updates))
         return PushResult(True, version)
+
+    def _apply(self, job: Job, updates: Sequence[_Update]) -> None:
+        """One update of the job's variables (lock held)."""
+        for up in updates:
+            up.var.updates += 1
+            if up.idx is None:
+                job.rule.apply_dense(up.var.value, up.var.slots, up.grad, up.var.updates)
+            else:
+                job.rule.apply_rows(up.var.value, up.var.slots, up.idx, up.grad, up.var.updates)
+        job.version += 1
+        job.generation += 1
+
+    def _advance(self, job: Job) -> bool:
+        """SYNC: apply every step that is complete, each as one update of the mean gradient.
+
+        Returns whether any step was taken. Lock held.
+        """
+        advanced = False
+        while job.clocks.step_complete():
+            barrier = job.clocks.take()
+            if barrier.contributors:
+                self._apply(job, _mean_updates(job, barrier))
+            metrics.SYNC_STEPS.labels("applied" if barrier.contributors else "empty").inc()
+            job.generation += 1
+            advanced = True
+        return advanced
 
     def _validate_push(
         self, job: Job, dense: Mapping[str, np.ndarray], rows: Sequence[RowValues]
@@ -248,7 +399,6 @@ class Shard:
                     f"gradient {name!r} is {describe_shape(grad.dtype, grad.shape)} but variable {name!r} "
                     f"is {describe_shape(var.value.dtype, var.value.shape)}"
                 )
-            _check_finite(name, grad)
             updates.append(_Update(var, grad))
         by_name: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         for rv in rows:
@@ -264,25 +414,9 @@ class Shard:
                     f"{describe_shape(var.value.dtype, expected)}"
                 )
             local = self._local_rows(job.job_id, var, rv.rows)
-            _check_finite(rv.name, grad)
             by_name.setdefault(rv.name, []).append((local, grad))
         for name, parts in by_name.items():
-            local = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
-            grad = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
-            idx, inverse = np.unique(local, return_inverse=True)
-            if len(idx) < len(local):
-                summed = np.zeros((len(idx), *grad.shape[1:]), dtype=grad.dtype)
-                np.add.at(summed, inverse, grad)
-                grad = summed
-            else:
-                idx = local  # already unique; keep the caller's order and skip a copy
-            var = job.variables[name]
-            if len(idx) == len(var.value) and np.array_equal(idx, np.arange(len(idx))):
-                # Every local row in local order (a partitioned dense variable's push): the
-                # same update as on rows, applied to the whole array without gather/scatter.
-                updates.append(_Update(var, grad))
-            else:
-                updates.append(_Update(var, grad, idx))
+            updates.append(_row_update(job.variables[name], parts))
         return updates
 
     def _trainable(self, job: Job, name: str) -> Variable:
@@ -299,25 +433,27 @@ class Shard:
             raise InvalidArgument(
                 f"variable {var.spec.name!r} is dense; it has no rows to address (pull it by name)"
             )
-        total, n = var.spec.shape[0], self.num_shards
+        total = var.spec.shape[0]
         outside = (ids < 0) | (ids >= total)
         if outside.any():
             raise InvalidArgument(
                 f"row id {int(ids[outside][0])} of variable {var.spec.name!r} is outside [0, {total})"
             )
-        foreign = ids % n != self.index
+        placement = var.spec.placement(self.num_shards)
+        owners = placement.owner(ids)
+        foreign = owners != self.index
         if foreign.any():
             r = int(ids[foreign][0])
             raise InvalidArgument(
-                f"row id {r} of variable {var.spec.name!r} belongs on shard {r % n} "
-                f"(row r lives on shard r % {n}), not on shard {self.index}"
+                f"row id {r} of variable {var.spec.name!r} belongs on shard {int(owners[foreign][0])} "
+                f"({var.spec.layout.value} layout, mlmesh.keys), not on shard {self.index}"
             )
-        return ids // n
+        return placement.local(ids)
 
     # -- checkpoints ------------------------------------------------------------
 
     def save(self, job_id: str) -> tuple[Path, int]:
-        """Write the job's checkpoint atomically; returns (path, version saved)."""
+        """Write a new checkpoint of the job atomically; returns (path, version saved)."""
         check_job_id(job_id)
         job = self.store.get(job_id)
         started = time.perf_counter()
@@ -325,71 +461,106 @@ class Shard:
             with job.lock:
                 snap = job.snapshot()
             try:
-                path = checkpoint.write_checkpoint(self.checkpoint_dir, snap, self.index, self.num_shards)
+                path = checkpoint.write_checkpoint(
+                    self.checkpoint_dir, snap, self.index, self.num_shards, self.keep_checkpoints
+                )
             except OSError as e:
                 metrics.CHECKPOINTS.labels("save", "failed").inc()
                 raise FailedPrecondition(f"cannot write checkpoint of job {job_id!r}: {e}") from e
             job.saved_generation = snap.generation
+            job.saved_version = snap.version
+            job.saved_at = self.now()
         metrics.CHECKPOINTS.labels("save", "ok").inc()
         metrics.CHECKPOINT_SECONDS.labels("save").observe(time.perf_counter() - started)
         log.info("checkpoint saved", job_id=job_id, path=str(path), version=snap.version)
         return path, snap.version
 
     def load(self, job_id: str) -> int:
-        """Replace the job's state by its checkpoint; NotFound if there is none. Returns the version."""
+        """Replace the job's state by its newest usable checkpoint; returns the version.
+
+        NotFound if it has none; FailedPrecondition (naming every reason) if none is usable.
+        """
         check_job_id(job_id)
-        path = checkpoint.checkpoint_path(self.checkpoint_dir, job_id)
-        if not path.is_file():
+        paths = checkpoint.job_checkpoints(self.checkpoint_dir, job_id)
+        if not paths:
             raise NotFound(f"no checkpoint of job {job_id!r} in {self.checkpoint_dir}")
-        return self._load_file(path, expected_job=job_id)
+        return self._load(paths, job_id)
 
     def load_all(self) -> list[tuple[str, int]]:
-        """Load every checkpoint in the checkpoint directory (a restarted shard resumes).
+        """Load the newest usable checkpoint of every job in the directory (a restarted shard resumes).
 
-        Raises FailedPrecondition on an unreadable or foreign checkpoint.
+        Returns (file name, version) per job. FailedPrecondition when some job has
+        checkpoints but none usable: resuming without it would silently lose its training.
         """
-        loaded = []
-        for path in checkpoint.list_checkpoints(self.checkpoint_dir):
-            snap_version = self._load_file(path)
-            loaded.append((path.name, snap_version))
+        loaded, failed = [], []
+        for paths in checkpoint.list_checkpoints(self.checkpoint_dir).values():
+            try:
+                version = self._load(paths, None)
+            except FailedPrecondition as e:
+                failed.append(e.message)
+                continue
+            loaded.append((paths[0].name, version))
+        if failed:
+            raise FailedPrecondition("; ".join(failed))
         return loaded
 
-    def _load_file(self, path: Path, expected_job: str | None = None) -> int:
+    def _load(self, paths: list[Path], job_id: str | None) -> int:
         started = time.perf_counter()
         try:
-            snap = checkpoint.read_checkpoint(path, self.index, self.num_shards)
-        except FileNotFoundError:
-            raise NotFound(f"no checkpoint at {path}") from None
-        except MlmeshError:
+            snap, path, refused = checkpoint.read_newest(paths, job_id, self.index, self.num_shards)
+        except FailedPrecondition:
             metrics.CHECKPOINTS.labels("load", "failed").inc()
             raise
-        if expected_job is not None and snap.job_id != expected_job:
-            raise FailedPrecondition(f"checkpoint {path} holds job {snap.job_id!r}, not {expected_job!r}")
-        fresh = Job.from_snapshot(snap)
+        for reason in refused:
+            metrics.CHECKPOINTS.labels("load", "refused").inc()
+            log.error("checkpoint refused; trying the previous one", reason=reason)
+        fresh = Job.from_snapshot(snap, self.now())
         job = self.store.insert_if_absent(fresh)
         if job is not fresh:
             with job.lock:
-                job.restore(snap)
+                job.restore(snap, self.now())
         self._update_gauges()
         metrics.CHECKPOINTS.labels("load", "ok").inc()
         metrics.CHECKPOINT_SECONDS.labels("load").observe(time.perf_counter() - started)
-        log.info("checkpoint loaded", job_id=snap.job_id, path=str(path), version=snap.version)
+        log.info(
+            "checkpoint loaded",
+            job_id=snap.job_id,
+            path=str(path),
+            version=snap.version,
+            clock=snap.clocks.clock,
+            workers=snap.clocks.live,
+        )
         return snap.version
+
+    def save_due(self, every_seconds: float, every_steps: int) -> list[str]:
+        """Checkpoint every job that changed and is due: `every_seconds` since its last
+        checkpoint (0: never by time) or `every_steps` updates applied since (0: never by steps)."""
+        now = self.now()
+        due = []
+        for job in self.store.jobs():
+            if job.generation == job.saved_generation:
+                continue
+            by_time = every_seconds > 0 and now - job.saved_at >= every_seconds
+            by_steps = every_steps > 0 and job.version - job.saved_version >= every_steps
+            if by_time or by_steps:
+                due.append(job.job_id)
+        return self._save_each(due)
 
     def save_dirty(self) -> list[str]:
         """Checkpoint every job changed since its last checkpoint; returns their ids.
 
         A job that fails to save is logged and skipped (the others still save).
         """
+        return self._save_each([j.job_id for j in self.store.jobs() if j.generation != j.saved_generation])
+
+    def _save_each(self, job_ids: list[str]) -> list[str]:
         saved = []
-        for job in self.store.jobs():
-            if job.generation == job.saved_generation:
-                continue
+        for job_id in job_ids:
             try:
-                self.save(job.job_id)
-                saved.append(job.job_id)
+                self.save(job_id)
+                saved.append(job_id)
             except MlmeshError as e:
-                log.error("checkpoint failed", job_id=job.job_id, error=e.message)
+                log.error("checkpoint failed", job_id=job_id, error=e.message)
         return saved
 
     # -- introspection ----------------------------------------------------------
@@ -404,6 +575,19 @@ class Shard:
                     out.append(VariableInfo(job.job_id, var.spec, int(rows)))
         return out
 
+    def jobs_info(self) -> list[JobInfo]:
+        out = []
+        for job in sorted(self.store.jobs(), key=lambda j: j.job_id):
+            with job.lock:
+                c = job.clocks
+                self._expire(job, self.now())
+                clock = c.clock if job.config.mode is Mode.SYNC else (c.slowest() or 0)
+                workers = {w: c.next.get(w, 0) for w in c.live()}
+                out.append(
+                    JobInfo(job.job_id, job.config, job.optimizer, clock, job.version, workers, c.lost_steps)
+                )
+        return out
+
     def _update_gauges(self) -> None:
         count = nbytes = 0
         for job in self.store.jobs():
@@ -414,8 +598,49 @@ class Shard:
         metrics.BYTES_HELD.set(nbytes)
 
 
-def _check_finite(name: str, grad: np.ndarray) -> None:
-    if not np.isfinite(grad).all():
-        raise InvalidArgument(
-            f"gradient of variable {name!r} contains NaN or Inf; nothing of this push was applied"
-        )
+def _check_worker(worker_id: str) -> None:
+    if not worker_id:
+        raise InvalidArgument("worker_id is empty; clocks and pushes are kept per (job, worker)")
+    if len(worker_id) > 1024:
+        raise InvalidArgument(f"worker_id has {len(worker_id)} characters; at most 1024 allowed")
+
+
+def _row_update(var: Variable, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> _Update:
+    """One update from (local ids, gradient rows) parts: duplicate ids summed."""
+    local = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    grad = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    idx, inverse = np.unique(local, return_inverse=True)
+    if len(idx) < len(local):
+        summed = np.zeros((len(idx), *grad.shape[1:]), dtype=grad.dtype)
+        np.add.at(summed, inverse, grad)
+        grad = summed
+    else:
+        idx = local  # already unique; keep the caller's order and skip a copy
+    if len(idx) == len(var.value) and np.array_equal(idx, np.arange(len(idx))):
+        # Every local row in local order (a partitioned dense variable's push): the
+        # same update as on rows, applied to the whole array without gather/scatter.
+        return _Update(var, grad)
+    return _Update(var, grad, idx)
+
+
+def _mean_updates(job: Job, barrier: Barrier) -> list[_Update]:
+    """SYNC: the step's updates, each the mean over the workers that pushed data.
+
+    A row absent from a worker's push counts as a zero gradient from it, so the
+    result is the gradient of the mean loss over the step's whole global batch.
+    """
+    scale = 1.0 / barrier.contributors
+    dense = dict(barrier.dense)
+    out: list[_Update] = []
+    for name, parts in barrier.rows.items():
+        var = job.variables[name]
+        if name in dense:  # some workers pushed every row, others a few: fold the few in
+            for idx, grad in parts:
+                np.add.at(dense[name], idx, grad)
+            continue
+        up = _row_update(var, parts)
+        out.append(_Update(var, up.grad * np.asarray(scale, dtype=up.grad.dtype), up.idx))
+    for name, total in dense.items():
+        total *= np.asarray(scale, dtype=total.dtype)
+        out.append(_Update(job.variables[name], total))
+    return out

@@ -5,6 +5,7 @@ Immutable value objects: safe to share between threads.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ import numpy as np
 from mlmesh import keys
 from mlmesh.errors import InvalidArgument
 
-OPTIMIZER_KINDS = ("sgd", "adam", "adagrad")
+OPTIMIZER_KINDS = ("sgd", "momentum", "adam", "adagrad")
 INITIALIZER_KINDS = (
     "value",
     "zeros",
@@ -26,7 +27,10 @@ INITIALIZER_KINDS = (
 DEFAULT_BETA_1 = 0.9
 DEFAULT_BETA_2 = 0.999
 DEFAULT_EPSILON = 1e-7
+DEFAULT_MOMENTUM = 0.9
 MAX_NAME_CHARS = 1024
+DEFAULT_WORKER_LEASE_SECONDS = 10.0
+MAX_STALENESS = 1_000_000
 
 
 def describe_shape(dtype: np.dtype, shape: tuple[int, ...]) -> str:
@@ -49,10 +53,15 @@ class VarSpec:
     dtype: np.dtype
     shape: tuple[int, ...]
     row_sharded: bool = False
+    # How the rows of a row-sharded variable map to shards (ignored for a dense one).
+    layout: keys.RowLayout = keys.RowLayout.HASH
 
     def describe(self) -> str:
-        kind = "row-sharded" if self.row_sharded else "dense"
+        kind = f"row-sharded ({self.layout.value})" if self.row_sharded else "dense"
         return f"{kind} {describe_shape(self.dtype, self.shape)}"
+
+    def placement(self, num_shards: int) -> keys.RowPlacement:
+        return keys.row_placement(self.shape[0], num_shards, self.layout)
 
     @property
     def is_floating(self) -> bool:
@@ -112,12 +121,21 @@ class OptimizerConfig:
     beta_1: float = 0.0
     beta_2: float = 0.0
     epsilon: float = 0.0
+    momentum: float = 0.0
+    nesterov: bool = False
 
     @classmethod
     def parse(
-        cls, kind: str, learning_rate: float, beta_1: float = 0.0, beta_2: float = 0.0, epsilon: float = 0.0
+        cls,
+        kind: str,
+        learning_rate: float,
+        beta_1: float = 0.0,
+        beta_2: float = 0.0,
+        epsilon: float = 0.0,
+        momentum: float = 0.0,
+        nesterov: bool = False,
     ) -> OptimizerConfig:
-        """Validate and normalise; zero betas/epsilon mean the Keras defaults
+        """Validate and normalise; zero betas/epsilon/momentum mean the Keras defaults
         (proto3 cannot tell 0 from unset), and fields a kind ignores are zeroed."""
         if kind not in OPTIMIZER_KINDS:
             raise InvalidArgument(
@@ -130,8 +148,14 @@ class OptimizerConfig:
                 raise InvalidArgument(f"optimizer {field} must be in [0, 1), got {val}")
         if not (math.isfinite(epsilon) and epsilon >= 0):
             raise InvalidArgument(f"optimizer epsilon must be a finite number >= 0, got {epsilon}")
+        if not (math.isfinite(momentum) and 0 <= momentum < 1):
+            raise InvalidArgument(f"optimizer momentum must be in [0, 1), got {momentum}")
         if kind == "sgd":
             return cls(kind, float(learning_rate))
+        if kind == "momentum":
+            return cls(
+                kind, float(learning_rate), momentum=float(momentum) or DEFAULT_MOMENTUM, nesterov=nesterov
+            )
         eps = float(epsilon) or DEFAULT_EPSILON
         if kind == "adagrad":
             return cls(kind, float(learning_rate), epsilon=eps)
@@ -142,6 +166,11 @@ class OptimizerConfig:
     def describe(self) -> str:
         if self.kind == "sgd":
             return f"sgd(learning_rate={self.learning_rate:g})"
+        if self.kind == "momentum":
+            return (
+                f"momentum(learning_rate={self.learning_rate:g}, momentum={self.momentum:g}, "
+                f"nesterov={self.nesterov})"
+            )
         if self.kind == "adagrad":
             return f"adagrad(learning_rate={self.learning_rate:g}, epsilon={self.epsilon:g})"
         return (
@@ -154,4 +183,42 @@ def local_shape(var: VarSpec, shard_index: int, num_shards: int) -> tuple[int, .
     """Shape of this shard's part: the whole of a dense variable, the owned rows of a row-sharded one."""
     if not var.row_sharded:
         return var.shape
-    return (keys.local_rows(var.shape[0], shard_index, num_shards), *var.shape[1:])
+    return (var.placement(num_shards).count(shard_index), *var.shape[1:])
+
+
+class Mode(enum.Enum):
+    """A job's consistency model (see `paramserver_svc.core.consistency`)."""
+
+    ASYNC = "async"
+    SYNC = "sync"
+    BOUNDED = "bounded"
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """How a job's pushes are admitted: fixed when the job is first registered on a shard."""
+
+    mode: Mode = Mode.ASYNC
+    staleness: int = 0
+    worker_lease_seconds: float = DEFAULT_WORKER_LEASE_SECONDS
+    skip_nonfinite: bool = False
+
+    @classmethod
+    def parse(
+        cls, mode: Mode, staleness: int = 0, worker_lease_seconds: float = 0.0, skip_nonfinite: bool = False
+    ) -> JobConfig:
+        """Validate; a zero lease means the default (proto3 cannot tell 0 from unset)."""
+        if not 0 <= staleness <= MAX_STALENESS:
+            raise InvalidArgument(f"staleness must be in 0..{MAX_STALENESS}, got {staleness}")
+        if mode is not Mode.BOUNDED and staleness:
+            raise InvalidArgument(f"staleness {staleness} is only meaningful for bounded consistency")
+        if not (math.isfinite(worker_lease_seconds) and 0 <= worker_lease_seconds <= 86_400):
+            raise InvalidArgument(
+                f"worker_lease_seconds must be in [0, 86400] (0 = {DEFAULT_WORKER_LEASE_SECONDS:g} s), "
+                f"got {worker_lease_seconds}"
+            )
+        return cls(mode, staleness, worker_lease_seconds or DEFAULT_WORKER_LEASE_SECONDS, skip_nonfinite)
+
+    def describe(self) -> str:
+        mode = f"bounded:{self.staleness}" if self.mode is Mode.BOUNDED else self.mode.value
+        return f"{mode} (worker lease {self.worker_lease_seconds:g} s)"

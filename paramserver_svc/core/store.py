@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from mlmesh.errors import NotFound
 
-from paramserver_svc.core.consistency import AsyncPolicy, ConsistencyPolicy, WorkerClocks
-from paramserver_svc.core.specs import OptimizerConfig, VarSpec
+from paramserver_svc.core.consistency import Barrier, Clocks, ClockState
+from paramserver_svc.core.specs import JobConfig, OptimizerConfig, VarSpec
 from paramserver_svc.core.update_rules import Slots, UpdateRule, make_rule
 
 
@@ -41,9 +41,11 @@ class JobSnapshot:
 
     job_id: str
     optimizer: OptimizerConfig
+    config: JobConfig
     version: int
-    clocks: dict[str, int]
+    clocks: ClockState
     variables: list[Variable]
+    barrier: Barrier = field(default_factory=Barrier)
     generation: int = 0
 
 
@@ -53,20 +55,22 @@ class Job:
 
     job_id: str
     optimizer: OptimizerConfig
+    config: JobConfig = field(default_factory=JobConfig)
     variables: dict[str, Variable] = field(default_factory=dict)
-    clocks: WorkerClocks = field(default_factory=WorkerClocks)
-    # Pushes applied (answered to clients as the job's version).
+    # Updates applied (answered to clients as the job's version).
     version: int = 0
     # Bumped by every change; a checkpoint is due when it differs from saved_generation.
     generation: int = 0
     saved_generation: int = -1
-    policy: ConsistencyPolicy = field(default_factory=AsyncPolicy)
+    saved_version: int = 0  # version and time (the shard's clock) of the last checkpoint
+    saved_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Serialises checkpoint writes of this job so an older snapshot never replaces a newer one.
     save_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.rule: UpdateRule = make_rule(self.optimizer)
+        self.clocks = Clocks(self.config)
 
     def variable(self, name: str) -> Variable:
         try:
@@ -85,32 +89,47 @@ class Job:
 
     def snapshot(self) -> JobSnapshot:
         """Deep copy; call with the lock held."""
+        b = self.clocks.barrier
         return JobSnapshot(
             job_id=self.job_id,
             optimizer=self.optimizer,
+            config=self.config,
             version=self.version,
-            clocks=self.clocks.as_dict(),
+            clocks=self.clocks.state(),
             variables=[
                 Variable(v.spec, v.value.copy(), {k: s.copy() for k, s in v.slots.items()}, v.updates)
                 for v in self.variables.values()
             ],
+            barrier=Barrier(
+                {k: a.copy() for k, a in b.dense.items()},
+                {k: list(parts) for k, parts in b.rows.items()},  # parts are never mutated
+                set(b.workers),
+                b.contributors,
+            ),
             generation=self.generation,
         )
 
-    def restore(self, snap: JobSnapshot) -> None:
-        """Replace all state by the snapshot's (which the job takes ownership of); call with the lock held."""
+    def restore(self, snap: JobSnapshot, now: float) -> None:
+        """Replace all state by the snapshot's (which the job takes ownership of); call with the lock held.
+
+        The workers that were live get a fresh lease from `now`.
+        """
         self.optimizer = snap.optimizer
+        self.config = snap.config
         self.rule = make_rule(snap.optimizer)
         self.variables = {v.spec.name: v for v in snap.variables}
-        self.clocks = WorkerClocks(snap.clocks)
+        self.clocks = Clocks(snap.config, snap.clocks, now)
+        self.clocks.barrier = snap.barrier
         self.version = snap.version
         self.generation += 1
         self.saved_generation = self.generation
+        self.saved_version = snap.version
+        self.saved_at = now
 
     @classmethod
-    def from_snapshot(cls, snap: JobSnapshot) -> Job:
-        job = cls(snap.job_id, snap.optimizer)
-        job.restore(snap)
+    def from_snapshot(cls, snap: JobSnapshot, now: float) -> Job:
+        job = cls(snap.job_id, snap.optimizer, snap.config)
+        job.restore(snap, now)
         return job
 
 

@@ -5,8 +5,10 @@ used two ways: on the whole array (dense variables) and on gathered rows
 (row-sharded variables). On rows, only the rows a push touches change, slots
 included: that is "lazy" Adam/Adagrad, the usual choice for embeddings.
 
-Formulas match Keras 3 (`keras.optimizers.SGD/Adam/Adagrad`), with `t` the
-number of updates this variable has received, this one included.
+Formulas match Keras 3 (`keras.optimizers.SGD` with and without momentum,
+`Adam`, `Adagrad`), with `t` the number of updates this variable has
+received, this one included; `test_update_rules` checks each against Keras
+on the same gradients.
 
 Not thread-safe: the caller holds the job's lock while applying.
 """
@@ -71,6 +73,22 @@ class SGD(UpdateRule):
         return grad * self.config.learning_rate
 
 
+class Momentum(UpdateRule):
+    """Keras' SGD(momentum=mu[, nesterov]): m = mu*m - lr*g; w += m (Nesterov: w += mu*m - lr*g)."""
+
+    slot_names = ("momentum",)
+
+    def _delta(self, slots: Slots, grad: np.ndarray, t: int) -> np.ndarray:
+        c = self.config
+        m = slots["momentum"]
+        step = grad * c.learning_rate
+        m *= c.momentum
+        m -= step
+        if c.nesterov:
+            return step - m * c.momentum
+        return -m
+
+
 class Adam(UpdateRule):
     slot_names = ("m", "v")
 
@@ -101,7 +119,7 @@ class Adagrad(UpdateRule):
         return out
 
 
-_RULES: dict[str, type[UpdateRule]] = {"sgd": SGD, "adam": Adam, "adagrad": Adagrad}
+_RULES: dict[str, type[UpdateRule]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam, "adagrad": Adagrad}
 
 
 def make_rule(config: OptimizerConfig) -> UpdateRule:

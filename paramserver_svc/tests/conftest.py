@@ -153,6 +153,9 @@ class ShardProcess:
     def addr(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
 
 def start_shard_process(
     workdir: Path, index: int, num_shards: int, checkpoint_dir: Path, *extra: str, timeout: float = 30.0

@@ -41,10 +41,10 @@ def stub_for(sp: ShardProcess) -> tuple[grpc.Channel, paramserver_pb2_grpc.Param
     return ch, paramserver_pb2_grpc.ParameterServerServiceStub(ch)
 
 
-def register_small_job(stub, optimizer: str = "adam") -> None:
+def register_small_job(stub, optimizer: str = "adam", job_id: str = "job-1") -> None:
     stub.RegisterVariables(
         pb.RegisterVariablesRequest(
-            job_id="job-1",
+            job_id=job_id,
             variables=[
                 var("w", [4, 3], kind="glorot_uniform", seed=11),
                 var("emb", [10, 2], row_sharded=True, kind="random_normal", scale=0.1, seed=5),
@@ -192,14 +192,52 @@ def test_periodic_checkpoint_survives_kill_9(shard_processes, tmp_path: Path) ->
 def test_unreadable_checkpoint_stops_the_shard_with_a_message(tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "job-broken.npz").write_bytes(b"garbage")
+    (ckpt / "job-broken.0000000001.npz").write_bytes(b"garbage")
     proc = subprocess.run(
         [sys.executable, "-m", "paramserver_svc", "--shard-index", "0", "--num-shards", "1",
          "--checkpoint-dir", str(ckpt), "--port", "0", "--metrics-port", "-1"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 1
-    assert "job-broken.npz" in proc.stderr and "unreadable" in proc.stderr
+    assert "job-broken.0000000001.npz" in proc.stderr and "unreadable" in proc.stderr
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("damage", ["truncated", "another job"])
+def test_bad_newest_checkpoint_is_refused_and_the_previous_one_resumes(
+    shard_processes, tmp_path: Path, damage: str
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    first = shard_processes(0, 1, ckpt)
+    ch, stub = stub_for(first)
+    try:
+        register_small_job(stub, optimizer="sgd")
+        push_step(stub, 0)
+        good = stub.SaveCheckpoint(pb.SaveCheckpointRequest(job_id="job-1"), timeout=10)
+        at_good = pull_all(stub)
+        push_step(stub, 1)
+        newest = Path(stub.SaveCheckpoint(pb.SaveCheckpointRequest(job_id="job-1"), timeout=10).path)
+        register_small_job(stub, optimizer="sgd", job_id="job-2")
+        other = Path(stub.SaveCheckpoint(pb.SaveCheckpointRequest(job_id="job-2"), timeout=10).path)
+    finally:
+        ch.close()
+    stop_process(first, signal.SIGKILL)
+    assert newest != Path(good.path) and Path(good.path).exists()  # the previous one is kept
+    if damage == "truncated":
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    else:
+        newest.write_bytes(other.read_bytes())
+    second = shard_processes(0, 1, ckpt)
+    ch, stub = stub_for(second)
+    try:
+        version, w, _ = pull_all(stub)
+        assert version == at_good[0] == 1
+        np.testing.assert_array_equal(w, at_good[1])
+    finally:
+        ch.close()
+    log = second.log_text()
+    assert "checkpoint refused" in log and newest.name in log
+    assert ("unreadable" if damage == "truncated" else "holds job 'job-2'") in log
 
 
 @pytest.mark.faults

@@ -19,14 +19,6 @@ FP = grpc.StatusCode.FAILED_PRECONDITION
 F32 = np.float32
 
 
-def owned_name(shard: int, n: int, prefix: str = "dense") -> str:
-    return next(f"{prefix}/{i}" for i in range(1000) if keys.dense_shard(f"{prefix}/{i}", n) == shard)
-
-
-def foreign_name(shard: int, n: int) -> str:
-    return next(f"other/{i}" for i in range(1000) if keys.dense_shard(f"other/{i}", n) != shard)
-
-
 @pytest.fixture
 def job(client: ShardClient) -> ShardClient:
     """Job 'j' with dense 'w' float32[2,3] = ones, row-sharded 'emb' float32[5,2] = zeros, int64 'count'."""
@@ -118,7 +110,7 @@ def test_shard_info_lists_variables_with_local_rows(make_shards) -> None:
     shards[1].stub.RegisterVariables(
         pb.RegisterVariablesRequest(
             job_id="j",
-            variables=[var("emb", [5, 4], row_sharded=True), var(owned_name(1, 2), [3, 2])],
+            variables=[var("emb", [5, 4], row_sharded=True), var("dense/1", [3, 2])],
             optimizer=sgd(),
         ),
         timeout=10,
@@ -126,10 +118,10 @@ def test_shard_info_lists_variables_with_local_rows(make_shards) -> None:
     info = shards[1].stub.GetShardInfo(pb.GetShardInfoRequest(), timeout=10)
     assert (info.shard_index, info.num_shards) == (1, 2)
     by_name = {v.name: v for v in info.variables}
-    assert (
-        by_name["emb"].local_rows == 2 and by_name["emb"].row_sharded and list(by_name["emb"].shape) == [5, 4]
-    )
-    assert by_name[owned_name(1, 2)].local_rows == 3
+    emb = by_name["emb"]
+    assert emb.local_rows == keys.local_rows(5, 1, 2) and emb.row_sharded and list(emb.shape) == [5, 4]
+    assert emb.row_layout == pb.ROW_LAYOUT_HASH
+    assert by_name["dense/1"].local_rows == 3 and by_name["dense/1"].row_layout == pb.ROW_LAYOUT_UNSPECIFIED
     assert all(v.job_id == "j" and v.dtype == tensor.DType.DTYPE_FLOAT32 for v in info.variables)
 
 
@@ -138,25 +130,22 @@ def test_two_shards_route_dense_and_rows_by_mlmesh_keys(make_shards) -> None:
     n = 2
     shards = make_shards(n)
     rng = np.random.default_rng(0)
-    dense_names = [owned_name(0, n), owned_name(1, n)]
-    full = {name: rng.normal(size=(3, 4)).astype(F32) for name in dense_names}
+    owner = {"dense/a": 0, "dense/b": 1}  # whole variables go where the coordinator says
+    full = {name: rng.normal(size=(3, 4)).astype(F32) for name in owner}
     table = rng.normal(size=(9, 3)).astype(F32)
+    rows_at = keys.row_placement(9, n)
     for s in range(n):
-        specs = [
-            var(name, [3, 4], kind="value", value=full[name])
-            for name in dense_names
-            if keys.dense_shard(name, n) == s
-        ]
-        specs.append(var("emb", [9, 3], row_sharded=True, kind="value", value=keys.shard_slice(table, s, n)))
+        specs = [var(name, [3, 4], kind="value", value=full[name]) for name, o in owner.items() if o == s]
+        specs.append(var("emb", [9, 3], row_sharded=True, kind="value", value=rows_at.shard_slice(table, s)))
         shards[s].stub.RegisterVariables(
             pb.RegisterVariablesRequest(job_id="j", variables=specs, optimizer=sgd(0.1)), timeout=10
         )
 
     ids = np.array([8, 3, 3, 0, 5])
     grads = rng.normal(size=(5, 3)).astype(F32)
-    dense_grads = {name: rng.normal(size=(3, 4)).astype(F32) for name in dense_names}
-    for s, (pos, owned) in enumerate(keys.split_rows(ids, n)):
-        own_dense = {k: v for k, v in dense_grads.items() if keys.dense_shard(k, n) == s}
+    dense_grads = {name: rng.normal(size=(3, 4)).astype(F32) for name in owner}
+    for s, (pos, owned) in enumerate(rows_at.split(ids)):
+        own_dense = {k: v for k, v in dense_grads.items() if owner[k] == s}
         assert push(
             shards[s].stub, dense=own_dense, rows=[rows_slice("emb", owned.tolist(), grads[pos])]
         ).applied
@@ -165,13 +154,13 @@ def test_two_shards_route_dense_and_rows_by_mlmesh_keys(make_shards) -> None:
     np.add.at(expected_table, ids, -0.1 * grads)
     wanted = np.arange(9)
     got = np.empty_like(table)
-    for s, (pos, owned) in enumerate(keys.split_rows(wanted, n)):
+    for s, (pos, owned) in enumerate(rows_at.split(wanted)):
         resp = shards[s].stub.Pull(
             pb.PullRequest(job_id="j", rows=[pb.RowSlice(name="emb", rows=owned.tolist())]), timeout=10
         )
         got[pos] = tensor.from_proto(resp.rows[0].values)
-        for name in dense_names:
-            if keys.dense_shard(name, n) == s:
+        for name in owner:
+            if owner[name] == s:
                 np.testing.assert_allclose(
                     pull_dense(shards[s].stub, name)[name], full[name] - 0.1 * dense_grads[name], rtol=1e-6
                 )
@@ -232,19 +221,15 @@ def test_register_changed_shape_fails_precondition(job: ShardClient) -> None:
 
 def test_register_changed_dtype_or_partitioning_fails_precondition(job: ShardClient) -> None:
     expect_status(FP, *register(job, var("w", [2, 3], dtype=tensor.DType.DTYPE_FLOAT64)), "float64[2,3]")
-    expect_status(FP, *register(job, var("emb", [5, 2])), "row-sharded float32[5,2]", "dense float32[5,2]")
-
-
-def test_register_dense_variable_on_wrong_shard_names_its_shard(make_shards) -> None:
-    shards = make_shards(3)
-    name = foreign_name(0, 3)
-    owner = keys.dense_shard(name, 3)
     expect_status(
-        FP,
-        *register(shards[0], var(name, [2]), optimizer=sgd()),
-        f"{name!r}",
-        f"belongs on shard {owner} of 3",
+        FP, *register(job, var("emb", [5, 2])), "row-sharded (hash) float32[5,2]", "dense float32[5,2]"
     )
+
+
+def test_register_unknown_row_layout_is_invalid(client: ShardClient) -> None:
+    spec = var("emb", [4, 2], row_sharded=True)
+    spec.row_layout = 7  # type: ignore[assignment]
+    expect_status(IA, *register(client, spec, optimizer=sgd()), "'emb'", "unknown row_layout 7")
 
 
 @pytest.mark.parametrize(
@@ -272,14 +257,12 @@ def test_register_dense_variable_on_wrong_shard_names_its_shard(make_shards) -> 
         # a row-sharded value is this shard's slice ([3, 2] of [5, 2] on shard 0 of 2), not the full table
         (
             var("emb", [5, 2], row_sharded=True, kind="value", value=np.zeros((5, 2), F32)),
-            "slice is float32[3,2]",
+            f"slice is float32[{keys.local_rows(5, 0, 2)},2]",
         ),
     ],
 )
 def test_register_rejects_bad_variable_spec(make_shards, spec: pb.VariableSpec, needle: str) -> None:
     client = make_shards(2)[0]
-    if not spec.row_sharded and spec.name:
-        spec.name = owned_name(0, 2, spec.name)
     expect_status(IA, *register(client, spec, optimizer=sgd()), needle)
 
 

@@ -22,10 +22,6 @@ SGD1 = OptimizerConfig.parse("sgd", 1.0)
 ADAM = OptimizerConfig.parse("adam", 0.01)
 
 
-def dense_name_for(shard: int, n: int, prefix: str = "w") -> str:
-    return next(f"{prefix}{i}" for i in range(1000) if keys.dense_shard(f"{prefix}{i}", n) == shard)
-
-
 def test_initializers_are_deterministic_per_seed_and_differ_per_shard() -> None:
     table = VarSpec("emb", F32, (10, 4), row_sharded=True)
     init = InitSpec("random_normal", scale=0.5, seed=3)
@@ -47,24 +43,30 @@ def test_glorot_fans_follow_keras_for_convolution_kernels() -> None:
     assert glorot_limit((3, 3, 8, 16)) == pytest.approx(np.sqrt(6 / (72 + 144)))
 
 
-def test_row_sharded_variable_holds_only_its_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", list(keys.RowLayout))
+def test_row_sharded_variable_holds_only_its_rows(tmp_path: Path, layout: keys.RowLayout) -> None:
     shards = [Shard(i, 3, tmp_path / str(i)) for i in range(3)]
-    spec = VarSpec("emb", F32, (10, 2), row_sharded=True)
+    spec = VarSpec("emb", F32, (10, 2), row_sharded=True, layout=layout)
     full = np.arange(20, dtype=np.float32).reshape(10, 2)
+    rows = keys.row_placement(10, 3, layout)
     for s in shards:
-        part = keys.shard_slice(full, s.index, 3)
-        s.register("j", [(spec, InitSpec("value", value=part))], SGD1)
-    assert [len(s.store.get("j").variables["emb"].value) for s in shards] == [4, 3, 3]
-    got = shards[1].pull("j", [], [RowValues("emb", np.array([7, 1, 4, 7]))]).rows[0].values
-    np.testing.assert_array_equal(got, full[[7, 1, 4, 7]])
+        s.register("j", [(spec, InitSpec("value", value=rows.shard_slice(full, s.index)))], SGD1)
+    held = [len(s.store.get("j").variables["emb"].value) for s in shards]
+    assert held == [rows.count(i) for i in range(3)] and sum(held) == 10
+    owner = int(rows.owner(np.array([7]))[0])
+    mine = rows.global_rows(owner)
+    ids = np.array([mine[-1], mine[0], mine[-1]])
+    got = shards[owner].pull("j", [], [RowValues("emb", ids)]).rows[0].values
+    np.testing.assert_array_equal(got, full[ids])
 
 
 def test_duplicate_rows_in_one_push_are_summed(tmp_path: Path) -> None:
     shard = Shard(0, 2, tmp_path)
-    shard.register("j", [(VarSpec("emb", F32, (6, 2), row_sharded=True), InitSpec("zeros"))], SGD1)
+    spec = VarSpec("emb", F32, (6, 2), row_sharded=True, layout=keys.RowLayout.BLOCKS)
+    shard.register("j", [(spec, InitSpec("zeros"))], SGD1)
     g = np.array([[1, 1], [2, 2], [10, 10]], dtype=np.float32)
-    shard.push("j", "w0", 0, {}, [RowValues("emb", np.array([4, 0, 4]), g)])
-    out = shard.pull("j", ["emb"], []).dense["emb"]  # local slice: global rows 0, 2, 4
+    shard.push("j", "w0", 0, {}, [RowValues("emb", np.array([2, 0, 2]), g)])
+    out = shard.pull("j", ["emb"], []).dense["emb"]  # local block: global rows 0, 1, 2
     np.testing.assert_array_equal(out, [[-2, -2], [0, 0], [-11, -11]])
 
 
@@ -75,21 +77,22 @@ def test_pushing_every_row_equals_the_same_update_on_the_whole_array(tmp_path: P
     full = np.linspace(-1, 1, 7 * 3, dtype=np.float32).reshape(7, 3)
     grads = [np.full((7, 3), g, np.float32) + full for g in (0.5, -0.25, 1.0)]
     part = Shard(1, 2, tmp_path / "part")
-    part.register("j", [(VarSpec("k", F32, (7, 3), True), InitSpec("value", value=full[1::2]))], ADAM)
+    spec = VarSpec("k", F32, (7, 3), True, keys.RowLayout.BLOCKS)  # shard 1 of 2 holds rows 3..6
+    part.register("j", [(spec, InitSpec("value", value=full[3:]))], ADAM)
     whole = Shard(0, 1, tmp_path / "whole")
     whole.register("j", [(VarSpec("k", F32, (7, 3)), InitSpec("value", value=full))], ADAM)
-    rows = np.array([1, 3, 5]) if order == "local" else np.array([5, 3, 1])
+    rows = np.array([3, 4, 5, 6]) if order == "local" else np.array([6, 5, 4, 3])
     for step, g in enumerate(grads, start=1):
         assert part.push("j", "w", step, {}, [RowValues("k", rows, g[rows])]).applied
         whole.push("j", "w", step, {"k": g}, [])
     got = part.pull("j", ["k"], []).dense["k"]
-    np.testing.assert_allclose(got, whole.pull("j", ["k"], []).dense["k"][1::2], rtol=1e-6)
+    np.testing.assert_allclose(got, whole.pull("j", ["k"], []).dense["k"][3:], rtol=1e-6)
     slots = part.store.get("j").variables["k"].slots
-    np.testing.assert_allclose(slots["m"], whole.store.get("j").variables["k"].slots["m"][1::2], rtol=1e-6)
+    np.testing.assert_allclose(slots["m"], whole.store.get("j").variables["k"].slots["m"][3:], rtol=1e-6)
 
 
 def test_push_is_idempotent_per_worker_step(tmp_path: Path) -> None:
-    name = dense_name_for(0, 1)
+    name = "w"
     shard = Shard(0, 1, tmp_path)
     shard.register("j", [(VarSpec(name, F32, (2,)), InitSpec("zeros"))], SGD1)
     g = {name: np.ones(2, dtype=np.float32)}
@@ -181,7 +184,7 @@ def test_pulls_never_see_half_a_push(tmp_path: Path) -> None:
 
 def test_checkpoint_round_trip_restores_values_slots_clocks_and_version(tmp_path: Path) -> None:
     shard = Shard(1, 2, tmp_path)
-    name = dense_name_for(1, 2)
+    name = "dense/kernel"
     shard.register(
         "job/1",
         [
@@ -191,13 +194,14 @@ def test_checkpoint_round_trip_restores_values_slots_clocks_and_version(tmp_path
         ADAM,
     )
     rng = np.random.default_rng(0)
+    mine = keys.row_placement(7, 2).global_rows(1)[:2]
     for step in range(3):
         shard.push(
             "job/1",
             "w0",
             step,
             {name: rng.normal(size=(3, 2)).astype(np.float32)},
-            [RowValues("emb", np.array([1, 5]), rng.normal(size=(2, 2)).astype(np.float32))],
+            [RowValues("emb", mine, rng.normal(size=(2, 2)).astype(np.float32))],
         )
     path, version = shard.save("job/1")
     assert version == 3 and path.parent == tmp_path and not path.name.startswith(".")
@@ -206,7 +210,7 @@ def test_checkpoint_round_trip_restores_values_slots_clocks_and_version(tmp_path
     restored = Shard(1, 2, tmp_path)
     assert restored.load_all() == [(path.name, 3)]
     before, after = shard.store.get("job/1"), restored.store.get("job/1")
-    assert after.optimizer == ADAM and after.clocks.as_dict() == {"w0": 2}
+    assert after.optimizer == ADAM and after.clocks.next == {"w0": 3}
     for vname, v in before.variables.items():
         w = after.variables[vname]
         assert w.spec == v.spec and w.updates == v.updates == 3
@@ -243,9 +247,9 @@ def test_checkpoint_of_another_shard_layout_is_refused(tmp_path: Path) -> None:
 
 
 def test_corrupt_checkpoint_is_refused_with_its_path(tmp_path: Path) -> None:
-    bad = checkpoint.checkpoint_path(tmp_path, "j")
+    bad = tmp_path / f"{checkpoint.job_stem('j')}.0000000001.npz"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(FailedPrecondition, match="unreadable"):
+    with pytest.raises(FailedPrecondition, match=rf"{bad}.*unreadable"):
         Shard(0, 1, tmp_path).load_all()
 
 
@@ -257,3 +261,26 @@ def test_save_dirty_writes_only_changed_jobs(tmp_path: Path) -> None:
     assert shard.save_dirty() == []
     shard.push("b", "w", 0, {"w": np.ones(2, dtype=np.float32)}, [])
     assert shard.save_dirty() == ["b"]
+
+
+def test_checkpoints_fall_due_by_time_or_by_steps(tmp_path: Path) -> None:
+    now = [100.0]
+    shard = Shard(0, 1, tmp_path, clock=lambda: now[0])
+    shard.register("j", [(VarSpec("w", F32, (2,)), InitSpec("zeros"))], SGD1)
+    shard.save("j")
+    for step in range(3):
+        shard.push("j", "w", step, {"w": np.ones(2, dtype=np.float32)}, [])
+    assert shard.save_due(every_seconds=10, every_steps=0) == []
+    assert shard.save_due(every_seconds=0, every_steps=4) == []
+    assert shard.save_due(every_seconds=0, every_steps=3) == ["j"]
+    shard.push("j", "w", 3, {"w": np.ones(2, dtype=np.float32)}, [])
+    now[0] += 10
+    assert shard.save_due(every_seconds=10, every_steps=0) == ["j"]
+    assert shard.save_due(every_seconds=10, every_steps=1) == []  # nothing changed since
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path: Path) -> None:
+    shard = Shard(0, 1, tmp_path, keep_checkpoints=2)
+    shard.register("j", [(VarSpec("w", F32, (2,)), InitSpec("zeros"))], SGD1)
+    paths = [shard.save("j")[0] for _ in range(4)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [paths[2].name, paths[3].name]

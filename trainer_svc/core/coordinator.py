@@ -257,11 +257,13 @@ class Coordinator:
             partitioned = placement.partitioned_names(
                 values, sparse, self.params.num_shards, self.config.min_partition_bytes, registered
             )
-            plan = placement.plan_registration(values, sparse, self.params.num_shards, partitioned)
+            plan = placement.plan_registration(
+                values, sparse, self.params.num_shards, partitioned, registered
+            )
 
             async def register(shard: int) -> None:
                 for chunk in placement.chunk_specs(plan[shard], self.config.request_bytes):
-                    await self.params.register(shard, job.job_id, chunk, spec.optimizer)
+                    await self.params.register(shard, job.job_id, chunk, spec.optimizer, spec.options())
 
             await asyncio.gather(*(register(s) for s in range(self.params.num_shards)))
             for epoch in range(spec.epochs):
@@ -399,13 +401,12 @@ class Coordinator:
                     if name not in result.dense:
                         raise FailedPrecondition(f"shard {shard} did not return variable {name!r}")
                     values[name] = np.asarray(result.dense[name])
-        for name in [*sparse, *layout.partitioned]:
+        for name, rows_at in [*layout.sparse.items(), *layout.partitioned.items()]:
             full = np.zeros_like(like[name])
-            shape = full.shape
             row_bytes = max(1, full[:1].nbytes)
             rows_per_request = max(1, self.config.request_bytes // row_bytes)
             for shard in range(n):
-                owned = keys.to_global(np.arange(keys.local_rows(shape[0], shard, n)), shard, n)
+                owned = rows_at.global_rows(shard)
                 for start in range(0, len(owned), rows_per_request):
                     rows = owned[start : start + rows_per_request]
                     result = await self.params.pull(shard, job_id, [], {name: rows})
@@ -414,10 +415,15 @@ class Coordinator:
             values[name] = full
         return values
 
-    async def _registered_layout(self, job_id: str) -> dict[str, bool]:
-        """Name -> row_sharded of the variables of `job_id` some shard already holds."""
+    async def _registered_layout(self, job_id: str) -> dict[str, placement.Registered]:
+        """How the shards already hold the variables of `job_id` (empty for a new job)."""
         infos = await asyncio.gather(*(self.params.shard_info(s) for s in range(self.params.num_shards)))
-        return {v.name: v.row_sharded for info in infos for v in info.variables if v.job_id == job_id}
+        return {
+            v.name: placement.Registered(v.row_sharded, -1 if v.row_sharded else shard)
+            for shard, info in enumerate(infos)
+            for v in info.variables
+            if v.job_id == job_id
+        }
 
     async def _evaluate(self, evaluate: ModuleType, ms: Any, specs: Any, spec: JobSpec) -> dict[str, float]:
         if not spec.eval_dataset:

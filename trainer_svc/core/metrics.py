@@ -34,6 +34,12 @@ PUSHES_IGNORED = Counter(
     "mlmesh_trainer_worker_pushes_ignored_total",
     "Pushes a shard acknowledged without applying (duplicate step)",
 )
+RESYNCS = Counter(
+    "mlmesh_trainer_worker_resyncs_total",
+    "Times a worker re-joined the barrier: behind (a SYNC step moved on without it) or refused "
+    "(a push outside the consistency model; the batch was dropped)",
+    ["reason"],
+)
 SKIPPED_BATCHES = Counter(
     "mlmesh_trainer_worker_skipped_batches_total", "Batches dropped because computing them failed", ["reason"]
 )

@@ -14,6 +14,7 @@ import numpy as np
 
 from trainer_svc.core.types import (
     DatasetInfo,
+    JobOptions,
     OptimizerConfig,
     PartitionInfo,
     PullResult,
@@ -53,12 +54,32 @@ class ParamPort(Protocol):
     def num_shards(self) -> int: ...
 
     async def register(
-        self, shard: int, job_id: str, variables: Sequence[VariableSpec], optimizer: OptimizerConfig
+        self,
+        shard: int,
+        job_id: str,
+        variables: Sequence[VariableSpec],
+        optimizer: OptimizerConfig,
+        options: JobOptions | None = None,
     ) -> None: ...
 
+    async def join(self, shard: int, job_id: str, worker_id: str) -> int:
+        """Enter the job's barrier; the clock the worker continues from."""
+        ...
+
+    async def leave(self, shard: int, job_id: str, worker_id: str) -> None: ...
+
     async def pull(
-        self, shard: int, job_id: str, dense: Sequence[str], rows: Mapping[str, np.ndarray]
-    ) -> PullResult: ...
+        self,
+        shard: int,
+        job_id: str,
+        dense: Sequence[str],
+        rows: Mapping[str, np.ndarray],
+        worker_id: str = "",
+        clock: int = 0,
+        pushed: int = 0,
+    ) -> PullResult:
+        """A worker's pull (worker_id set) waits as the job's consistency model says."""
+        ...
 
     async def push(
         self,

@@ -14,10 +14,11 @@ from typing import Any
 
 from mlmesh.errors import InvalidArgument
 
-from trainer_svc.core.types import OptimizerConfig
+from trainer_svc.core.types import Consistency, JobOptions, OptimizerConfig
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-OPTIMIZERS = ("sgd", "adam", "adagrad")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad")
+MAX_WORKER_LEASE_SECONDS = 86_400.0
 MAX_EPOCHS = 1000
 MAX_BATCH_SIZE = 65536
 
@@ -25,6 +26,7 @@ MAX_BATCH_SIZE = 65536
 DEFAULT_LEARNING_RATE = 1e-3
 ADAM_DEFAULTS = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
 ADAGRAD_EPSILON = 1e-7
+DEFAULT_MOMENTUM = 0.9
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,19 @@ class JobSpec:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     seed: int = 0
     eval_max_records: int = 0
+    # "async", "sync" or "bounded:<s>" (normalized by validate_spec).
+    consistency: str = "async"
+    worker_lease_seconds: float = 0.0  # 0: the shards' default
+    skip_nonfinite_pushes: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def options(self) -> JobOptions:
+        """The shards' part of the spec (the spec must be validated)."""
+        return JobOptions(
+            Consistency.parse(self.consistency), self.worker_lease_seconds, self.skip_nonfinite_pushes
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
@@ -77,6 +89,7 @@ def _normalize_optimizer(opt: OptimizerConfig) -> OptimizerConfig:
         "beta_1": opt.beta_1,
         "beta_2": opt.beta_2,
         "epsilon": opt.epsilon,
+        "momentum": opt.momentum,
     }
     for key, value in values.items():
         if not math.isfinite(value):
@@ -97,7 +110,20 @@ def _normalize_optimizer(opt: OptimizerConfig) -> OptimizerConfig:
         b1, b2, eps = 0.0, 0.0, 0.0
     if eps < 0:
         raise InvalidArgument(f"optimizer.epsilon must be >= 0, got {opt.epsilon}")
-    return OptimizerConfig(kind=kind, learning_rate=lr, beta_1=b1, beta_2=b2, epsilon=eps)
+    momentum, nesterov = 0.0, False
+    if kind == "momentum":
+        momentum, nesterov = opt.momentum or DEFAULT_MOMENTUM, opt.nesterov
+        if not 0 < momentum < 1:
+            raise InvalidArgument(f"optimizer.momentum must be in (0, 1), got {opt.momentum}")
+    return OptimizerConfig(
+        kind=kind,
+        learning_rate=lr,
+        beta_1=b1,
+        beta_2=b2,
+        epsilon=eps,
+        momentum=momentum,
+        nesterov=nesterov,
+    )
 
 
 def validate_spec(spec: JobSpec) -> JobSpec:
@@ -122,4 +148,19 @@ def validate_spec(spec: JobSpec) -> JobSpec:
     for key in spec.model_args:
         if not key.isidentifier():
             raise InvalidArgument(f"spec.model_args key {key!r} is not a valid Python identifier")
-    return replace(spec, optimizer=_normalize_optimizer(spec.optimizer), model_args=dict(spec.model_args))
+    try:
+        consistency = Consistency.parse(spec.consistency)
+    except ValueError as e:
+        raise InvalidArgument(f"spec.{e}") from None
+    lease = spec.worker_lease_seconds
+    if not (math.isfinite(lease) and 0 <= lease <= MAX_WORKER_LEASE_SECONDS):
+        raise InvalidArgument(
+            f"spec.worker_lease_seconds must be in [0, {MAX_WORKER_LEASE_SECONDS:g}] (0 = the shards' "
+            f"default), got {lease}"
+        )
+    return replace(
+        spec,
+        optimizer=_normalize_optimizer(spec.optimizer),
+        model_args=dict(spec.model_args),
+        consistency=str(consistency),
+    )

@@ -58,13 +58,15 @@ class TaskInfo:
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """The shards' update rule; `kind` is "sgd", "adam" or "adagrad"."""
+    """The shards' update rule; `kind` is "sgd", "momentum", "adam" or "adagrad"."""
 
     kind: str = "adam"
     learning_rate: float = 1e-3
     beta_1: float = 0.0
     beta_2: float = 0.0
     epsilon: float = 0.0
+    momentum: float = 0.0
+    nesterov: bool = False
 
 
 @dataclass
@@ -81,6 +83,7 @@ class VariableSpec:
     shape: tuple[int, ...]
     row_sharded: bool
     value: np.ndarray
+    layout: str = "hash"  # of a row-sharded variable: "hash" or "blocks" (mlmesh.keys.RowLayout)
 
 
 @dataclass
@@ -88,6 +91,37 @@ class PullResult:
     dense: dict[str, np.ndarray] = field(default_factory=dict)
     # name -> (global row ids, values [len(rows), *shape[1:]])
     rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # The shard's answer to the worker's clock (see PullResponse.clock).
+    clock: int = 0
+
+
+CONSISTENCY_MODES = ("async", "sync", "bounded")
+MAX_STALENESS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """A job's consistency model; in text "async", "sync" or "bounded:<staleness>"."""
+
+    mode: str = "async"
+    staleness: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Consistency:
+        """ValueError naming the accepted forms when `text` is none of them."""
+        mode, sep, arg = (text or "async").strip().lower().partition(":")
+        if mode not in CONSISTENCY_MODES or (mode == "bounded") != bool(sep):
+            raise ValueError(f"consistency {text!r} is not one of 'async', 'sync', 'bounded:<staleness>'")
+        if mode != "bounded":
+            return cls(mode)
+        if not arg.isdigit() or not 0 <= int(arg) <= MAX_STALENESS:
+            raise ValueError(
+                f"consistency {text!r}: the staleness bound must be an integer in 0..{MAX_STALENESS}"
+            )
+        return cls(mode, int(arg))
+
+    def __str__(self) -> str:
+        return f"bounded:{self.staleness}" if self.mode == "bounded" else self.mode
 
 
 @dataclass(frozen=True)
@@ -98,6 +132,7 @@ class ShardVariable:
     name: str
     shape: tuple[int, ...]
     row_sharded: bool
+    layout: str = "hash"
 
 
 @dataclass(frozen=True)
@@ -105,3 +140,12 @@ class ShardInfo:
     shard_index: int
     num_shards: int
     variables: list[ShardVariable]
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What the shards need of a job beyond its optimizer (paramserver JobConfig)."""
+
+    consistency: Consistency = field(default_factory=Consistency)
+    worker_lease_seconds: float = 0.0
+    skip_nonfinite: bool = False

@@ -6,16 +6,25 @@
     gradients, push them → CompleteTask → ...
 
 Placement is read from the shards (`placement.read_layout`), not recomputed:
-a dense variable is whole on its `keys.dense_shard`, or - when the
-coordinator partitioned it - row-sharded over all shards; then the worker
-pulls every shard's slice and interleaves them (full[shard::n] = slice), and
-pushes each shard the gradient of its rows as a row slice.
+a dense variable is whole on the shard the coordinator chose, or - when it
+partitioned it - split in blocks of rows over all shards; then the worker
+pulls every shard's block and concatenates them, and pushes each shard the
+gradient of its block. Embedding rows are routed by `mlmesh.keys`' hash.
 
-The pull for batch i+1 runs while batch i computes, and the push of batch i
-while batch i+1 computes (`prefetch`): under asynchronous updates this adds
-at most two steps of staleness and takes the network off the critical path.
-Pushes stay in step order, one at a time, because a shard ignores a step not
-above the last one it applied from this worker.
+Clocks. The worker joins the job on every shard (JoinJob: the clock to start
+from) before its first task, leaves when the queue has nothing for it (so a
+SYNC barrier does not wait for an idle worker), and pulls and pushes step c
+with clock c. The shards enforce the job's consistency model; the worker
+only pipelines: with `prefetch`, the pull for step c+1 is sent while step c
+computes, and the push of step c overlaps the compute of c+1. Under ASYNC
+that adds staleness (the prefetched values miss the worker's own last
+update); under SYNC and BOUNDED the shard holds the prefetched pull back
+until the model allows it, so the guarantee is the same with or without.
+Pushes stay in step order, one at a time, because a shard ignores a step
+below the worker's clock. A shard that refuses a push as outside the model
+(a SYNC step that moved on while this worker's lease had lapsed, a step
+beyond the staleness bound) makes the worker drop that batch and join
+again.
 
 Runs on one asyncio event loop; TensorFlow compute runs in a thread.
 """
@@ -30,7 +39,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from mlmesh import keys
 from mlmesh.errors import FailedPrecondition, InvalidArgument, MlmeshError, NotFound, Unavailable
 from mlmesh.logging import get_logger
 
@@ -38,7 +46,7 @@ from trainer_svc.core import batching, metrics, placement
 from trainer_svc.core.cache import PartitionCache
 from trainer_svc.core.ports import IngestPort, ParamPort
 from trainer_svc.core.spec import JobSpec
-from trainer_svc.core.types import FeatureInfo, PullResult, TaskInfo
+from trainer_svc.core.types import Consistency, FeatureInfo, PullResult, TaskInfo
 
 log = get_logger(__name__)
 
@@ -171,15 +179,18 @@ class TrainingWorker:
                     a.job_id, self.config.worker_id, self.config.lease_seconds
                 )
                 if task is None:
+                    await job.leave()  # nothing to do now: the others must not wait for us
                     if queue.done:
                         log.info("job queue done", job_id=a.job_id)
                         return
                     await job.maybe_report()
                     await _sleep_or_stop(stop, self.config.poll_seconds)
                     continue
+                await job.join()
                 await job.run_task(task, stop)
         finally:
             with contextlib.suppress(MlmeshError, JobStopped):
+                await job.leave()
                 await job.report()
 
 
@@ -203,11 +214,39 @@ class _JobRun:
         self.runner = runner
         self.n = params.num_shards
         self.layout = layout
-        # Steps must rise across restarts of a worker that keeps its id, since
-        # shards drop pushes whose step is not above the last one applied:
-        # start from the wall clock in milliseconds (one step takes longer).
-        self.step = int(time.time() * 1000)
+        self.consistency = Consistency.parse(a.spec.consistency)
+        # SYNC and BOUNDED count every worker's steps on every shard, so every step
+        # reaches every shard; ASYNC skips shards a step has nothing for.
+        self.every_shard = self.consistency.mode != "async"
+        self.clock = 0  # the step computed next (from JoinJob)
+        self.acked = 0  # steps whose pushes every shard acknowledged
+        self.joined = False
         self.progress = _Progress()
+
+    # ----- membership ------------------------------------------------------------------------
+
+    async def join(self) -> None:
+        """Enter the job on every shard (idempotent); continue from the highest clock they name."""
+        if self.joined:
+            return
+        clocks = await asyncio.gather(
+            *(self.params.join(s, self.a.job_id, self.cfg.worker_id) for s in range(self.n))
+        )
+        self.clock = self.acked = max(clocks)
+        self.joined = True
+        log.info("joined", job_id=self.a.job_id, clock=self.clock, consistency=str(self.consistency))
+
+    async def leave(self) -> None:
+        if not self.joined:
+            return
+        self.joined = False
+        results = await asyncio.gather(
+            *(self.params.leave(s, self.a.job_id, self.cfg.worker_id) for s in range(self.n)),
+            return_exceptions=True,
+        )
+        failed = [str(r) for r in results if isinstance(r, BaseException)]
+        if failed:  # the lease runs out on its own
+            log.warning("leave failed on some shards", errors=failed)
 
     # ----- progress --------------------------------------------------------------------------
 
@@ -295,39 +334,56 @@ class _JobRun:
                 assert prepared is not None
                 x, y, rows = prepared
                 t0 = time.perf_counter()
-                if pull_next is None:
-                    pull_next = asyncio.ensure_future(self.pull(rows))
-                pulled = await pull_next
-                t1 = time.perf_counter()
-                prepared = prepare(i + 1) if i + 1 < len(batches) else None
-                pull_next = None
-                if self.cfg.prefetch and prepared is not None:
-                    pull_next = asyncio.ensure_future(self.pull(prepared[2]))
                 try:
-                    result = await asyncio.to_thread(self.runner.compute, pulled.dense, pulled.rows, x, y)
-                except Exception as e:  # bad records (say, ids outside a table): drop the batch, loudly
-                    failed += 1
-                    metrics.SKIPPED_BATCHES.labels("compute_error").inc()
-                    log.error(
-                        "batch failed; skipped", partition=task.partition_id, error=f"{type(e).__name__}: {e}"
-                    )
-                    continue
-                t2 = time.perf_counter()
-                if push_prev is not None:
-                    await push_prev
-                    push_prev = None
-                if np.isfinite(result.loss):
-                    self.step += 1
-                    push_prev = asyncio.ensure_future(self.push(self.step, result))
+                    if pull_next is None:
+                        pull_next = asyncio.ensure_future(self.pull(rows, self.clock))
+                    pulled = await pull_next
+                    pull_next = None
+                    if pulled.clock > self.clock:  # SYNC moved on without us (our lease lapsed)
+                        metrics.RESYNCS.labels("behind").inc()
+                        self.clock = self.acked = pulled.clock
+                    t1 = time.perf_counter()
+                    prepared = prepare(i + 1) if i + 1 < len(batches) else None
+                    if self.cfg.prefetch and prepared is not None:
+                        pull_next = asyncio.ensure_future(self.pull(prepared[2], self.clock + 1))
+                    try:
+                        result = await asyncio.to_thread(self.runner.compute, pulled.dense, pulled.rows, x, y)
+                    except Exception as e:  # bad records (say, ids outside a table): drop the batch, loudly
+                        failed += 1
+                        metrics.SKIPPED_BATCHES.labels("compute_error").inc()
+                        log.error(
+                            "batch failed; skipped",
+                            partition=task.partition_id,
+                            error=f"{type(e).__name__}: {e}",
+                        )
+                        result = None
+                    t2 = time.perf_counter()
+                    if push_prev is not None:
+                        await push_prev
+                        push_prev = None
+                    if result is not None and not np.isfinite(result.loss):
+                        metrics.SKIPPED_BATCHES.labels("nonfinite_loss").inc()
+                        log.warning(
+                            "non-finite loss; batch skipped", loss=result.loss, partition=task.partition_id
+                        )
+                        result = None
+                    # A skipped batch still ticks the clock (an empty push), so no barrier waits for it.
+                    step, self.clock = self.clock, self.clock + 1
+                    push_prev = asyncio.ensure_future(self.push(step, result))
                     if not self.cfg.prefetch:
                         await push_prev
                         push_prev = None
+                except FailedPrecondition as e:
+                    # Outside the consistency model (see the module doc): drop the batch, join again.
+                    metrics.RESYNCS.labels("refused").inc()
+                    log.warning("push refused by the consistency model; joining again", error=e.message)
+                    pull_next = await _cancel(pull_next)
+                    push_prev = await _cancel(push_prev)
+                    self.joined = False
+                    await self.join()
+                    continue
+                if result is not None:
                     self.record(len(y), result.loss)
-                else:
-                    metrics.SKIPPED_BATCHES.labels("nonfinite_loss").inc()
-                    log.warning(
-                        "non-finite loss; batch skipped", loss=result.loss, partition=task.partition_id
-                    )
                 t3 = time.perf_counter()
                 metrics.STEP_PHASE.labels("pull").observe(t1 - t0)
                 metrics.STEP_PHASE.labels("compute").observe(t2 - t1)
@@ -343,11 +399,8 @@ class _JobRun:
                     f"every batch of partition {task.partition_id} of {task.dataset!r} failed to compute"
                 )
         finally:
-            for fut in (pull_next, push_prev):
-                if fut is not None and not fut.done():
-                    fut.cancel()
-                    with contextlib.suppress(BaseException):
-                        await fut
+            await _cancel(pull_next)
+            await _cancel(push_prev)
         try:
             await self.ingest.complete_task(task.lease_id)
             metrics.TASKS.labels("completed").inc()
@@ -375,25 +428,28 @@ class _JobRun:
 
     # ----- parameter server ------------------------------------------------------------------
 
-    async def pull(self, rows: Mapping[str, np.ndarray]) -> PullResult:
-        """Dense variables from their shards (partitioned ones from every shard, reassembled)
-        and the given rows of sparse ones, all shards at once."""
-        split = {name: keys.split_rows(r, self.n) for name, r in rows.items()}
+    async def pull(self, rows: Mapping[str, np.ndarray], clock: int) -> PullResult:
+        """Values for step `clock`: dense variables from their shards (partitioned ones from
+        every shard, reassembled) and the given rows of sparse ones, all shards at once."""
+        split = {name: self.layout.sparse[name].split(r) for name, r in rows.items()}
         parts = list(self.layout.partitioned)
+        pushed = self.acked
 
         async def one(shard: int) -> PullResult | None:
             dense = [*self.layout.whole[shard], *parts]
             shard_rows = {name: parts[shard][1] for name, parts in split.items() if len(parts[shard][1])}
-            if not dense and not shard_rows:
+            if not dense and not shard_rows and not self.every_shard:
                 return None
-            return await self.params.pull(shard, self.a.job_id, dense, shard_rows)
+            return await self.params.pull(
+                shard, self.a.job_id, dense, shard_rows, self.cfg.worker_id, clock, pushed
+            )
 
         results = await asyncio.gather(*(one(s) for s in range(self.n)))
-        out = PullResult()
+        out = PullResult(clock=max((r.clock for r in results if r is not None), default=clock))
         for result in results:
             if result is not None:
                 out.dense.update(result.dense)
-        for name in parts:  # each shard answered its slice, in local order
+        for name in parts:  # each shard answered its block
             out.dense[name] = self.layout.assemble(name, [r.dense[name] for r in results if r is not None])
         for name, r in rows.items():
             values: np.ndarray | None = None
@@ -408,27 +464,40 @@ class _JobRun:
             out.rows[name] = (r, values if values is not None else np.zeros((0,), dtype=np.float32))
         return out
 
-    async def push(self, step: int, result: Any) -> None:
-        """Gradients to their owning shards, all with this step number."""
-        split = {name: keys.split_rows(r, self.n) for name, (r, _) in result.row_grads.items()}
+    async def push(self, step: int, result: Any | None) -> None:
+        """Gradients of step `step` to their owning shards; None pushes nothing but the clock tick."""
+        dense_grads = result.dense_grads if result is not None else {}
+        row_grads = result.row_grads if result is not None else {}
+        split = {name: self.layout.sparse[name].split(r) for name, (r, _) in row_grads.items()}
 
         async def one(shard: int) -> None:
-            dense = {name: result.dense_grads[name] for name in self.layout.whole[shard]}
+            dense = {name: dense_grads[name] for name in self.layout.whole[shard] if name in dense_grads}
             rows = {
-                name: (self.layout.global_rows(name, shard), result.dense_grads[name][shard :: self.n])
+                name: (self.layout.global_rows(name, shard), self.layout.part(name, dense_grads[name], shard))
                 for name in self.layout.partitioned
+                if name in dense_grads
             }
             for name, parts in split.items():
                 pos, global_rows = parts[shard]
                 if len(pos):
-                    rows[name] = (global_rows, result.row_grads[name][1][pos])
-            if not dense and not rows:
+                    rows[name] = (global_rows, row_grads[name][1][pos])
+            if not dense and not rows and not self.every_shard:
                 return
             applied = await self.params.push(shard, self.a.job_id, self.cfg.worker_id, step, dense, rows)
-            if not applied:
+            if not applied and result is not None:
                 metrics.PUSHES_IGNORED.inc()
 
         await asyncio.gather(*(one(s) for s in range(self.n)))
+        self.acked = max(self.acked, step + 1)
+
+
+async def _cancel(fut: asyncio.Future[Any] | None) -> None:
+    """Cancel an in-flight pull or push and wait for it to finish; returns None (for assignment)."""
+    if fut is not None and not fut.done():
+        fut.cancel()
+    if fut is not None:
+        with contextlib.suppress(BaseException):
+            await fut
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from mlmesh.paramserver.v1 import paramserver_pb2
 from mlmesh.trainer.v1 import trainer_pb2
 
 from trainer_svc.tests.cluster import Cluster, fashion_spec, metric, wait_job
@@ -70,4 +71,46 @@ def test_coordinator_restart_resumes_the_running_job(cluster: Cluster) -> None:
     assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
     assert job.tasks_completed == job.tasks_total == 20
     assert job.started_unix == before.started_unix
+    assert job.eval_metrics["accuracy"] > 0.5
+
+
+def shard_job(c: Cluster, shard: int, job_id: str) -> paramserver_pb2.JobInfo:
+    info = c.shard_stub(shard).GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
+    return next(j for j in info.jobs if j.job_id == job_id)
+
+
+@pytest.mark.parametrize("consistency", ["async", "sync", "bounded:1"])
+def test_a_worker_joins_mid_job_and_dies_and_the_job_completes(cluster: Cluster, consistency: str) -> None:
+    """Elastic membership: a third worker joins a running job, then is killed with SIGKILL;
+    the barrier (SYNC) or the staleness bound (BOUNDED) lets the others go on once its
+    lease expires, and the job completes."""
+    job_id = f"elastic-{consistency.replace(':', '-')}"
+    worker_id = f"w-extra-{job_id}"
+    trainer = cluster.trainer()
+    spec = fashion_spec(epochs=8, model_name=job_id, batch_size=32, consistency=consistency)
+    spec.worker_lease_seconds = 3.0
+    trainer.CreateJob(trainer_pb2.CreateJobRequest(spec=spec, job_id=job_id), timeout=120)
+    wait_steps(cluster, job_id, 10)
+    joined_before = metric(cluster.shards[0], 'mlmesh_ps_membership_total{event="joined"}')
+    extra = cluster.start_worker(worker_id)
+    while worker_id not in shard_job(cluster, 0, job_id).workers:
+        job = trainer.GetJob(trainer_pb2.GetJobRequest(job_id=job_id), timeout=10).job
+        assert job.state == trainer_pb2.JOB_STATE_RUNNING, "the job ended before the new worker joined"
+        time.sleep(0.1)
+    assert metric(cluster.shards[0], 'mlmesh_ps_membership_total{event="joined"}') > joined_before
+    while metric(extra, "mlmesh_trainer_worker_steps_total") < 5:  # it trains alongside the others
+        job = trainer.GetJob(trainer_pb2.GetJobRequest(job_id=job_id), timeout=10).job
+        assert job.state == trainer_pb2.JOB_STATE_RUNNING, "the job ended before the new worker trained"
+        time.sleep(0.1)
+    extra.kill()
+    job = wait_job(trainer, job_id, timeout=240)
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.tasks_completed == job.tasks_total == 80
+    info = shard_job(cluster, 0, job_id)
+    assert paramserver_pb2.ConsistencyMode.Name(info.config.consistency) == (
+        "CONSISTENCY_" + consistency.split(":")[0].upper()
+    )
+    if consistency == "sync":
+        # One aggregated update per step: far fewer updates than the pushes the workers made.
+        assert 0 < info.version <= info.clock < job.steps
     assert job.eval_metrics["accuracy"] > 0.5

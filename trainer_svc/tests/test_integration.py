@@ -63,15 +63,18 @@ def test_fashion_job_trains_evaluates_and_exports(cluster: Cluster) -> None:
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
     assert (probs.argmax(axis=1) == test["label"]).mean() > 0.5
 
-    # Every variable sits where mlmesh.keys puts it: the 800 KiB dense kernel is
-    # partitioned by rows over both shards, the rest whole on its hashed shard.
+    # The 800 KiB dense kernel is partitioned in blocks of rows over both shards; every
+    # other variable is whole on exactly one shard.
+    whole: list[str] = []
     for i in range(2):
         info = cluster.shard_stub(i).GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
         held = [v for v in info.variables if v.job_id == "fashion-1"]
         assert [v.name for v in held if v.row_sharded] == ["dense/kernel"]
-        assert all(keys.dense_shard(v.name, 2) == i for v in held if not v.row_sharded)
+        whole += [v.name for v in held if not v.row_sharded]
         [kernel] = [v for v in held if v.row_sharded]
         assert list(kernel.shape) == [1600, 128] and kernel.local_rows == 800
+        assert kernel.row_layout == paramserver_pb2.ROW_LAYOUT_BLOCKS
+    assert len(whole) == len(set(whole)) == 7
     steps = sum(metric(w, "mlmesh_trainer_worker_steps_total") for w in cluster.workers.values())
     assert steps >= 100
 
@@ -85,13 +88,13 @@ def test_user_model_with_sparse_embedding_trains_from_the_example(cluster: Clust
     # 35% churn: always answering "stays" would score 0.65.
     assert job.eval_metrics["accuracy"] > 0.72, dict(job.eval_metrics)
     assert job.eval_metrics["auc"] > 0.75, dict(job.eval_metrics)
-    # The embedding is row-sharded: each shard holds its half of the 50 regions.
+    # The embedding is row-sharded by hash: each shard holds its rows of the 50 regions.
     for i in range(2):
         info = cluster.shard_stub(i).GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
         [emb] = [
             v for v in info.variables if v.job_id == job.job_id and v.name == "region_embedding/embeddings"
         ]
-        assert emb.row_sharded and list(emb.shape) == [50, 8] and emb.local_rows == 25
+        assert emb.row_sharded and list(emb.shape) == [50, 8] and emb.local_rows == keys.local_rows(50, i, 2)
     import tensorflow as tf
 
     signature = tf.saved_model.load(job.export_path).signatures["serving_default"]

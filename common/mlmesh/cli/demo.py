@@ -189,6 +189,7 @@ def run_demo_steps(
     train_timeout: float,
     serve_timeout: float,
     samples: int,
+    consistency: str = "async",
 ) -> list[str]:
     """Ingest, train, serve, predict; fills `summary`; returns the problems found."""
     console.rule("ingest")
@@ -212,12 +213,15 @@ def run_demo_steps(
         optimizer=optimizer,
         learning_rate=lr,
         model_name=MODEL_NAME,
+        consistency=consistency,
     )
     t = time.perf_counter()
     with TrainerClient(addrs.coordinator) as client:
         job = client.create_job(spec)
         summary["job_id"] = job.job_id
-        console.print(f"job {job.job_id}: {epochs} epochs, batch {batch_size}, {optimizer} lr {lr}")
+        console.print(
+            f"job {job.job_id}: {epochs} epochs, batch {batch_size}, {optimizer} lr {lr}, {consistency}"
+        )
         job, peak = follow_job(client, job.job_id, timeout=train_timeout)
     wall = time.perf_counter() - t
     train_seconds = job.train_seconds or wall
@@ -331,8 +335,11 @@ def demo(
     workers: Annotated[int, typer.Option(min=1, max=64, help="Training workers.")] = 2,
     shards: Annotated[int, typer.Option(min=1, max=64, help="Parameter-server shards.")] = 2,
     replicas: Annotated[int, typer.Option(min=1, max=64, help="Serving replicas.")] = 2,
-    optimizer: Annotated[str, typer.Option(help="sgd, adam or adagrad.")] = "adam",
+    optimizer: Annotated[str, typer.Option(help="sgd, momentum, adam or adagrad.")] = "adam",
     lr: Annotated[float, typer.Option(min=0.0, help="Learning rate.")] = 1e-3,
+    consistency: Annotated[
+        str, typer.Option(help="async, sync or bounded:<s> (see `mlmesh train --help`).")
+    ] = "async",
     samples: Annotated[int, typer.Option(min=1, max=256, help="Test images sent through the gateway.")] = 8,
     root: Annotated[
         Path, typer.Option("--root", help="Directory for all data, models, logs.")
@@ -356,8 +363,8 @@ def demo(
     """
     from mlmesh.data import DataUnavailable, IdxFormatError, load_fashion_mnist
 
-    if optimizer not in ("sgd", "adam", "adagrad"):
-        fail(f"--optimizer {optimizer!r} is not one of sgd, adam, adagrad")
+    if optimizer not in ("sgd", "momentum", "adam", "adagrad"):
+        fail(f"--optimizer {optimizer!r} is not one of sgd, momentum, adam, adagrad")
     check_log_level(log_level)
     started = time.perf_counter()
     root = root.resolve()
@@ -380,6 +387,7 @@ def demo(
         "batch_size": batch_size,
         "optimizer": optimizer,
         "learning_rate": lr,
+        "consistency": consistency,
         "workers": workers,
         "ps_shards": shards,
         "serving_replicas": replicas,
@@ -419,6 +427,7 @@ def demo(
                 train_timeout=train_timeout,
                 serve_timeout=serve_timeout,
                 samples=samples,
+                consistency=consistency,
             )
             if problems:
                 raise DemoError("; ".join(problems))

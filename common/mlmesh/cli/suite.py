@@ -52,6 +52,10 @@ class SuiteConfig:
     grace_seconds: float = 10.0
     serving_poll_seconds: float = 1.0
     base_id: int | None = None
+    # Each shard checkpoints a job every N updates or T seconds, so a shard killed mid-job
+    # and restarted by the supervisor resumes having lost at most that much.
+    checkpoint_every_steps: int = 200
+    checkpoint_every_seconds: float = 30.0
 
     @property
     def run_dir(self) -> Path:
@@ -109,6 +113,10 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
                 str(cfg.shards),
                 "--checkpoint-dir",
                 str(root / "checkpoints" / f"ps-{i}"),
+                "--checkpoint-every-steps",
+                str(cfg.checkpoint_every_steps),
+                "--checkpoint-every-seconds",
+                str(cfg.checkpoint_every_seconds),
             ],
             PS_SERVICE,
             t,

@@ -106,8 +106,19 @@ def train(
     ] = "fashion-mnist-test",
     epochs: Annotated[int, typer.Option(min=1, max=10_000)] = 5,
     batch_size: Annotated[int, typer.Option(min=1, max=1_000_000)] = 64,
-    optimizer: Annotated[str, typer.Option(help="sgd, adam or adagrad.")] = "adam",
+    optimizer: Annotated[str, typer.Option(help="sgd, momentum, adam or adagrad.")] = "adam",
     lr: Annotated[float, typer.Option(min=0.0, help="Learning rate.")] = 1e-3,
+    consistency: Annotated[
+        str,
+        typer.Option(
+            help="async (apply on arrival), sync (one aggregated update per step) or bounded:<s> "
+            "(no worker more than s steps ahead of the slowest)."
+        ),
+    ] = "async",
+    skip_nonfinite_pushes: Annotated[
+        bool,
+        typer.Option("--skip-nonfinite-pushes", help="Skip and count NaN/Inf gradients instead of failing."),
+    ] = False,
     model_name: Annotated[str, typer.Option(help="Export name in the model repository.")] = "fashion-mnist",
     model_arg: Annotated[
         list[str] | None,
@@ -131,8 +142,8 @@ def train(
 
     Exits 1 if the job FAILED or was CANCELLED.
     """
-    if optimizer not in ("sgd", "adam", "adagrad"):
-        fail(f"--optimizer {optimizer!r} is not one of sgd, adam, adagrad")
+    if optimizer not in ("sgd", "momentum", "adam", "adagrad"):
+        fail(f"--optimizer {optimizer!r} is not one of sgd, momentum, adam, adagrad")
     addr = resolve(root, coordinator_addr, "coordinator", "--coordinator-addr")
     spec = job_spec(
         model=model,
@@ -146,6 +157,8 @@ def train(
         model_args=parse_kv(model_arg or [], "--model-arg"),
         seed=seed,
         eval_max_records=eval_max_records,
+        consistency=consistency,
+        skip_nonfinite_pushes=skip_nonfinite_pushes,
     )
     with TrainerClient(addr) as client:
         with rpc_errors(f"CreateJob at {addr}"):

@@ -56,6 +56,12 @@ def up(
         float, typer.Option(min=0, help="On stop: SIGTERM, then SIGKILL after this.")
     ] = 10.0,
     log_level: Annotated[str, typer.Option(help="Services' log level.")] = "info",
+    checkpoint_every_steps: Annotated[
+        int, typer.Option(min=0, help="Shards checkpoint a job after this many updates (0 = off).")
+    ] = 200,
+    checkpoint_every_seconds: Annotated[
+        float, typer.Option(min=0, help="... and at least this often while it changes (0 = off).")
+    ] = 30.0,
 ) -> None:
     """Start the whole suite on loopback and keep it running until Ctrl-C / SIGTERM.
 
@@ -74,6 +80,8 @@ def up(
         log_level=log_level,
         ready_timeout=ready_timeout,
         grace_seconds=grace_seconds,
+        checkpoint_every_steps=checkpoint_every_steps,
+        checkpoint_every_seconds=checkpoint_every_seconds,
     )
     sup = make_supervisor(cfg)
     try:

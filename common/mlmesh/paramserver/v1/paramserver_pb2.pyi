@@ -1,11 +1,32 @@
 from mlmesh.types.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class RowLayout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROW_LAYOUT_UNSPECIFIED: _ClassVar[RowLayout]
+    ROW_LAYOUT_HASH: _ClassVar[RowLayout]
+    ROW_LAYOUT_BLOCKS: _ClassVar[RowLayout]
+
+class ConsistencyMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONSISTENCY_UNSPECIFIED: _ClassVar[ConsistencyMode]
+    CONSISTENCY_ASYNC: _ClassVar[ConsistencyMode]
+    CONSISTENCY_SYNC: _ClassVar[ConsistencyMode]
+    CONSISTENCY_BOUNDED: _ClassVar[ConsistencyMode]
+ROW_LAYOUT_UNSPECIFIED: RowLayout
+ROW_LAYOUT_HASH: RowLayout
+ROW_LAYOUT_BLOCKS: RowLayout
+CONSISTENCY_UNSPECIFIED: ConsistencyMode
+CONSISTENCY_ASYNC: ConsistencyMode
+CONSISTENCY_SYNC: ConsistencyMode
+CONSISTENCY_BOUNDED: ConsistencyMode
 
 class Initializer(_message.Message):
     __slots__ = ("kind", "scale", "seed", "value")
@@ -20,42 +41,62 @@ class Initializer(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., scale: _Optional[float] = ..., seed: _Optional[int] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class VariableSpec(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "row_sharded", "initializer")
+    __slots__ = ("name", "dtype", "shape", "row_sharded", "initializer", "row_layout")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     ROW_SHARDED_FIELD_NUMBER: _ClassVar[int]
     INITIALIZER_FIELD_NUMBER: _ClassVar[int]
+    ROW_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: _tensor_pb2.DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     row_sharded: bool
     initializer: Initializer
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., row_sharded: _Optional[bool] = ..., initializer: _Optional[_Union[Initializer, _Mapping]] = ...) -> None: ...
+    row_layout: RowLayout
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., row_sharded: _Optional[bool] = ..., initializer: _Optional[_Union[Initializer, _Mapping]] = ..., row_layout: _Optional[_Union[RowLayout, str]] = ...) -> None: ...
 
 class OptimizerSpec(_message.Message):
-    __slots__ = ("kind", "learning_rate", "beta_1", "beta_2", "epsilon")
+    __slots__ = ("kind", "learning_rate", "beta_1", "beta_2", "epsilon", "momentum", "nesterov")
     KIND_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BETA_1_FIELD_NUMBER: _ClassVar[int]
     BETA_2_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
+    MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    NESTEROV_FIELD_NUMBER: _ClassVar[int]
     kind: str
     learning_rate: float
     beta_1: float
     beta_2: float
     epsilon: float
-    def __init__(self, kind: _Optional[str] = ..., learning_rate: _Optional[float] = ..., beta_1: _Optional[float] = ..., beta_2: _Optional[float] = ..., epsilon: _Optional[float] = ...) -> None: ...
+    momentum: float
+    nesterov: bool
+    def __init__(self, kind: _Optional[str] = ..., learning_rate: _Optional[float] = ..., beta_1: _Optional[float] = ..., beta_2: _Optional[float] = ..., epsilon: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ...) -> None: ...
+
+class JobConfig(_message.Message):
+    __slots__ = ("consistency", "staleness", "worker_lease_seconds", "skip_nonfinite_pushes")
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_NONFINITE_PUSHES_FIELD_NUMBER: _ClassVar[int]
+    consistency: ConsistencyMode
+    staleness: int
+    worker_lease_seconds: float
+    skip_nonfinite_pushes: bool
+    def __init__(self, consistency: _Optional[_Union[ConsistencyMode, str]] = ..., staleness: _Optional[int] = ..., worker_lease_seconds: _Optional[float] = ..., skip_nonfinite_pushes: _Optional[bool] = ...) -> None: ...
 
 class RegisterVariablesRequest(_message.Message):
-    __slots__ = ("job_id", "variables", "optimizer")
+    __slots__ = ("job_id", "variables", "optimizer", "config")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     variables: _containers.RepeatedCompositeFieldContainer[VariableSpec]
     optimizer: OptimizerSpec
-    def __init__(self, job_id: _Optional[str] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ...) -> None: ...
+    config: JobConfig
+    def __init__(self, job_id: _Optional[str] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
 class RegisterVariablesResponse(_message.Message):
     __slots__ = ("created", "existing")
@@ -75,18 +116,52 @@ class RowSlice(_message.Message):
     values: _tensor_pb2.Tensor
     def __init__(self, name: _Optional[str] = ..., rows: _Optional[_Iterable[int]] = ..., values: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
+class JoinJobRequest(_message.Message):
+    __slots__ = ("job_id", "worker_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: str
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class JoinJobResponse(_message.Message):
+    __slots__ = ("clock", "config")
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    clock: int
+    config: JobConfig
+    def __init__(self, clock: _Optional[int] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
+
+class LeaveJobRequest(_message.Message):
+    __slots__ = ("job_id", "worker_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    worker_id: str
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class LeaveJobResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class PullRequest(_message.Message):
-    __slots__ = ("job_id", "dense", "rows")
+    __slots__ = ("job_id", "dense", "rows", "worker_id", "clock", "pushed")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DENSE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    PUSHED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dense: _containers.RepeatedScalarFieldContainer[str]
     rows: _containers.RepeatedCompositeFieldContainer[RowSlice]
-    def __init__(self, job_id: _Optional[str] = ..., dense: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[RowSlice, _Mapping]]] = ...) -> None: ...
+    worker_id: str
+    clock: int
+    pushed: int
+    def __init__(self, job_id: _Optional[str] = ..., dense: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[RowSlice, _Mapping]]] = ..., worker_id: _Optional[str] = ..., clock: _Optional[int] = ..., pushed: _Optional[int] = ...) -> None: ...
 
 class PullResponse(_message.Message):
-    __slots__ = ("dense", "rows", "version")
+    __slots__ = ("dense", "rows", "version", "clock")
     class DenseEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,10 +172,12 @@ class PullResponse(_message.Message):
     DENSE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
     dense: _containers.MessageMap[str, _tensor_pb2.Tensor]
     rows: _containers.RepeatedCompositeFieldContainer[RowSlice]
     version: int
-    def __init__(self, dense: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., rows: _Optional[_Iterable[_Union[RowSlice, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
+    clock: int
+    def __init__(self, dense: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., rows: _Optional[_Iterable[_Union[RowSlice, _Mapping]]] = ..., version: _Optional[int] = ..., clock: _Optional[int] = ...) -> None: ...
 
 class PushRequest(_message.Message):
     __slots__ = ("job_id", "worker_id", "step", "dense_grads", "row_grads")
@@ -161,28 +238,57 @@ class GetShardInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class JobInfo(_message.Message):
+    __slots__ = ("job_id", "config", "optimizer", "clock", "version", "workers", "lost_steps")
+    class WorkersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    LOST_STEPS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    config: JobConfig
+    optimizer: OptimizerSpec
+    clock: int
+    version: int
+    workers: _containers.ScalarMap[str, int]
+    lost_steps: int
+    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., clock: _Optional[int] = ..., version: _Optional[int] = ..., workers: _Optional[_Mapping[str, int]] = ..., lost_steps: _Optional[int] = ...) -> None: ...
+
 class VariableInfo(_message.Message):
-    __slots__ = ("job_id", "name", "dtype", "shape", "row_sharded", "local_rows")
+    __slots__ = ("job_id", "name", "dtype", "shape", "row_sharded", "local_rows", "row_layout")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     ROW_SHARDED_FIELD_NUMBER: _ClassVar[int]
     LOCAL_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ROW_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     name: str
     dtype: _tensor_pb2.DType
     shape: _containers.RepeatedScalarFieldContainer[int]
     row_sharded: bool
     local_rows: int
-    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., row_sharded: _Optional[bool] = ..., local_rows: _Optional[int] = ...) -> None: ...
+    row_layout: RowLayout
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., row_sharded: _Optional[bool] = ..., local_rows: _Optional[int] = ..., row_layout: _Optional[_Union[RowLayout, str]] = ...) -> None: ...
 
 class GetShardInfoResponse(_message.Message):
-    __slots__ = ("shard_index", "num_shards", "variables")
+    __slots__ = ("shard_index", "num_shards", "variables", "jobs")
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
     shard_index: int
     num_shards: int
     variables: _containers.RepeatedCompositeFieldContainer[VariableInfo]
-    def __init__(self, shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ..., variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ...) -> None: ...
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    def __init__(self, shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ..., variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...

@@ -26,9 +26,21 @@ if _version_not_supported:
 
 
 class ParameterServerServiceStub:
-    """One shard of the parameter server. A dense variable lives whole on one
-    shard; a row-sharded variable of shape [rows, ...] keeps row r on shard
-    r % num_shards (see mlmesh.keys). Variables are namespaced by job.
+    """One shard of the parameter server. A dense variable lives whole on the
+    shard the coordinator chose (size-balanced placement); a row-sharded
+    variable of shape [rows, ...] spreads its rows over all shards, by a hash of
+    the row id (embedding tables) or in contiguous blocks (large dense
+    variables); see mlmesh.keys. Variables are namespaced by job.
+
+    Consistency (per job, fixed at registration): every training worker joins
+    the job on every shard and then pulls and pushes with its clock c (the
+    number of steps it has pushed). A shard keeps each worker's clock and a
+    lease on its liveness (renewed by every call). ASYNC applies pushes on
+    arrival; SYNC sums the pushes of step t from every live worker and applies
+    their mean once, and a pull for step t+1 waits for it; BOUNDED(s) lets a
+    worker at clock c pull only when the slowest live worker reached c - s.
+    A worker whose lease expired leaves the barrier, so a dead one never hangs
+    the job.
     """
 
     def __init__(self, channel):
@@ -41,6 +53,16 @@ class ParameterServerServiceStub:
                 '/mlmesh.paramserver.v1.ParameterServerService/RegisterVariables',
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesRequest.SerializeToString,
                 response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.FromString,
+                _registered_method=True)
+        self.JoinJob = channel.unary_unary(
+                '/mlmesh.paramserver.v1.ParameterServerService/JoinJob',
+                request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.JoinJobRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.JoinJobResponse.FromString,
+                _registered_method=True)
+        self.LeaveJob = channel.unary_unary(
+                '/mlmesh.paramserver.v1.ParameterServerService/LeaveJob',
+                request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LeaveJobRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LeaveJobResponse.FromString,
                 _registered_method=True)
         self.Pull = channel.unary_unary(
                 '/mlmesh.paramserver.v1.ParameterServerService/Pull',
@@ -70,9 +92,21 @@ class ParameterServerServiceStub:
 
 
 class ParameterServerServiceServicer:
-    """One shard of the parameter server. A dense variable lives whole on one
-    shard; a row-sharded variable of shape [rows, ...] keeps row r on shard
-    r % num_shards (see mlmesh.keys). Variables are namespaced by job.
+    """One shard of the parameter server. A dense variable lives whole on the
+    shard the coordinator chose (size-balanced placement); a row-sharded
+    variable of shape [rows, ...] spreads its rows over all shards, by a hash of
+    the row id (embedding tables) or in contiguous blocks (large dense
+    variables); see mlmesh.keys. Variables are namespaced by job.
+
+    Consistency (per job, fixed at registration): every training worker joins
+    the job on every shard and then pulls and pushes with its clock c (the
+    number of steps it has pushed). A shard keeps each worker's clock and a
+    lease on its liveness (renewed by every call). ASYNC applies pushes on
+    arrival; SYNC sums the pushes of step t from every live worker and applies
+    their mean once, and a pull for step t+1 waits for it; BOUNDED(s) lets a
+    worker at clock c pull only when the slowest live worker reached c - s.
+    A worker whose lease expired leaves the barrier, so a dead one never hangs
+    the job.
     """
 
     def RegisterVariables(self, request, context):
@@ -84,16 +118,34 @@ class ParameterServerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinJob(self, request, context):
+        """Enters a worker into the job's barrier and tells it the clock to pull and
+        push with next. Idempotent; a returning worker keeps its clock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveJob(self, request, context):
+        """Takes a worker out of the barrier now (rather than when its lease
+        expires). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Pull(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Waits as the job's consistency model says (a pull without worker_id is an
+        observer's, such as the coordinator's export, and never waits).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Push(self, request, context):
-        """Applies gradients with the job's optimizer. Idempotent per
-        (job_id, worker_id, step): a push whose step is not above the last one
-        applied from that worker is acknowledged with applied=false.
+        """Applies (ASYNC, BOUNDED) or buffers (SYNC) gradients with the job's
+        optimizer. Idempotent per (job_id, worker_id, step): a step below the
+        worker's clock is acknowledged with applied=false and changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +176,16 @@ def add_ParameterServerServiceServicer_to_server(servicer, server):
                     servicer.RegisterVariables,
                     request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesRequest.FromString,
                     response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.SerializeToString,
+            ),
+            'JoinJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinJob,
+                    request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.JoinJobRequest.FromString,
+                    response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.JoinJobResponse.SerializeToString,
+            ),
+            'LeaveJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveJob,
+                    request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LeaveJobRequest.FromString,
+                    response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LeaveJobResponse.SerializeToString,
             ),
             'Pull': grpc.unary_unary_rpc_method_handler(
                     servicer.Pull,
@@ -159,9 +221,21 @@ def add_ParameterServerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ParameterServerService:
-    """One shard of the parameter server. A dense variable lives whole on one
-    shard; a row-sharded variable of shape [rows, ...] keeps row r on shard
-    r % num_shards (see mlmesh.keys). Variables are namespaced by job.
+    """One shard of the parameter server. A dense variable lives whole on the
+    shard the coordinator chose (size-balanced placement); a row-sharded
+    variable of shape [rows, ...] spreads its rows over all shards, by a hash of
+    the row id (embedding tables) or in contiguous blocks (large dense
+    variables); see mlmesh.keys. Variables are namespaced by job.
+
+    Consistency (per job, fixed at registration): every training worker joins
+    the job on every shard and then pulls and pushes with its clock c (the
+    number of steps it has pushed). A shard keeps each worker's clock and a
+    lease on its liveness (renewed by every call). ASYNC applies pushes on
+    arrival; SYNC sums the pushes of step t from every live worker and applies
+    their mean once, and a pull for step t+1 waits for it; BOUNDED(s) lets a
+    worker at clock c pull only when the slowest live worker reached c - s.
+    A worker whose lease expired leaves the barrier, so a dead one never hangs
+    the job.
     """
 
     @staticmethod
@@ -181,6 +255,60 @@ class ParameterServerService:
             '/mlmesh.paramserver.v1.ParameterServerService/RegisterVariables',
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesRequest.SerializeToString,
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.paramserver.v1.ParameterServerService/JoinJob',
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.JoinJobRequest.SerializeToString,
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.JoinJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.paramserver.v1.ParameterServerService/LeaveJob',
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LeaveJobRequest.SerializeToString,
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LeaveJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,7 +28,7 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("model", "model_args", "train_dataset", "eval_dataset", "epochs", "batch_size", "optimizer", "model_name", "seed", "eval_max_records")
+    __slots__ = ("model", "model_args", "train_dataset", "eval_dataset", "epochs", "batch_size", "optimizer", "model_name", "seed", "eval_max_records", "consistency", "worker_lease_seconds", "skip_nonfinite_pushes")
     class ModelArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,9 @@ class JobSpec(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     EVAL_MAX_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    WORKER_LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_NONFINITE_PUSHES_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_args: _containers.ScalarMap[str, str]
     train_dataset: str
@@ -56,7 +59,10 @@ class JobSpec(_message.Message):
     model_name: str
     seed: int
     eval_max_records: int
-    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[_Mapping[str, str]] = ..., train_dataset: _Optional[str] = ..., eval_dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[_paramserver_pb2.OptimizerSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., seed: _Optional[int] = ..., eval_max_records: _Optional[int] = ...) -> None: ...
+    consistency: str
+    worker_lease_seconds: float
+    skip_nonfinite_pushes: bool
+    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[_Mapping[str, str]] = ..., train_dataset: _Optional[str] = ..., eval_dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[_paramserver_pb2.OptimizerSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., seed: _Optional[int] = ..., eval_max_records: _Optional[int] = ..., consistency: _Optional[str] = ..., worker_lease_seconds: _Optional[float] = ..., skip_nonfinite_pushes: _Optional[bool] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("job_id", "spec", "state", "steps", "examples", "loss", "examples_per_second", "tasks_total", "tasks_completed", "eval_metrics", "export_path", "model_version", "error", "created_unix", "started_unix", "finished_unix", "active_workers", "train_seconds")
