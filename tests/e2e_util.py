@@ -86,3 +86,26 @@ def tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def service_entry(suite: dict[str, Any], name: str) -> dict[str, Any]:
+    """One service's entry in suite.json."""
+    return next(s for s in suite["services"] if s["name"] == name)
+
+
+def wait_restarted(suite_file: Path, name: str, old_pid: int, timeout: float = 90) -> dict[str, Any]:
+    """The service's entry in suite.json once `mlmesh up` reports it running again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            svc = service_entry(json.loads(suite_file.read_text()), name)
+        except (OSError, ValueError, StopIteration):
+            svc = {}
+        if (
+            svc.get("pid") not in (None, old_pid)
+            and svc.get("state") == "running"
+            and svc.get("restarts", 0) >= 1
+        ):
+            return svc
+        time.sleep(0.2)
+    raise AssertionError(f"{name} was not restarted within {timeout}s")

@@ -6,39 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import grpc
 import pytest
-from e2e_util import mlmesh, stop, tail, wait_gone, wait_json
+from e2e_util import mlmesh, service_entry, stop, tail, wait_gone, wait_json, wait_restarted
 from mlmesh.clients import ServingClient, check_health
 
 pytestmark = pytest.mark.faults
 
 UP_TIMEOUT = 240
-
-
-def _service(suite: dict, name: str) -> dict:
-    return next(s for s in suite["services"] if s["name"] == name)
-
-
-def _wait_restarted(suite_file: Path, name: str, old_pid: int, timeout: float = 90) -> dict:
-    """The service's entry in suite.json once `mlmesh up` reports it running again."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            svc = _service(json.loads(suite_file.read_text()), name)
-        except (OSError, ValueError):
-            svc = {}
-        if (
-            svc.get("pid") not in (None, old_pid)
-            and svc.get("state") == "running"
-            and svc.get("restarts", 0) >= 1
-        ):
-            return svc
-        time.sleep(0.2)
-    raise AssertionError(f"{name} was not restarted within {timeout}s")
 
 
 def test_killed_services_come_back_on_the_same_port_and_sigterm_stops_all(tmp_path: Path) -> None:
@@ -54,23 +31,23 @@ def test_killed_services_come_back_on_the_same_port_and_sigterm_stops_all(tmp_pa
         pids = [s["pid"] for s in suite["services"]]
 
         # A shard: back on the same address, healthy.
-        shard = _service(suite, "ps-0")
+        shard = service_entry(suite, "ps-0")
         os.kill(shard["pid"], signal.SIGKILL)
-        back = _wait_restarted(suite_file, "ps-0", shard["pid"])
+        back = wait_restarted(suite_file, "ps-0", shard["pid"])
         assert back["addr"] == shard["addr"] == suite["ps"][0]
         assert check_health(back["addr"], "mlmesh.paramserver.v1.ParameterServerService") == "SERVING"
 
         # The gateway (and the Envoy it runs): the same listener answers again.
-        gateway = _service(suite, "gateway")
+        gateway = service_entry(suite, "gateway")
         os.kill(gateway["pid"], signal.SIGKILL)
-        back = _wait_restarted(suite_file, "gateway", gateway["pid"])
+        back = wait_restarted(suite_file, "gateway", gateway["pid"])
         assert back["addr"] == gateway["addr"] == suite["gateway_grpc"]
         with ServingClient(back["addr"], timeout=10) as client:
             with pytest.raises(grpc.RpcError) as e:
                 client.model_status("no-such-model")
             assert e.value.code() == grpc.StatusCode.NOT_FOUND  # answered by the replica behind Envoy
 
-        pids += [back["pid"], _service(json.loads(suite_file.read_text()), "ps-0")["pid"]]
+        pids += [back["pid"], service_entry(json.loads(suite_file.read_text()), "ps-0")["pid"]]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0, tail(log)
     finally:

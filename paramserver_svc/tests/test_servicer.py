@@ -393,3 +393,107 @@ def test_checkpoint_rpcs_bad_inputs(job: ShardClient) -> None:
     expect_status(
         NF, job.stub.LoadCheckpoint, pb.LoadCheckpointRequest(job_id="j"), "no checkpoint of job 'j'"
     )
+
+
+# -- consistency over gRPC --------------------------------------------------------------------
+
+
+def register_with(client: ShardClient, config: pb.JobConfig, job_id: str = "c") -> None:
+    client.stub.RegisterVariables(
+        pb.RegisterVariablesRequest(
+            job_id=job_id, variables=[var("w", [2])], optimizer=sgd(1.0), config=config
+        ),
+        timeout=10,
+    )
+
+
+def join(client: ShardClient, worker: str, job_id: str = "c") -> pb.JoinJobResponse:
+    return client.stub.JoinJob(pb.JoinJobRequest(job_id=job_id, worker_id=worker), timeout=10)
+
+
+def test_join_returns_the_clock_and_the_jobs_config(client: ShardClient) -> None:
+    register_with(client, pb.JobConfig(consistency=pb.CONSISTENCY_BOUNDED, staleness=3))
+    resp = join(client, "a")
+    assert resp.clock == 0 and resp.config.consistency == pb.CONSISTENCY_BOUNDED
+    assert resp.config.staleness == 3 and resp.config.worker_lease_seconds == 10.0
+    info = client.stub.GetShardInfo(pb.GetShardInfoRequest(), timeout=10)
+    [job] = [j for j in info.jobs if j.job_id == "c"]
+    assert dict(job.workers) == {"a": 0} and job.optimizer.kind == "sgd"
+
+
+def test_push_beyond_the_staleness_bound_is_failed_precondition(client: ShardClient) -> None:
+    register_with(client, pb.JobConfig(consistency=pb.CONSISTENCY_BOUNDED, staleness=0))
+    join(client, "fast")
+    join(client, "slow")
+    assert push(client.stub, step=0, worker="fast", dense={"w": np.ones(2, F32)}, job_id="c").applied
+    request = pb.PushRequest(job_id="c", worker_id="fast", step=1)
+    request.dense_grads["w"].CopyFrom(tensor.to_proto(np.ones(2, F32)))
+    expect_status(FP, client.stub.Push, request, "step 1", "beyond the staleness bound", "clock 0")
+    np.testing.assert_allclose(pull_dense(client.stub, "w", job_id="c")["w"], [-1, -1])  # only step 0
+
+
+def test_sync_pull_waits_for_the_step_and_answers_once_it_is_applied(client: ShardClient) -> None:
+    register_with(client, pb.JobConfig(consistency=pb.CONSISTENCY_SYNC))
+    join(client, "a")
+    join(client, "b")
+    push(client.stub, step=0, worker="a", dense={"w": np.ones(2, F32)}, job_id="c")
+    waiting = client.stub.Pull.future(
+        pb.PullRequest(job_id="c", dense=["w"], worker_id="a", clock=1, pushed=1), timeout=10
+    )
+    with pytest.raises(grpc.FutureTimeoutError):
+        waiting.result(timeout=0.3)  # b has not pushed step 0
+    push(client.stub, step=0, worker="b", dense={"w": np.full(2, 3.0, F32)}, job_id="c")
+    resp = waiting.result(timeout=5)
+    assert resp.clock == 1 and resp.version == 1
+    np.testing.assert_allclose(tensor.from_proto(resp.dense["w"]), [-2, -2])
+
+
+def test_a_waiting_pull_ends_at_the_clients_deadline(client: ShardClient) -> None:
+    register_with(client, pb.JobConfig(consistency=pb.CONSISTENCY_SYNC))
+    join(client, "a")
+    join(client, "b")
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.Pull(pb.PullRequest(job_id="c", worker_id="a", clock=1, pushed=0), timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_nonfinite_push_is_skipped_when_the_job_says_so(client: ShardClient) -> None:
+    register_with(client, pb.JobConfig(skip_nonfinite_pushes=True))
+    resp = push(client.stub, dense={"w": np.array([np.nan, 1], F32)}, job_id="c")
+    assert not resp.applied and resp.version == 0
+    np.testing.assert_array_equal(pull_dense(client.stub, "w", job_id="c")["w"], [0, 0])
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        (pb.JobConfig(consistency=9), "config.consistency 9 is not a known ConsistencyMode"),
+        (pb.JobConfig(consistency=pb.CONSISTENCY_SYNC, staleness=2), "only meaningful for bounded"),
+        (pb.JobConfig(worker_lease_seconds=-1), "worker_lease_seconds must be in"),
+    ],
+)
+def test_register_rejects_bad_job_config(client: ShardClient, config: pb.JobConfig, needle: str) -> None:
+    req = pb.RegisterVariablesRequest(job_id="c", variables=[var("w", [2])], optimizer=sgd(), config=config)
+    expect_status(IA, client.stub.RegisterVariables, req, needle)
+
+
+def test_register_other_consistency_for_existing_job_fails_precondition(client: ShardClient) -> None:
+    register_with(client, pb.JobConfig(consistency=pb.CONSISTENCY_SYNC))
+    req = pb.RegisterVariablesRequest(
+        job_id="c", variables=[var("w", [2])], config=pb.JobConfig(consistency=pb.CONSISTENCY_ASYNC)
+    )
+    expect_status(FP, client.stub.RegisterVariables, req, "consistency sync", "got async")
+
+
+@pytest.mark.parametrize(
+    ("rpc", "request_", "code", "needle"),
+    [
+        ("JoinJob", pb.JoinJobRequest(job_id="c"), IA, "worker_id is empty"),
+        ("LeaveJob", pb.LeaveJobRequest(job_id="c", worker_id=""), IA, "worker_id is empty"),
+        ("JoinJob", pb.JoinJobRequest(job_id="nope", worker_id="a"), NF, "'nope'"),
+        ("Pull", pb.PullRequest(job_id="c", worker_id="a", clock=1, pushed=2), IA, "0 <= pushed <= clock"),
+    ],
+)
+def test_membership_and_clock_bad_inputs(client: ShardClient, rpc: str, request_, code, needle: str) -> None:
+    register_with(client, pb.JobConfig(consistency=pb.CONSISTENCY_SYNC))
+    expect_status(code, getattr(client.stub, rpc), request_, needle)
