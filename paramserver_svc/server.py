@@ -24,7 +24,11 @@ def build_shard(settings: ParamServerSettings) -> Shard:
     (resuming with part of the state would silently lose training)."""
     settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     shard = Shard(
-        settings.shard_index, settings.num_shards, settings.checkpoint_dir, settings.checkpoint_keep
+        settings.shard_index,
+        settings.num_shards,
+        settings.checkpoint_dir,
+        settings.checkpoint_keep,
+        sync_checkpoint_every=settings.checkpoint_every_steps,
     )
     try:
         loaded = shard.load_all()
@@ -42,7 +46,9 @@ async def _checkpoint_periodically(
     """Checkpoint each job every `every_seconds` (if it changed) or after `every_steps` updates."""
     log = get_logger(NAME)
     loop = asyncio.get_running_loop()
-    tick = min(every_seconds or 0.5, 0.5) if every_steps else every_seconds
+    # With step-based checkpoints, look often: a SYNC job's aligned snapshot waits in memory
+    # until this loop writes it.
+    tick = min(every_seconds or 0.1, 0.1) if every_steps else every_seconds
     while True:
         await asyncio.sleep(tick)
         try:

@@ -268,6 +268,10 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
                     version=j.version,
                     workers=j.workers,
                     lost_steps=j.lost_steps,
+                    checkpoints=[
+                        pb.CheckpointInfo(path=str(c.path), version=c.version, clock=c.clock)
+                        for c in j.checkpoints
+                    ],
                 )
                 for j in jobs
             ],

@@ -43,7 +43,9 @@ from trainer_svc.core.types import (
     PartitionInfo,
     PullResult,
     QueueInfo,
+    ShardCheckpoint,
     ShardInfo,
+    ShardJob,
     ShardVariable,
     TaskInfo,
     VariableSpec,
@@ -105,6 +107,7 @@ _MODES = {
     "sync": paramserver_pb2.CONSISTENCY_SYNC,
     "bounded": paramserver_pb2.CONSISTENCY_BOUNDED,
 }
+_MODE_NAMES = {v: k for k, v in _MODES.items()}
 _LAYOUTS = {"hash": paramserver_pb2.ROW_LAYOUT_HASH, "blocks": paramserver_pb2.ROW_LAYOUT_BLOCKS}
 _LAYOUT_NAMES = {paramserver_pb2.ROW_LAYOUT_HASH: "hash", paramserver_pb2.ROW_LAYOUT_BLOCKS: "blocks"}
 
@@ -377,6 +380,16 @@ class ParamClient:
                 )
                 for v in resp.variables
             ],
+            {
+                j.job_id: ShardJob(
+                    _MODE_NAMES.get(j.config.consistency, "async"),
+                    j.clock,
+                    j.version,
+                    j.lost_steps,
+                    [ShardCheckpoint(c.path, c.version, c.clock) for c in j.checkpoints],
+                )
+                for j in resp.jobs
+            },
         )
 
 

@@ -62,7 +62,9 @@ class CoordinatorSettings(_Client):
         60.0,
         ge=0,
         le=86400,
-        description="How often the shards are asked to checkpoint a running job; 0 = never.",
+        description="How often the shards are asked to checkpoint a running job (SYNC jobs checkpoint "
+        "at aligned steps on their own) and the manifest <work_dir>/manifests/<job>.json is "
+        "rewritten; 0 = never.",
     )
 
     min_partition_bytes: int = Field(

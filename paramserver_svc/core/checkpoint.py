@@ -21,6 +21,7 @@ import json
 import os
 import threading
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -142,6 +143,24 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    path: Path
+    job_id: str
+    version: int
+    clock: int  # SYNC: the step it was taken at (all shards take theirs at the same steps)
+
+
+def describe(path: Path) -> CheckpointMeta | None:
+    """A checkpoint's identity from its meta entry alone (the arrays are not read); None if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z[_META]).decode())
+        return CheckpointMeta(path, meta["job_id"], int(meta["version"]), int(meta["clocks"]["clock"]))
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+        return None
 
 
 def read_newest(

@@ -38,7 +38,7 @@ from paramserver_svc.core.specs import (
     describe_shape,
     local_shape,
 )
-from paramserver_svc.core.store import Job, Store, Variable
+from paramserver_svc.core.store import Job, JobSnapshot, Store, Variable
 
 log = get_logger("paramserver_svc.shard")
 
@@ -83,6 +83,7 @@ class JobInfo:
     version: int
     workers: dict[str, int]
     lost_steps: int
+    checkpoints: list[checkpoint.CheckpointMeta]
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Shard:
         checkpoint_dir: Path,
         keep_checkpoints: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        sync_checkpoint_every: int = 0,
     ) -> None:
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
@@ -107,6 +109,9 @@ class Shard:
         self.num_shards = num_shards
         self.checkpoint_dir = checkpoint_dir
         self.keep_checkpoints = keep_checkpoints
+        # SYNC jobs snapshot when their step reaches a multiple of this (0: off): every shard
+        # then holds a checkpoint of the same step, a consistent cut across the shards.
+        self.sync_checkpoint_every = sync_checkpoint_every
         self.now = clock  # leases are measured on this clock (a test may pass its own)
         self.store = Store()
         # Called with a job id (from whichever thread made the change, possibly under the
@@ -382,6 +387,9 @@ class Shard:
             metrics.SYNC_STEPS.labels("applied" if barrier.contributors else "empty").inc()
             job.generation += 1
             advanced = True
+            every = self.sync_checkpoint_every
+            if every and job.clocks.clock % every == 0:
+                job.pending_snapshot = job.snapshot()  # written by the next save_due, off the lock
         return advanced
 
     def _validate_push(
@@ -457,23 +465,36 @@ class Shard:
         check_job_id(job_id)
         job = self.store.get(job_id)
         started = time.perf_counter()
+        with job.lock:
+            snap = job.snapshot()
+        path = self._write(job, snap)
+        metrics.CHECKPOINT_SECONDS.labels("save").observe(time.perf_counter() - started)
+        return path, snap.version
+
+    def _write(self, job: Job, snap: JobSnapshot) -> Path:
         with job.save_lock:
-            with job.lock:
-                snap = job.snapshot()
+            if snap.generation < job.saved_generation:
+                # A newer snapshot is already on disk; writing this one would replace it.
+                return checkpoint.job_checkpoints(self.checkpoint_dir, job.job_id)[0]
             try:
                 path = checkpoint.write_checkpoint(
                     self.checkpoint_dir, snap, self.index, self.num_shards, self.keep_checkpoints
                 )
             except OSError as e:
                 metrics.CHECKPOINTS.labels("save", "failed").inc()
-                raise FailedPrecondition(f"cannot write checkpoint of job {job_id!r}: {e}") from e
+                raise FailedPrecondition(f"cannot write checkpoint of job {job.job_id!r}: {e}") from e
             job.saved_generation = snap.generation
             job.saved_version = snap.version
             job.saved_at = self.now()
         metrics.CHECKPOINTS.labels("save", "ok").inc()
-        metrics.CHECKPOINT_SECONDS.labels("save").observe(time.perf_counter() - started)
-        log.info("checkpoint saved", job_id=job_id, path=str(path), version=snap.version)
-        return path, snap.version
+        log.info(
+            "checkpoint saved",
+            job_id=job.job_id,
+            path=str(path),
+            version=snap.version,
+            clock=snap.clocks.clock,
+        )
+        return path
 
     def load(self, job_id: str) -> int:
         """Replace the job's state by its newest usable checkpoint; returns the version.
@@ -538,10 +559,20 @@ class Shard:
         now = self.now()
         due = []
         for job in self.store.jobs():
+            with job.lock:
+                aligned, job.pending_snapshot = job.pending_snapshot, None
+            if aligned is not None:
+                self._write(job, aligned)
+                continue
             if job.generation == job.saved_generation:
                 continue
             by_time = every_seconds > 0 and now - job.saved_at >= every_seconds
-            by_steps = every_steps > 0 and job.version - job.saved_version >= every_steps
+            # SYNC jobs checkpoint at aligned steps instead (above), the same on every shard.
+            by_steps = (
+                every_steps > 0
+                and not (self.sync_checkpoint_every and job.config.mode is Mode.SYNC)
+                and job.version - job.saved_version >= every_steps
+            )
             if by_time or by_steps:
                 due.append(job.job_id)
         return self._save_each(due)
@@ -583,9 +614,11 @@ class Shard:
                 self._expire(job, self.now())
                 clock = c.clock if job.config.mode is Mode.SYNC else (c.slowest() or 0)
                 workers = {w: c.next.get(w, 0) for w in c.live()}
-                out.append(
-                    JobInfo(job.job_id, job.config, job.optimizer, clock, job.version, workers, c.lost_steps)
-                )
+                info = (job.job_id, job.config, job.optimizer, clock, job.version, workers, c.lost_steps)
+            metas = [
+                checkpoint.describe(p) for p in checkpoint.job_checkpoints(self.checkpoint_dir, job.job_id)
+            ]
+            out.append(JobInfo(*info, [m for m in metas if m is not None]))
         return out
 
     def _update_gauges(self) -> None:

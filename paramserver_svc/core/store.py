@@ -64,6 +64,8 @@ class Job:
     saved_generation: int = -1
     saved_version: int = 0  # version and time (the shard's clock) of the last checkpoint
     saved_at: float = 0.0
+    # A snapshot taken at an aligned SYNC step, waiting to be written (see Shard._advance).
+    pending_snapshot: JobSnapshot | None = field(default=None, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Serialises checkpoint writes of this job so an older snapshot never replaces a newer one.
     save_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -32,6 +32,7 @@ from mlmesh.logging import get_logger
 
 from trainer_svc.core import metrics, placement
 from trainer_svc.core.jobs import Job, JobState
+from trainer_svc.core.manifest import build_manifest
 from trainer_svc.core.ports import IngestPort, ParamPort
 from trainer_svc.core.spec import JobSpec, validate_job_id, validate_spec
 from trainer_svc.core.store import JobStore
@@ -318,13 +319,24 @@ class Coordinator:
         ):
             return
         self._last_checkpoint = now
-        results = await asyncio.gather(
-            *(self.params.save_checkpoint(s, job.job_id) for s in range(self.params.num_shards)),
-            return_exceptions=True,
+        n = self.params.num_shards
+        if job.spec.options().consistency.mode != "sync":  # SYNC shards checkpoint at aligned steps
+            results = await asyncio.gather(
+                *(self.params.save_checkpoint(s, job.job_id) for s in range(n)), return_exceptions=True
+            )
+            failed = {s: str(r) for s, r in enumerate(results) if isinstance(r, BaseException)}
+            if failed:
+                log.warning("checkpoint failed on some shards", job_id=job.job_id, shards=failed)
+        try:
+            infos = await asyncio.gather(*(self.params.shard_info(s) for s in range(n)))
+            manifest = build_manifest(job.job_id, infos)
+        except MlmeshError as e:
+            log.warning("no checkpoint manifest yet", job_id=job.job_id, error=e.message)
+            return
+        self.store.save_manifest(job.job_id, manifest)
+        log.info(
+            "checkpoint manifest", job_id=job.job_id, consistent=manifest["consistent"], step=manifest["step"]
         )
-        failed = {s: str(r) for s, r in enumerate(results) if isinstance(r, BaseException)}
-        if failed:
-            log.warning("checkpoint failed on some shards", job_id=job.job_id, shards=failed)
 
     # ----- finalization ----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from mlmesh.files import atomic_write_bytes
 from mlmesh.logging import get_logger
@@ -25,6 +26,15 @@ class JobStore:
 
     def path(self, job_id: str) -> Path:
         return self.dir / f"{job_id}.json"
+
+    def manifest_path(self, job_id: str) -> Path:
+        return self.dir.parent / "manifests" / f"{job_id}.json"
+
+    def save_manifest(self, job_id: str, manifest: dict[str, Any]) -> None:
+        """The job's checkpoint manifest (trainer_svc.core.manifest), atomically."""
+        path = self.manifest_path(job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
     def save(self, job: Job) -> None:
         atomic_write_bytes(

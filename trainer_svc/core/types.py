@@ -136,10 +136,29 @@ class ShardVariable:
 
 
 @dataclass(frozen=True)
+class ShardCheckpoint:
+    path: str
+    version: int
+    clock: int  # SYNC: the step it was taken at
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """A job as one shard reports it: its clock and the checkpoints it has on disk."""
+
+    consistency: str  # "async", "sync" or "bounded"
+    clock: int
+    version: int
+    lost_steps: int
+    checkpoints: list[ShardCheckpoint] = field(default_factory=list)  # newest first
+
+
+@dataclass(frozen=True)
 class ShardInfo:
     shard_index: int
     num_shards: int
     variables: list[ShardVariable]
+    jobs: dict[str, ShardJob] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -239,7 +239,7 @@ class GetShardInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "config", "optimizer", "clock", "version", "workers", "lost_steps")
+    __slots__ = ("job_id", "config", "optimizer", "clock", "version", "workers", "lost_steps", "checkpoints")
     class WorkersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +254,7 @@ class JobInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     LOST_STEPS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     config: JobConfig
     optimizer: OptimizerSpec
@@ -261,7 +262,18 @@ class JobInfo(_message.Message):
     version: int
     workers: _containers.ScalarMap[str, int]
     lost_steps: int
-    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., clock: _Optional[int] = ..., version: _Optional[int] = ..., workers: _Optional[_Mapping[str, int]] = ..., lost_steps: _Optional[int] = ...) -> None: ...
+    checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointInfo]
+    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., clock: _Optional[int] = ..., version: _Optional[int] = ..., workers: _Optional[_Mapping[str, int]] = ..., lost_steps: _Optional[int] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ...) -> None: ...
+
+class CheckpointInfo(_message.Message):
+    __slots__ = ("path", "version", "clock")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    version: int
+    clock: int
+    def __init__(self, path: _Optional[str] = ..., version: _Optional[int] = ..., clock: _Optional[int] = ...) -> None: ...
 
 class VariableInfo(_message.Message):
     __slots__ = ("job_id", "name", "dtype", "shape", "row_sharded", "local_rows", "row_layout")
