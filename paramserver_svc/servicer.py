@@ -119,6 +119,17 @@ def optimizer_to_proto(o: OptimizerConfig) -> pb.OptimizerSpec:
     )
 
 
+def _encode_pull(result: PullResult) -> pb.PullResponse:
+    resp = pb.PullResponse(version=result.version, clock=result.clock)
+    for name, array in result.dense.items():
+        _fill(resp.dense[name], array)
+    for rv in result.rows:
+        out = resp.rows.add(name=rv.name, rows=rv.rows.tolist())
+        assert rv.values is not None
+        _fill(out.values, rv.values)
+    return resp
+
+
 class _Changes:
     """One asyncio.Event per job, set (and replaced) whenever the shard reports a change.
 
@@ -191,16 +202,17 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
         rows = [RowValues(rs.name, _rows(rs.rows)) for rs in request.rows]
         dense = list(request.dense)
 
-        def run() -> PullResult | None:
-            return self._shard.pull(
+        def run() -> pb.PullResponse | None:
+            result = self._shard.pull(
                 request.job_id, dense, rows, request.worker_id, request.clock, request.pushed
             )
+            return None if result is None else _encode_pull(result)
 
         waited_since = None
         while True:
             changed = self._changes.event(request.job_id)
-            result = await self._offload(run)
-            if result is not None:
+            resp = await self._offload(run)
+            if resp is not None:
                 break
             if waited_since is None:
                 waited_since = time.perf_counter()
@@ -208,18 +220,7 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
                 await asyncio.wait_for(changed.wait(), RECHECK_SECONDS)
         if waited_since is not None:
             metrics.PULL_WAIT_SECONDS.observe(time.perf_counter() - waited_since)
-
-        def encode() -> pb.PullResponse:
-            resp = pb.PullResponse(version=result.version, clock=result.clock)
-            for name, array in result.dense.items():
-                _fill(resp.dense[name], array)
-            for rv in result.rows:
-                out = resp.rows.add(name=rv.name, rows=rv.rows.tolist())
-                assert rv.values is not None
-                _fill(out.values, rv.values)
-            return resp
-
-        return await self._offload(encode)
+        return resp
 
     @grpc_errors
     async def Push(self, request: pb.PushRequest, context: grpc.aio.ServicerContext) -> pb.PushResponse:
