@@ -30,6 +30,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 
 from mlmesh.files import atomic_write_json
 from mlmesh.logging import configure_logging, get_logger
+from mlmesh.memory import keep_large_blocks
 from mlmesh.settings import ServiceSettings
 
 RPCS = Counter("mlmesh_grpc_requests_total", "gRPC calls handled", ["service", "method", "code"])
@@ -147,6 +148,8 @@ async def run_service(
     """
     configure_logging(settings.log_format, settings.log_level, service=name, **(log_context or {}))
     log = get_logger(name)
+    if settings.malloc_keep_mib:
+        keep_large_blocks(settings.malloc_keep_mib << 20, 2 * settings.malloc_keep_mib << 20)
 
     metrics_port = -1
     metrics_server = None

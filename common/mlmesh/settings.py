@@ -47,6 +47,13 @@ class ServiceSettings(BaseSettings):
         le=1024 * 1024 * 1024,
         description="Largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED.",
     )
+    malloc_keep_mib: int = Field(
+        512,
+        ge=0,
+        le=65536,
+        description="Serve allocations up to this many MiB from malloc's heap instead of fresh mmap "
+        "(tensor-sized buffers otherwise page-fault in on every message); 0 keeps glibc's defaults.",
+    )
 
 
 S = TypeVar("S", bound=BaseSettings)
