@@ -72,7 +72,14 @@ def child_env() -> dict[str, str]:
     src = source_root()
     if src is None:
         return {}
-    parts = [str(src), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    # mlmesh's own directory too: children must import the same mlmesh as this
+    # process, not whichever checkout the environment has installed (a git
+    # worktree run with another checkout's venv would otherwise mix the two).
+    parts = [
+        str(Path(mlmesh.__file__).resolve().parents[1]),
+        str(src),
+        *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p),
+    ]
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(parts))}
 
 
