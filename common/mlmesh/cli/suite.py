@@ -3,7 +3,9 @@
 Start order (stop runs in reverse): ingest, parameter-server shards, serving
 replicas (these three groups start together: none needs another), then the
 gateway (needs the replicas) and the coordinator (needs ingest and the
-shards), then the workers (need the coordinator).
+shards), then the workers (need the coordinator). A training-only suite
+(`serving=False`, what `mlmesh train --workload` starts when none runs) has no
+serving replicas and no gateway.
 
 Everything lives under one root directory:
 
@@ -52,6 +54,9 @@ class SuiteConfig:
     grace_seconds: float = 10.0
     serving_poll_seconds: float = 1.0
     base_id: int | None = None
+    # Serving replicas and the gateway; off for a training-only suite, which then
+    # spares two TensorFlow processes and Envoy on a small machine.
+    serving: bool = True
 
     @property
     def run_dir(self) -> Path:
@@ -130,15 +135,15 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
             SERVING_SERVICE,
             t,
         )
-        for i in range(cfg.replicas)
+        for i in range(cfg.replicas if cfg.serving else 0)
     ]
     infos = {i.name: i for i in sup.start_group(first)}
     ingest = _addr(infos["ingest"])
     ps = [_addr(infos[f"ps-{i}"]) for i in range(cfg.shards)]
-    serving = [_addr(infos[f"serving-{i}"]) for i in range(cfg.replicas)]
+    serving = [_addr(infos[f"serving-{i}"]) for i in range(cfg.replicas if cfg.serving else 0)]
 
     base_id = cfg.base_id if cfg.base_id is not None else os.getpid()
-    second = [
+    gateway = [
         ServiceSpec(
             "gateway",
             "gateway",
@@ -154,7 +159,10 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
             ],
             None,  # its port file is written once Envoy's /ready answers 200
             t,
-        ),
+        )
+    ]
+    second = [
+        *(gateway if cfg.serving else []),
         ServiceSpec(
             "coordinator",
             "trainer_svc",
@@ -194,8 +202,8 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
         for i in range(cfg.workers)
     ]
     infos.update({i.name: i for i in sup.start_group(workers)})
-    gw = infos["gateway"]
-    admin_port = gw.ports.get("admin_port")
+    gw = infos.get("gateway")
+    admin_port = gw.ports.get("admin_port") if gw is not None else None
     addrs = SuiteAddresses(
         root=root,
         ingest=ingest,
@@ -203,8 +211,8 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
         coordinator=coordinator,
         workers=[_addr(infos[f"worker-{i}"]) for i in range(cfg.workers)],
         serving=serving,
-        gateway_http=_addr(gw),
-        gateway_grpc=_addr(gw),
+        gateway_http=_addr(gw) if gw is not None else "",
+        gateway_grpc=_addr(gw) if gw is not None else "",
         admin=f"{HOST}:{admin_port}" if admin_port else "",
         model_repo=str(root / "models"),
         supervisor_pid=os.getpid(),
