@@ -37,6 +37,9 @@ from mlmesh.trainer.v1 import trainer_pb2
 
 # Coordinator restarts (supervised) are survivable: keep polling this long.
 UNAVAILABLE_PATIENCE_SECONDS = 60.0
+# A fresh coordinator imports TensorFlow on its first CreateJob: measured > 30 s
+# (the clients' default deadline) at load average 13 on 2 cores.
+CREATE_JOB_TIMEOUT_SECONDS = 180.0
 
 
 def job_progress() -> Progress:
@@ -307,14 +310,17 @@ def _create_and_follow(
     *,
     job_keeps_running: bool = True,
 ) -> None:
+    with (
+        TrainerClient(addr, timeout=CREATE_JOB_TIMEOUT_SECONDS) as client,
+        rpc_errors(f"CreateJob at {addr}"),
+    ):
+        job = client.create_job(spec, job_id)
+    console.print(f"created job {job.job_id}")
+    report["job_id"] = job.job_id
+    if detach:
+        report["ok"] = True
+        return
     with TrainerClient(addr) as client:
-        with rpc_errors(f"CreateJob at {addr}"):
-            job = client.create_job(spec, job_id)
-        console.print(f"created job {job.job_id}")
-        report["job_id"] = job.job_id
-        if detach:
-            report["ok"] = True
-            return
         try:
             with rpc_errors(f"following job {job.job_id}"):
                 job, peak = follow_job(client, job.job_id, timeout=timeout)
