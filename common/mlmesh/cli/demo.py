@@ -21,7 +21,7 @@ from mlmesh.cli.common import DEFAULT_ROOT, SuiteAddresses, console, err_console
 from mlmesh.cli.ingest import IngestResult, ingest_arrays, ingest_progress, partition_bytes_for
 from mlmesh.cli.predict import predict_grpc, predict_http, to_instances
 from mlmesh.cli.suite import SuiteConfig, make_supervisor, serve_forever, start_suite
-from mlmesh.cli.train import follow_job
+from mlmesh.cli.train import CREATE_JOB_TIMEOUT_SECONDS, follow_job
 from mlmesh.cli.up import check_log_level, check_not_running, remove_suite_file
 from mlmesh.clients import (
     HttpError,
@@ -216,7 +216,7 @@ def run_demo_steps(
         consistency=consistency,
     )
     t = time.perf_counter()
-    with TrainerClient(addrs.coordinator) as client:
+    with TrainerClient(addrs.coordinator, timeout=CREATE_JOB_TIMEOUT_SECONDS) as client:
         job = client.create_job(spec)
         summary["job_id"] = job.job_id
         console.print(

@@ -190,6 +190,62 @@ def ingest_fashion_mnist(
     return results
 
 
+MOVIELENS_TRAIN, MOVIELENS_TEST = "movielens-train", "movielens-test"
+MOVIELENS_RECORD_BYTES = 8 + 8 + 4  # user int64, item int64, rating float32
+
+
+@app.command("movielens")
+def movielens(
+    split_seed: Annotated[int, typer.Option(help="Seed of the 80/20 random train/test split.")] = 0,
+    partitions: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Cut each split into about N partitions.")
+    ] = 8,
+    max_partition_bytes: Annotated[
+        int, typer.Option(min=0, help="Explicit partition size bound (overrides --partitions).")
+    ] = 0,
+    append: AppendOpt = False,
+    root: RootOpt = DEFAULT_ROOT,
+    ingest_addr: IngestAddrOpt = None,
+) -> None:
+    """Ingest MovieLens-100k as datasets movielens-train (80%) and movielens-test (20%)
+    (user int64 [], item int64 [], rating float32 []).
+
+    Data comes from MLMESH_MOVIELENS (an .inter file or GroupLens' u.data), else the
+    copy inside the recbole package (pip install --no-deps recbole==1.2.1).
+    GroupLens' terms: research use; cite Harper & Konstan, ACM TiiS 2015.
+    """
+    addr = resolve(root, ingest_addr, "ingest", "--ingest-addr")
+    for result in ingest_movielens(addr, split_seed, partitions, max_partition_bytes, append):
+        report(result)
+
+
+def ingest_movielens(
+    addr: str,
+    split_seed: int = 0,
+    partitions: int = 8,
+    max_partition_bytes: int = 0,
+    append: bool = False,
+) -> list[IngestResult]:
+    """Create movielens-train / movielens-test from the seeded split (each left as is if it has records)."""
+    from mlmesh.data import DataUnavailable
+    from mlmesh.data.movielens import MovieLensFormatError, load_split
+
+    try:
+        train, test = load_split(split_seed)
+    except (DataUnavailable, MovieLensFormatError) as e:
+        fail(str(e))
+    results = []
+    with IngestClient(addr) as client, ingest_progress() as progress, rpc_errors(f"ingest at {addr}"):
+        for name, ratings in ((MOVIELENS_TRAIN, train), (MOVIELENS_TEST, test)):
+            mpb = max_partition_bytes or partition_bytes_for(len(ratings), MOVIELENS_RECORD_BYTES, partitions)
+            results.append(
+                ingest_arrays(
+                    client, name, ratings.columns(), max_partition_bytes=mpb, progress=progress, append=append
+                )
+            )
+    return results
+
+
 @app.command("npz")
 def npz(
     file: Annotated[

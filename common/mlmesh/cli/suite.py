@@ -3,7 +3,9 @@
 Start order (stop runs in reverse): ingest, parameter-server shards, serving
 replicas (these three groups start together: none needs another), then the
 gateway (needs the replicas) and the coordinator (needs ingest and the
-shards), then the workers (need the coordinator).
+shards), then the workers (need the coordinator). A training-only suite
+(`serving=False`, what `mlmesh train --workload` starts when none runs) has no
+serving replicas and no gateway.
 
 Everything lives under one root directory:
 
@@ -56,6 +58,9 @@ class SuiteConfig:
     # and restarted by the supervisor resumes having lost at most that much.
     checkpoint_every_steps: int = 200
     checkpoint_every_seconds: float = 30.0
+    # Serving replicas and the gateway; off for a training-only suite, which then
+    # spares two TensorFlow processes and Envoy on a small machine.
+    serving: bool = True
 
     @property
     def run_dir(self) -> Path:
@@ -76,7 +81,14 @@ def child_env() -> dict[str, str]:
     src = source_root()
     if src is None:
         return {}
-    parts = [str(src), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    # mlmesh's own directory too: children must import the same mlmesh as this
+    # process, not whichever checkout the environment has installed (a git
+    # worktree run with another checkout's venv would otherwise mix the two).
+    parts = [
+        str(Path(mlmesh.__file__).resolve().parents[1]),
+        str(src),
+        *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p),
+    ]
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(parts))}
 
 
@@ -131,15 +143,15 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
             SERVING_SERVICE,
             t,
         )
-        for i in range(cfg.replicas)
+        for i in range(cfg.replicas if cfg.serving else 0)
     ]
     infos = {i.name: i for i in sup.start_group(first)}
     ingest = _addr(infos["ingest"])
     ps = [_addr(infos[f"ps-{i}"]) for i in range(cfg.shards)]
-    serving = [_addr(infos[f"serving-{i}"]) for i in range(cfg.replicas)]
+    serving = [_addr(infos[f"serving-{i}"]) for i in range(cfg.replicas if cfg.serving else 0)]
 
     base_id = cfg.base_id if cfg.base_id is not None else os.getpid()
-    second = [
+    gateway = [
         ServiceSpec(
             "gateway",
             "gateway",
@@ -155,7 +167,10 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
             ],
             None,  # its port file is written once Envoy's /ready answers 200
             t,
-        ),
+        )
+    ]
+    second = [
+        *(gateway if cfg.serving else []),
         ServiceSpec(
             "coordinator",
             "trainer_svc",
@@ -195,8 +210,8 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
         for i in range(cfg.workers)
     ]
     infos.update({i.name: i for i in sup.start_group(workers)})
-    gw = infos["gateway"]
-    admin_port = gw.ports.get("admin_port")
+    gw = infos.get("gateway")
+    admin_port = gw.ports.get("admin_port") if gw is not None else None
     addrs = SuiteAddresses(
         root=root,
         ingest=ingest,
@@ -204,8 +219,8 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
         coordinator=coordinator,
         workers=[_addr(infos[f"worker-{i}"]) for i in range(cfg.workers)],
         serving=serving,
-        gateway_http=_addr(gw),
-        gateway_grpc=_addr(gw),
+        gateway_http=_addr(gw) if gw is not None else "",
+        gateway_grpc=_addr(gw) if gw is not None else "",
         admin=f"{HOST}:{admin_port}" if admin_port else "",
         model_repo=str(root / "models"),
         supervisor_pid=os.getpid(),
