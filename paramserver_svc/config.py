@@ -41,6 +41,13 @@ class ParamServerSettings(ServiceSettings):
         description="Checkpoints kept per job; older ones are deleted. Keep 2 or more so a damaged "
         "newest checkpoint still leaves one to resume from.",
     )
+    max_stream_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        le=1 << 40,
+        description="Largest total of tensor bytes one PushStream may carry (chunked big tensors); "
+        "more is RESOURCE_EXHAUSTED.",
+    )
     worker_threads: int = Field(
         4, ge=1, le=64, description="Threads that run NumPy work (pull copies, updates, checkpoints)."
     )

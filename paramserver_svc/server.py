@@ -71,7 +71,7 @@ async def serve(settings: ParamServerSettings, stop_event: asyncio.Event | None 
 
     def add_servicers(server: grpc.aio.Server) -> list[str]:
         paramserver_pb2_grpc.add_ParameterServerServiceServicer_to_server(
-            ParameterServerServicer(shard, executor), server
+            ParameterServerServicer(shard, executor, settings.max_stream_bytes), server
         )
         return [SERVICE_NAME]
 

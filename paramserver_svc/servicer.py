@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
@@ -155,10 +155,12 @@ class _Changes:
 class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceServicer):
     """Thin adapter over one `Shard`. Safe for concurrent calls (the shard is)."""
 
-    def __init__(self, shard: Shard, executor: Executor) -> None:
-        """Build on the event loop that will serve the calls."""
+    def __init__(self, shard: Shard, executor: Executor, max_stream_bytes: int = 1 << 30) -> None:
+        """Build on the event loop that will serve the calls. A PushStream whose tensors need
+        more than `max_stream_bytes` is RESOURCE_EXHAUSTED."""
         self._shard = shard
         self._executor = executor
+        self._max_stream_bytes = max_stream_bytes
         self._changes = _Changes()
         self._loop = asyncio.get_running_loop()
         shard.listeners.append(self._on_change)
@@ -197,22 +199,23 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
         await self._offload(lambda: self._shard.leave(request.job_id, request.worker_id))
         return pb.LeaveJobResponse()
 
-    @grpc_errors
-    async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> pb.PullResponse:
+    async def _wait_pull(self, request: pb.PullRequest, build: Callable[[PullResult], T]) -> T:
+        """Pull as the job's consistency model allows, waiting (on the loop) while it says no;
+        `build` turns the values into the answer, in the same thread hop."""
         rows = [RowValues(rs.name, _rows(rs.rows)) for rs in request.rows]
         dense = list(request.dense)
 
-        def run() -> pb.PullResponse | None:
+        def run() -> tuple[T] | None:
             result = self._shard.pull(
                 request.job_id, dense, rows, request.worker_id, request.clock, request.pushed
             )
-            return None if result is None else _encode_pull(result)
+            return None if result is None else (build(result),)
 
         waited_since = None
         while True:
             changed = self._changes.event(request.job_id)
-            resp = await self._offload(run)
-            if resp is not None:
+            answer = await self._offload(run)
+            if answer is not None:
                 break
             if waited_since is None:
                 waited_since = time.perf_counter()
@@ -220,7 +223,30 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
                 await asyncio.wait_for(changed.wait(), RECHECK_SECONDS)
         if waited_since is not None:
             metrics.PULL_WAIT_SECONDS.observe(time.perf_counter() - waited_since)
-        return resp
+        return answer[0]
+
+    @grpc_errors
+    async def Pull(self, request: pb.PullRequest, context: grpc.aio.ServicerContext) -> pb.PullResponse:
+        return await self._wait_pull(request, _encode_pull)
+
+    @grpc_errors
+    async def PullStream(
+        self, request: pb.PullRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PullChunk]:
+        def build(result: PullResult) -> tuple[pb.PullResponse, list[np.ndarray]]:
+            head = pb.PullResponse(version=result.version, clock=result.clock)
+            names = sorted(result.dense)
+            for name in names:
+                head.dense[name].CopyFrom(tensor.header(result.dense[name]))
+            for rv in result.rows:
+                assert rv.values is not None
+                head.rows.add(name=rv.name, rows=rv.rows.tolist()).values.CopyFrom(tensor.header(rv.values))
+            return head, [result.dense[n] for n in names] + [rv.values for rv in result.rows]  # type: ignore[misc]
+
+        head, arrays = await self._wait_pull(request, build)
+        yield pb.PullChunk(header=head)
+        for piece in tensor.chunks(arrays):
+            yield pb.PullChunk(data=piece)
 
     @grpc_errors
     async def Push(self, request: pb.PushRequest, context: grpc.aio.ServicerContext) -> pb.PushResponse:
@@ -234,10 +260,57 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
                 )
                 for rs in request.row_grads
             ]
-            result = self._shard.push(request.job_id, request.worker_id, request.step, dense, rows)
-            return pb.PushResponse(applied=result.applied, version=result.version)
+            return self._push(request, dense, rows)
 
         return await self._offload(run)
+
+    @grpc_errors
+    async def PushStream(
+        self, request_iterator: AsyncIterator[pb.PushChunk], context: grpc.aio.ServicerContext
+    ) -> pb.PushResponse:
+        head: pb.PushRequest | None = None
+        assembler: tensor.Assembler | None = None
+        names: list[str] = []
+        async for chunk in request_iterator:
+            if head is None:
+                if not chunk.HasField("header"):
+                    raise InvalidArgument(
+                        "the first PushStream message must carry the header (job, step, tensors)"
+                    )
+                head = chunk.header
+                names = sorted(head.dense_grads)
+                headers = [(n, head.dense_grads[n]) for n in names]
+                for rs in head.row_grads:
+                    if not rs.HasField("values"):
+                        raise InvalidArgument(
+                            f"row gradient {rs.name!r} in the PushStream header has no values header"
+                        )
+                    headers.append((f"{rs.name} rows", rs.values))
+                assembler = tensor.Assembler(headers, self._max_stream_bytes)
+            elif chunk.HasField("header"):
+                raise InvalidArgument("only the first PushStream message may carry a header")
+            if chunk.data:
+                assert assembler is not None
+                assembler.feed(chunk.data)
+        if head is None or assembler is None:
+            raise InvalidArgument("PushStream carried no message")
+        request, arrays = head, assembler.finish()
+
+        def run() -> pb.PushResponse:
+            dense = dict(zip(names, arrays[: len(names)], strict=True))
+            rows = [
+                RowValues(rs.name, _rows(rs.rows), values)
+                for rs, values in zip(request.row_grads, arrays[len(names) :], strict=True)
+            ]
+            return self._push(request, dense, rows)
+
+        return await self._offload(run)
+
+    def _push(
+        self, request: pb.PushRequest, dense: dict[str, np.ndarray], rows: list[RowValues]
+    ) -> pb.PushResponse:
+        result = self._shard.push(request.job_id, request.worker_id, request.step, dense, rows)
+        return pb.PushResponse(applied=result.applied, version=result.version)
 
     @grpc_errors
     async def SaveCheckpoint(

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -78,6 +78,8 @@ class CallPolicy:
 
     timeout: float = 30.0
     stream_timeout: float = 300.0
+    # Tensors of at least this many bytes in one push travel as a stream of ~1 MiB chunks.
+    stream_bytes: int = tensor.STREAM_BYTES
     # A worker's pull may wait at a SYNC barrier or staleness bound; a dead peer leaves it
     # within its lease (10 s by default), so this only bounds a wait that never ends.
     barrier_timeout: float = 120.0
@@ -302,9 +304,11 @@ class ParamClient:
         worker_id: str = "",
         clock: int = 0,
         pushed: int = 0,
+        stream: bool = False,
     ) -> PullResult:
         """Values from one shard; a worker's pull (worker_id set) may wait for the
-        consistency model, for as long as the barrier timeout allows."""
+        consistency model, for as long as the barrier timeout allows. `stream` asks for the
+        answer in ~1 MiB chunks (PullStream): the fast way for several MiB of values."""
         req = paramserver_pb2.PullRequest(
             job_id=job_id,
             dense=list(dense),
@@ -314,6 +318,10 @@ class ParamClient:
             pushed=pushed,
         )
         timeout = self.policy.barrier_timeout if worker_id else self.policy.timeout
+        if stream:
+            return await self.policy.call(
+                f"shard {shard} PullStream({job_id!r})", lambda: self._pull_stream(shard, req, timeout)
+            )
         resp = await self.policy.call(
             f"shard {shard} Pull({job_id!r})",
             lambda: self.stubs[shard].Pull(req, timeout=timeout),
@@ -327,6 +335,32 @@ class ParamClient:
             clock=int(resp.clock),
         )
 
+    async def _pull_stream(self, shard: int, req: paramserver_pb2.PullRequest, timeout: float) -> PullResult:
+        call = self.stubs[shard].PullStream(req, timeout=timeout)
+        head: paramserver_pb2.PullResponse | None = None
+        assembler: tensor.Assembler | None = None
+        names: list[str] = []
+        async for chunk in call:
+            if head is None:
+                head = chunk.header
+                names = sorted(head.dense)
+                headers = [(n, head.dense[n]) for n in names] + [(rs.name, rs.values) for rs in head.rows]
+                assembler = tensor.Assembler(headers, 1 << 40)
+            elif chunk.data:
+                assert assembler is not None
+                assembler.feed(chunk.data)
+        if head is None or assembler is None:
+            raise Unavailable(f"shard {shard} PullStream ended without an answer")
+        arrays = assembler.finish()
+        return PullResult(
+            dense=dict(zip(names, arrays[: len(names)], strict=True)),
+            rows={
+                rs.name: (np.asarray(rs.rows, dtype=np.int64), values)
+                for rs, values in zip(head.rows, arrays[len(names) :], strict=True)
+            },
+            clock=int(head.clock),
+        )
+
     async def push(
         self,
         shard: int,
@@ -336,22 +370,60 @@ class ParamClient:
         dense_grads: Mapping[str, np.ndarray],
         row_grads: Mapping[str, tuple[np.ndarray, np.ndarray]],
     ) -> bool:
-        req = paramserver_pb2.PushRequest(
+        def req() -> paramserver_pb2.PushRequest:
+            return paramserver_pb2.PushRequest(
+                job_id=job_id,
+                worker_id=worker_id,
+                step=step,
+                dense_grads=tensor.map_to_proto(dense_grads),
+                row_grads=[
+                    paramserver_pb2.RowSlice(name=n, rows=r.tolist(), values=tensor.to_proto(v))
+                    for n, (r, v) in row_grads.items()
+                ],
+            )
+
+        # Retrying is safe: a shard applies each (job, worker, step) once.
+        nbytes = sum(g.nbytes for g in dense_grads.values()) + sum(v.nbytes for _, v in row_grads.values())
+        if nbytes >= self.policy.stream_bytes:
+            resp = await self.policy.call(
+                f"shard {shard} PushStream({job_id!r}, step {step})",
+                lambda: self._push_stream(shard, job_id, worker_id, step, dense_grads, row_grads),
+            )
+        else:
+            resp = await self.policy.call(
+                f"shard {shard} Push({job_id!r}, step {step})",
+                lambda: self.stubs[shard].Push(req(), timeout=self.policy.timeout),
+            )
+        return resp.applied
+
+    async def _push_stream(
+        self,
+        shard: int,
+        job_id: str,
+        worker_id: str,
+        step: int,
+        dense_grads: Mapping[str, np.ndarray],
+        row_grads: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    ) -> paramserver_pb2.PushResponse:
+        names = sorted(dense_grads)
+        head = paramserver_pb2.PushRequest(
             job_id=job_id,
             worker_id=worker_id,
             step=step,
-            dense_grads=tensor.map_to_proto(dense_grads),
+            dense_grads={n: tensor.header(dense_grads[n]) for n in names},
             row_grads=[
-                paramserver_pb2.RowSlice(name=n, rows=r.tolist(), values=tensor.to_proto(v))
+                paramserver_pb2.RowSlice(name=n, rows=r.tolist(), values=tensor.header(v))
                 for n, (r, v) in row_grads.items()
             ],
         )
-        # Retrying is safe: a shard applies each (job, worker, step) once.
-        resp = await self.policy.call(
-            f"shard {shard} Push({job_id!r}, step {step})",
-            lambda: self.stubs[shard].Push(req, timeout=self.policy.timeout),
-        )
-        return resp.applied
+        arrays = [dense_grads[n] for n in names] + [v for _, v in row_grads.values()]
+
+        def messages() -> Iterator[paramserver_pb2.PushChunk]:
+            yield paramserver_pb2.PushChunk(header=head)
+            for piece in tensor.chunks(arrays):
+                yield paramserver_pb2.PushChunk(data=piece)
+
+        return await self.stubs[shard].PushStream(messages(), timeout=self.policy.timeout)
 
     async def save_checkpoint(self, shard: int, job_id: str) -> None:
         req = paramserver_pb2.SaveCheckpointRequest(job_id=job_id)

@@ -6,11 +6,11 @@ received bytes (no copy); callers that mutate must copy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from mlmesh.errors import InvalidArgument
+from mlmesh.errors import InvalidArgument, ResourceExhausted
 from mlmesh.types.v1 import tensor_pb2
 
 DType = tensor_pb2.DType
@@ -102,3 +102,91 @@ def map_from_proto(tensors: Mapping[str, tensor_pb2.Tensor]) -> dict[str, np.nda
 
 def map_to_proto(arrays: Mapping[str, np.ndarray]) -> dict[str, tensor_pb2.Tensor]:
     return {name: to_proto(a) for name, a in arrays.items()}
+
+
+# --- chunked transfer (PullStream / PushStream) ------------------------------------------------
+
+# gRPC in Python moves a stream of ~1 MiB messages several times faster than one big message;
+# below a few MiB a single message is cheaper (one call, no chunk bookkeeping).
+CHUNK_BYTES = 1 << 20
+STREAM_BYTES = 4 << 20
+
+
+def header(array: np.ndarray) -> tensor_pb2.Tensor:
+    """The tensor's dtype and shape, without content (its bytes travel as chunks)."""
+    arr = np.asarray(array)
+    return tensor_pb2.Tensor(dtype=dtype_code(arr.dtype), shape=arr.shape)  # type: ignore[arg-type]
+
+
+def chunks(arrays: Sequence[np.ndarray], size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The arrays' bytes (C order), concatenated and cut into pieces of `size` (the last shorter);
+    small arrays share a piece, so a step of many small tensors is still few messages."""
+    pending = bytearray()
+    for array in arrays:
+        arr = np.require(np.asarray(array), requirements="C")
+        view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+        pos = 0
+        while pos < len(view):
+            take = min(size - len(pending), len(view) - pos)
+            if not pending and take == size:
+                yield bytes(view[pos : pos + take])  # a whole piece: no staging copy
+            else:
+                pending += view[pos : pos + take]
+                if len(pending) == size:
+                    yield bytes(pending)
+                    pending = bytearray()
+            pos += take
+    if pending:
+        yield bytes(pending)
+
+
+class Assembler:
+    """Rebuilds arrays from chunked bytes, given their headers (in the sender's order).
+
+    One buffer holds them all; the arrays it returns are views on it (no copy after the
+    chunks land). Every error names what was wrong: a header with content, an unknown
+    dtype, more or fewer bytes than the headers need, a stream above `max_bytes`.
+    """
+
+    def __init__(self, headers: Sequence[tuple[str, tensor_pb2.Tensor]], max_bytes: int) -> None:
+        self._layout: list[tuple[str, np.dtype, tuple[int, ...], int]] = []
+        total = 0
+        for name, t in headers:
+            if t.content:
+                raise InvalidArgument(
+                    f"tensor {name!r} in a stream header carries {len(t.content)} bytes of content; "
+                    "its bytes belong in the data chunks"
+                )
+            dt = numpy_dtype(t.dtype, f"tensor {name!r}")
+            shape = tuple(int(d) for d in t.shape)
+            if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
+                raise InvalidArgument(f"tensor {name!r} has an invalid shape {list(shape)}")
+            nbytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+            self._layout.append((name, dt, shape, total))
+            total += nbytes
+        if total > max_bytes:
+            raise ResourceExhausted(f"the stream's tensors need {total} bytes; at most {max_bytes} allowed")
+        self.total = total
+        self._buf = bytearray(total)
+        self._filled = 0
+
+    def feed(self, data: bytes) -> None:
+        end = self._filled + len(data)
+        if end > self.total:
+            raise InvalidArgument(
+                f"the stream carried more tensor bytes than its header's tensors need ({self.total})"
+            )
+        self._buf[self._filled : end] = data
+        self._filled = end
+
+    def finish(self) -> list[np.ndarray]:
+        if self._filled != self.total:
+            raise InvalidArgument(
+                f"the stream carried {self._filled} bytes of tensor data; "
+                f"its header's tensors need {self.total}"
+            )
+        out = []
+        for _, dt, shape, offset in self._layout:
+            count = int(np.prod(shape, dtype=np.int64))
+            out.append(np.frombuffer(self._buf, dtype=dt, count=count, offset=offset).reshape(shape))
+        return out

@@ -109,3 +109,40 @@ def test_map_round_trip_names_the_bad_entry() -> None:
 def test_describe_formats_dtype_and_shape() -> None:
     assert tensor.describe(tensor_pb2.DTYPE_INT64, [2, 3]) == "int64[2,3]"
     assert tensor.describe(tensor_pb2.DTYPE_FLOAT32, []) == "float32[]"
+
+
+# -- chunked transfer ---------------------------------------------------------------------------
+
+
+def test_chunks_reassemble_into_the_same_arrays() -> None:
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.normal(size=(300, 7)).astype(np.float32),
+        np.arange(5, dtype=np.int64),
+        np.zeros((0, 3), np.float32),
+        rng.normal(size=(1000,)).astype(np.float64)[::2],  # not contiguous
+    ]
+    pieces = list(tensor.chunks(arrays, size=1000))
+    assert all(len(p) == 1000 for p in pieces[:-1]) and 0 < len(pieces[-1]) <= 1000
+    asm = tensor.Assembler([(f"t{i}", tensor.header(a)) for i, a in enumerate(arrays)], max_bytes=1 << 20)
+    for p in pieces:
+        asm.feed(p)
+    for got, want in zip(asm.finish(), arrays, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+def test_assembler_names_every_bad_stream() -> None:
+    from mlmesh.errors import InvalidArgument, ResourceExhausted
+
+    head = tensor.header(np.zeros(4, np.float32))
+    asm = tensor.Assembler([("w", head)], max_bytes=100)
+    with pytest.raises(InvalidArgument, match="carried more tensor bytes than its header's tensors need"):
+        asm.feed(b"\0" * 17)
+    asm.feed(b"\0" * 8)
+    with pytest.raises(InvalidArgument, match="carried 8 bytes of tensor data; its header's tensors need 16"):
+        asm.finish()
+    with pytest.raises(ResourceExhausted, match="need 16 bytes; at most 10 allowed"):
+        tensor.Assembler([("w", head)], max_bytes=10)
+    with pytest.raises(InvalidArgument, match="'w' in a stream header carries 16 bytes of content"):
+        tensor.Assembler([("w", tensor.to_proto(np.zeros(4, np.float32)))], max_bytes=100)

@@ -307,3 +307,29 @@ def test_pull_and_push_of_a_small_cnn_take_milliseconds(shard_processes, tmp_pat
         assert pull_ms + push_ms < 60
     finally:
         ch.close()
+
+
+@pytest.mark.faults
+def test_push_stream_above_max_stream_bytes_is_resource_exhausted(shard_processes, tmp_path: Path) -> None:
+    sp = shard_processes(0, 1, tmp_path / "ckpt", "--max-stream-bytes", "65536")
+    ch, stub = stub_for(sp)
+    try:
+        stub.RegisterVariables(
+            pb.RegisterVariablesRequest(
+                job_id="j",
+                variables=[var("w", [100_000])],
+                optimizer=pb.OptimizerSpec(kind="sgd", learning_rate=1),
+            ),
+            timeout=10,
+        )
+        head = pb.PushRequest(job_id="j", worker_id="w", step=0)
+        head.dense_grads["w"].CopyFrom(tensor.header(np.ones(100_000, F32)))
+        messages = [pb.PushChunk(header=head)] + [
+            pb.PushChunk(data=p) for p in tensor.chunks([np.ones(100_000, F32)])
+        ]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PushStream(iter(messages), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "need 400000 bytes; at most 65536 allowed" in err.value.details()
+    finally:
+        ch.close()

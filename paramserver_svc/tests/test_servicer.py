@@ -497,3 +497,70 @@ def test_register_other_consistency_for_existing_job_fails_precondition(client: 
 def test_membership_and_clock_bad_inputs(client: ShardClient, rpc: str, request_, code, needle: str) -> None:
     register_with(client, pb.JobConfig(consistency=pb.CONSISTENCY_SYNC))
     expect_status(code, getattr(client.stub, rpc), request_, needle)
+
+
+# -- chunked transfer (PullStream / PushStream) -------------------------------------------------
+
+
+def push_stream(stub, messages: list[pb.PushChunk]) -> pb.PushResponse:
+    return stub.PushStream(iter(messages), timeout=10)
+
+
+def stream_of(step: int, dense: dict[str, np.ndarray], size: int = 7) -> list[pb.PushChunk]:
+    names = sorted(dense)
+    head = pb.PushRequest(job_id="j", worker_id="w0", step=step)
+    for n in names:
+        head.dense_grads[n].CopyFrom(tensor.header(dense[n]))
+    return [pb.PushChunk(header=head)] + [
+        pb.PushChunk(data=p) for p in tensor.chunks([dense[n] for n in names], size)
+    ]
+
+
+def test_push_stream_applies_like_push_and_pull_stream_answers_like_pull(job: ShardClient) -> None:
+    g = np.arange(6, dtype=F32).reshape(2, 3)
+    assert push_stream(job.stub, stream_of(0, {"w": g})).applied
+    np.testing.assert_allclose(pull_dense(job.stub, "w")["w"], 1 - 0.5 * g)
+    chunks = list(
+        job.stub.PullStream(
+            pb.PullRequest(job_id="j", dense=["w", "emb"], rows=[pb.RowSlice(name="emb", rows=[4, 1])]),
+            timeout=10,
+        )
+    )
+    head = chunks[0].header
+    assert head.version == 1 and not any(t.content for t in head.dense.values())
+    asm = tensor.Assembler(
+        [(n, head.dense[n]) for n in sorted(head.dense)] + [("rows", r.values) for r in head.rows], 1 << 20
+    )
+    for c in chunks[1:]:
+        asm.feed(c.data)
+    emb, w, rows = asm.finish()
+    np.testing.assert_allclose(w, 1 - 0.5 * g)
+    assert emb.shape == (5, 2) and rows.shape == (2, 2)
+    assert not push_stream(job.stub, stream_of(0, {"w": g})).applied  # idempotent like Push
+
+
+@pytest.mark.parametrize(
+    ("mutate", "code", "needle"),
+    [
+        (lambda m: m[1:], IA, "first PushStream message must carry the header"),
+        (lambda m: m[:-1], IA, "carried 21 bytes of tensor data; its header's tensors need 24"),
+        (lambda m: [*m, pb.PushChunk(data=b"\0")], IA, "more tensor bytes than its header's tensors need"),
+        (lambda m: [*m, pb.PushChunk(header=m[0].header)], IA, "only the first PushStream message"),
+        (lambda m: [], IA, "PushStream carried no message"),
+    ],
+)
+def test_push_stream_bad_streams(job: ShardClient, mutate, code, needle: str) -> None:
+    messages = stream_of(0, {"w": np.ones((2, 3), F32)})  # 24 bytes in chunks of 7
+    expect_status(
+        code, lambda req, timeout: job.stub.PushStream(iter(req), timeout=timeout), mutate(messages), needle
+    )
+    np.testing.assert_array_equal(pull_dense(job.stub, "w")["w"], np.ones((2, 3)))  # nothing applied
+
+
+def test_push_stream_header_with_content_is_invalid(job: ShardClient) -> None:
+    head = pb.PushRequest(job_id="j", worker_id="w0", step=0)
+    head.dense_grads["w"].CopyFrom(tensor.to_proto(np.ones((2, 3), F32)))
+    expect_status(
+        IA, lambda req, timeout: job.stub.PushStream(iter(req), timeout=timeout), [pb.PushChunk(header=head)],
+        "'w' in a stream header carries 24 bytes of content",
+    )  # fmt: skip

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from mlmesh import keys
+from mlmesh import keys, tensor
 from mlmesh.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -408,7 +408,8 @@ class Coordinator:
         layout = await placement.read_layout(self.params, job_id, dense, sparse)
         for shard, names in enumerate(layout.whole):
             for chunk in _chunk_names(names, like, self.config.request_bytes):
-                result = await self.params.pull(shard, job_id, chunk, {})
+                big = sum(like[n].nbytes for n in chunk) >= tensor.STREAM_BYTES
+                result = await self.params.pull(shard, job_id, chunk, {}, stream=big)
                 for name in chunk:
                     if name not in result.dense:
                         raise FailedPrecondition(f"shard {shard} did not return variable {name!r}")
@@ -421,7 +422,8 @@ class Coordinator:
                 owned = rows_at.global_rows(shard)
                 for start in range(0, len(owned), rows_per_request):
                     rows = owned[start : start + rows_per_request]
-                    result = await self.params.pull(shard, job_id, [], {name: rows})
+                    big = len(rows) * row_bytes >= tensor.STREAM_BYTES
+                    result = await self.params.pull(shard, job_id, [], {name: rows}, stream=big)
                     got_rows, got = result.rows[name]
                     full[got_rows] = got
             values[name] = full

@@ -77,8 +77,10 @@ class ParamPort(Protocol):
         worker_id: str = "",
         clock: int = 0,
         pushed: int = 0,
+        stream: bool = False,
     ) -> PullResult:
-        """A worker's pull (worker_id set) waits as the job's consistency model says."""
+        """A worker's pull (worker_id set) waits as the job's consistency model says;
+        `stream` asks for the answer in chunks (for several MiB of values)."""
         ...
 
     async def push(

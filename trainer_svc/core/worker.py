@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from mlmesh import tensor
 from mlmesh.errors import FailedPrecondition, InvalidArgument, MlmeshError, NotFound, Unavailable
 from mlmesh.logging import get_logger
 
@@ -221,6 +222,8 @@ class _JobRun:
         self.clock = 0  # the step computed next (from JoinJob)
         self.acked = 0  # steps whose pushes every shard acknowledged
         self.joined = False
+        # Shards whose last answer was big enough to be worth a chunked stream (PullStream).
+        self._stream = [False] * self.n
         self.progress = _Progress()
 
     # ----- membership ------------------------------------------------------------------------
@@ -440,9 +443,21 @@ class _JobRun:
             shard_rows = {name: parts[shard][1] for name, parts in split.items() if len(parts[shard][1])}
             if not dense and not shard_rows and not self.every_shard:
                 return None
-            return await self.params.pull(
-                shard, self.a.job_id, dense, shard_rows, self.cfg.worker_id, clock, pushed
+            result = await self.params.pull(
+                shard,
+                self.a.job_id,
+                dense,
+                shard_rows,
+                self.cfg.worker_id,
+                clock,
+                pushed,
+                self._stream[shard],
             )
+            nbytes = sum(a.nbytes for a in result.dense.values()) + sum(
+                v.nbytes for _, v in result.rows.values()
+            )
+            self._stream[shard] = nbytes >= tensor.STREAM_BYTES
+            return result
 
         results = await asyncio.gather(*(one(s) for s in range(self.n)))
         out = PullResult(clock=max((r.clock for r in results if r is not None), default=clock))

@@ -16,7 +16,7 @@ from trainer_svc.clients import CallPolicy, ParamClient
 from trainer_svc.core import placement, tfmodel
 from trainer_svc.core.spec import JobSpec
 from trainer_svc.core.step import StepRunner
-from trainer_svc.core.types import OptimizerConfig
+from trainer_svc.core.types import OptimizerConfig, VariableSpec
 from trainer_svc.core.worker import Assignment, TrainingWorker, WorkerConfig, _JobRun
 from trainer_svc.tests import procs
 
@@ -107,6 +107,39 @@ def test_a_worker_reading_another_jobs_layout_is_refused(shard_addrs: list[str])
         try:
             with pytest.raises(FailedPrecondition, match="not registered on shard"):
                 await placement.read_layout(params, "no-such-job", ["w"], [])
+        finally:
+            await params.close()
+
+    asyncio.run(run())
+
+
+def test_big_tensors_travel_as_chunked_streams_with_the_same_result(shard_addrs: list[str]) -> None:
+    """A push of >= 4 MiB goes as PushStream, a pull asked to stream as PullStream; both
+    land exactly like the unary calls (checked against a second, unary-only variable)."""
+
+    async def run() -> None:
+        params = ParamClient(shard_addrs, CallPolicy(timeout=30.0, retry_seconds=5.0))
+        try:
+            rng = np.random.default_rng(3)
+            start = rng.normal(size=(1024, 1280)).astype(np.float32)  # 5 MiB
+            specs = [
+                VariableSpec("big", "float32", start.shape, False, start),
+                VariableSpec("twin", "float32", start.shape, False, start),
+            ]
+            await params.register(0, "stream-job", specs, OptimizerConfig("sgd", 0.5))
+            grad = rng.normal(size=start.shape).astype(np.float32)
+            assert await params.push(0, "stream-job", "w", 0, {"big": grad}, {})  # streamed (5 MiB)
+            unary = CallPolicy(timeout=30.0, retry_seconds=5.0, stream_bytes=1 << 40)
+            twin = ParamClient(shard_addrs, unary)
+            try:
+                assert await twin.push(0, "stream-job", "w2", 0, {"twin": grad}, {})  # one message
+            finally:
+                await twin.close()
+            streamed = await params.pull(0, "stream-job", ["big", "twin"], {}, stream=True)
+            plain = await params.pull(0, "stream-job", ["big", "twin"], {})
+            np.testing.assert_array_equal(streamed.dense["big"], start - 0.5 * grad)
+            for name in ("big", "twin"):
+                np.testing.assert_array_equal(streamed.dense[name], plain.dense[name])
         finally:
             await params.close()
 

@@ -200,6 +200,22 @@ class PushRequest(_message.Message):
     row_grads: _containers.RepeatedCompositeFieldContainer[RowSlice]
     def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., step: _Optional[int] = ..., dense_grads: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., row_grads: _Optional[_Iterable[_Union[RowSlice, _Mapping]]] = ...) -> None: ...
 
+class PullChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: PullResponse
+    data: bytes
+    def __init__(self, header: _Optional[_Union[PullResponse, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PushChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: PushRequest
+    data: bytes
+    def __init__(self, header: _Optional[_Union[PushRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class PushResponse(_message.Message):
     __slots__ = ("applied", "version")
     APPLIED_FIELD_NUMBER: _ClassVar[int]

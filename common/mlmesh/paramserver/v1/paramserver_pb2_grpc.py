@@ -74,6 +74,16 @@ class ParameterServerServiceStub:
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushRequest.SerializeToString,
                 response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushResponse.FromString,
                 _registered_method=True)
+        self.PullStream = channel.unary_stream(
+                '/mlmesh.paramserver.v1.ParameterServerService/PullStream',
+                request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PullRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PullChunk.FromString,
+                _registered_method=True)
+        self.PushStream = channel.stream_unary(
+                '/mlmesh.paramserver.v1.ParameterServerService/PushStream',
+                request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushChunk.SerializeToString,
+                response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushResponse.FromString,
+                _registered_method=True)
         self.SaveCheckpoint = channel.unary_unary(
                 '/mlmesh.paramserver.v1.ParameterServerService/SaveCheckpoint',
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.SaveCheckpointRequest.SerializeToString,
@@ -151,6 +161,24 @@ class ParameterServerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullStream(self, request, context):
+        """Pull and Push for big tensors: the same request and answer, with the
+        tensor bytes cut into chunks of about 1 MiB (gRPC moves a stream of
+        chunks several times faster than one big message). The first message
+        carries the request or answer with every tensor's dtype and shape and
+        empty content; the following ones carry the contents, concatenated in
+        order (dense tensors by name, then row slices in order).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SaveCheckpoint(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -195,6 +223,16 @@ def add_ParameterServerServiceServicer_to_server(servicer, server):
             'Push': grpc.unary_unary_rpc_method_handler(
                     servicer.Push,
                     request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushRequest.FromString,
+                    response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushResponse.SerializeToString,
+            ),
+            'PullStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullStream,
+                    request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PullRequest.FromString,
+                    response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PullChunk.SerializeToString,
+            ),
+            'PushStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushStream,
+                    request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushChunk.FromString,
                     response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushResponse.SerializeToString,
             ),
             'SaveCheckpoint': grpc.unary_unary_rpc_method_handler(
@@ -362,6 +400,60 @@ class ParameterServerService:
             target,
             '/mlmesh.paramserver.v1.ParameterServerService/Push',
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushRequest.SerializeToString,
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlmesh.paramserver.v1.ParameterServerService/PullStream',
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PullRequest.SerializeToString,
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PullChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mlmesh.paramserver.v1.ParameterServerService/PushStream',
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushChunk.SerializeToString,
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushResponse.FromString,
             options,
             channel_credentials,
