@@ -42,9 +42,8 @@ class StepRunner:
         self.dense_names = [v.path for v in self.dense_vars]
         self.sparse_names = sparse
         self.sparse_vars = [variables[name] for name in sparse]
-        self._row_ids: dict[str, Callable[[Any], Any] | None] = {
-            name: _row_id_model(ms, name) for name in sparse
-        }
+        self._num_rows = {name: int(var.shape[0]) for name, var in zip(sparse, self.sparse_vars, strict=True)}
+        self._row_sources = _row_sources(ms, sparse)
         self._step = tf.function(self._step_impl, reduce_retracing=True)
 
     def inputs(self, batch: Mapping[str, np.ndarray]) -> Any:
@@ -54,18 +53,17 @@ class StepRunner:
         """Per sparse variable, the sorted unique rows this batch reads.
 
         Found by running the model's inputs through the layers that feed the
-        embedding; a model without that structure reads every row.
+        embedding, once per distinct input tensor (tables looked up with the
+        same ids share one call); a model without that structure reads every
+        row.
         """
-        out = {}
-        for name, var in zip(self.sparse_names, self.sparse_vars, strict=True):
-            num_rows = int(var.shape[0])
-            fn = self._row_ids[name]
-            if fn is None:
-                out[name] = np.arange(num_rows, dtype=np.int64)
-                continue
-            ids = np.unique(np.asarray(fn(x)).astype(np.int64).ravel())
-            out[name] = ids[(ids >= 0) & (ids < num_rows)]
-        return out
+        out: dict[str, np.ndarray] = {}
+        for source in self._row_sources:
+            ids = None if source.ids is None else np.unique(np.asarray(source.ids(x)).astype(np.int64))
+            for name in source.tables:
+                n = self._num_rows[name]
+                out[name] = np.arange(n, dtype=np.int64) if ids is None else ids[(ids >= 0) & (ids < n)]
+        return {name: out[name] for name in self.sparse_names}
 
     def compute(
         self,
@@ -116,19 +114,55 @@ class StepRunner:
         return loss, list(grads[:n_dense]), sparse_out
 
 
-def _row_id_model(ms: ModelSpec, name: str) -> Callable[[Any], Any] | None:
-    """A function from model inputs to the ids the layer owning `name` looks up, if derivable."""
-    owners = [
-        layer
-        for layer in ms.model._flatten_layers(include_self=False)
-        if any(w.path == name for w in getattr(layer, "_trainable_variables", []))
-    ]
-    if len(owners) != 1:
-        log.warning("sparse variable owner not found; pulling all its rows", variable=name)
-        return None
-    try:
-        sub = keras.Model(ms.model.inputs, owners[0].input)
-    except Exception as e:  # subclassed models, shared layers: no symbolic input to cut at
-        log.warning("cannot derive the rows a batch reads; pulling all rows", variable=name, error=str(e))
-        return None
+@dataclass(frozen=True)
+class _RowSource:
+    """Sparse tables whose owning layers read the same symbolic tensor, and a
+    function from model inputs to that tensor (None: pull every row)."""
+
+    tables: tuple[str, ...]
+    ids: Callable[[Any], Any] | None
+
+
+def _row_sources(ms: ModelSpec, names: list[str]) -> list[_RowSource]:
+    """One source per distinct tensor the owners of `names` look up; a table whose
+    owner or input cannot be found gets a source of its own that pulls all rows."""
+    layers = list(ms.model._flatten_layers(include_self=False))
+    fallback: list[str] = []
+    # Keyed by the identity of the Keras tensors the owning layer reads: the same
+    # tensor means the same ids, whatever the table.
+    groups: dict[tuple[int, ...], tuple[Any, list[str]]] = {}
+    for name in names:
+        owners = [
+            layer
+            for layer in layers
+            if any(w.path == name for w in getattr(layer, "_trainable_variables", []))
+        ]
+        if len(owners) != 1:
+            log.warning("sparse variable owner not found; pulling all its rows", variable=name)
+            fallback.append(name)
+            continue
+        try:
+            tensor = owners[0].input
+        except Exception as e:  # subclassed models, shared layers: no one symbolic input to cut at
+            log.warning("cannot derive the rows a batch reads; pulling all rows", variable=name, error=str(e))
+            fallback.append(name)
+            continue
+        key = tuple(id(t) for t in tf.nest.flatten(tensor))
+        groups.setdefault(key, (tensor, []))[1].append(name)
+    sources = [_RowSource(tuple(fallback), None)] if fallback else []
+    for tensor, tables in groups.values():
+        try:
+            sub = keras.Model(ms.model.inputs, tensor)
+        except Exception as e:  # a tensor the model's inputs do not lead to
+            log.warning(
+                "cannot derive the rows a batch reads; pulling all rows", variables=tables, error=str(e)
+            )
+            sources.append(_RowSource(tuple(tables), None))
+            continue
+        sources.append(_RowSource(tuple(tables), _sub_model_fn(sub)))
+    return sources
+
+
+def _sub_model_fn(sub: Any) -> Callable[[Any], Any]:
+    # A function of its own, so each source's closure holds its own sub-model.
     return tf.function(lambda x: sub(x, training=False), reduce_retracing=True)
