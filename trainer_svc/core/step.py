@@ -141,9 +141,20 @@ def _row_sources(ms: ModelSpec, names: list[str]) -> list[_RowSource]:
             log.warning("sparse variable owner not found; pulling all its rows", variable=name)
             fallback.append(name)
             continue
+        calls = len(owners[0]._inbound_nodes)
+        if calls > 1:
+            # Keras answers `.input` with the first call's input only: the rows the
+            # other calls read would be missing from the pull.
+            log.warning(
+                "sparse variable is looked up by several calls; pulling all its rows",
+                variable=name,
+                calls=calls,
+            )
+            fallback.append(name)
+            continue
         try:
             tensor = owners[0].input
-        except Exception as e:  # subclassed models, shared layers: no one symbolic input to cut at
+        except Exception as e:  # subclassed models: no symbolic input to cut at
             log.warning("cannot derive the rows a batch reads; pulling all rows", variable=name, error=str(e))
             fallback.append(name)
             continue

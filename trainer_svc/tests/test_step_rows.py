@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from mlmesh.model import ModelSpec
 
 from trainer_svc.core import step, tfmodel
 from trainer_svc.core.spec import JobSpec
@@ -51,3 +52,30 @@ def test_tables_looked_up_with_the_same_input_share_one_call_per_batch(
     assert list(rows) == runner.sparse_names
     assert rows["user_embedding/embeddings"].tolist() == rows["user_bias/embeddings"].tolist() == [3, 5]
     assert rows["item_embedding/embeddings"].tolist() == rows["item_bias/embeddings"].tolist() == [0, 7]
+
+
+def shared_table() -> ModelSpec:
+    """One Embedding called on two inputs ("a", "b"), another on "c" alone."""
+    import keras
+
+    a, b, c = (keras.Input(shape=(), dtype="int64", name=n) for n in "abc")
+    shared = keras.layers.Embedding(10, 2, name="shared")
+    h = keras.layers.Concatenate()([shared(a), shared(b), keras.layers.Embedding(10, 2, name="own")(c)])
+    return ModelSpec(
+        model=keras.Model({"a": a, "b": b, "c": c}, keras.layers.Dense(1, name="out")(h)),
+        loss=keras.losses.MeanSquaredError(),
+        features=["a", "b", "c"],
+        label="y",
+        sparse_variables=["shared/embeddings", "own/embeddings"],
+    )
+
+
+def test_a_table_looked_up_from_several_inputs_pulls_all_its_rows() -> None:
+    ms = tfmodel.build(
+        JobSpec(model=f"{__name__}:shared_table", train_dataset="d", epochs=1, batch_size=2, model_name="m")
+    )
+    runner = StepRunner(ms, tfmodel.input_specs(ms))
+    x = runner.inputs({"a": np.array([1, 1]), "b": np.array([8, 9]), "c": np.array([4, 2])})
+    rows = runner.rows_needed(x)
+    assert rows["shared/embeddings"].tolist() == list(range(10))  # not only a's [1]
+    assert rows["own/embeddings"].tolist() == [2, 4]
