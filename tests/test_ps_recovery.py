@@ -95,7 +95,7 @@ def test_shard_killed_mid_job_resumes_from_its_checkpoint_and_the_job_completes(
         # waits to be written), the survivor none.
         assert restarted.clock == survivor.clock > killed_at
         assert survivor.lost_steps == 0
-        assert 0 < restarted.lost_steps <= 2 * CHECKPOINT_EVERY_STEPS
+        assert 0 <= restarted.lost_steps <= 2 * CHECKPOINT_EVERY_STEPS  # 0: killed just after one
         assert restarted.version == restarted.clock - restarted.lost_steps
         print(
             f"\n[shard recovery] killed ps-1 at step {killed_at}; it restored its checkpoint and lost "
