@@ -17,8 +17,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 
-from mlmesh.logging import get_logger
-
 # mallopt(3) parameters.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -33,6 +31,6 @@ def keep_large_blocks(mmap_threshold: int = 512 << 20, trim_threshold: int = 1 <
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
-    get_logger(__name__).debug("malloc tuned", mmap_threshold=mmap_threshold, applied=ok)
-    return ok
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, trim_threshold)
+    )

@@ -149,7 +149,8 @@ async def run_service(
     configure_logging(settings.log_format, settings.log_level, service=name, **(log_context or {}))
     log = get_logger(name)
     if settings.malloc_keep_mib:
-        keep_large_blocks(settings.malloc_keep_mib << 20, 2 * settings.malloc_keep_mib << 20)
+        kept = keep_large_blocks(settings.malloc_keep_mib << 20, 2 * settings.malloc_keep_mib << 20)
+        log.debug("malloc keeps large blocks", mib=settings.malloc_keep_mib, applied=kept)
 
     metrics_port = -1
     metrics_server = None
