@@ -110,6 +110,8 @@ _MODES = {
     "bounded": paramserver_pb2.CONSISTENCY_BOUNDED,
 }
 _MODE_NAMES = {v: k for k, v in _MODES.items()}
+_SERVICE = paramserver_pb2.DESCRIPTOR.services_by_name["ParameterServerService"].full_name
+_PUSH_STREAM, _PULL_STREAM = f"/{_SERVICE}/PushStream", f"/{_SERVICE}/PullStream"
 _LAYOUTS = {"hash": paramserver_pb2.ROW_LAYOUT_HASH, "blocks": paramserver_pb2.ROW_LAYOUT_BLOCKS}
 _LAYOUT_NAMES = {paramserver_pb2.ROW_LAYOUT_HASH: "hash", paramserver_pb2.ROW_LAYOUT_BLOCKS: "blocks"}
 
@@ -234,6 +236,16 @@ class ParamClient:
         self.policy = policy
         self.channels = [aio_channel(a, policy.max_message_bytes) for a in self.addrs]
         self.stubs = [paramserver_pb2_grpc.ParameterServerServiceStub(c) for c in self.channels]
+        # The chunked RPCs with our own framing of data chunks (tensor.data_frames / frame_data):
+        # the same messages on the wire, two fewer copies of every byte.
+        self._push_streams = [
+            c.stream_unary(_PUSH_STREAM, response_deserializer=paramserver_pb2.PushResponse.FromString)
+            for c in self.channels
+        ]
+        self._pull_streams = [
+            c.unary_stream(_PULL_STREAM, request_serializer=paramserver_pb2.PullRequest.SerializeToString)
+            for c in self.channels
+        ]
 
     @property
     def num_shards(self) -> int:
@@ -336,19 +348,22 @@ class ParamClient:
         )
 
     async def _pull_stream(self, shard: int, req: paramserver_pb2.PullRequest, timeout: float) -> PullResult:
-        call = self.stubs[shard].PullStream(req, timeout=timeout)
+        call = self._pull_streams[shard](req, timeout=timeout)
         head: paramserver_pb2.PullResponse | None = None
         assembler: tensor.Assembler | None = None
         names: list[str] = []
-        async for chunk in call:
-            if head is None:
-                head = chunk.header
-                names = sorted(head.dense)
-                headers = [(n, head.dense[n]) for n in names] + [(rs.name, rs.values) for rs in head.rows]
-                assembler = tensor.Assembler(headers, 1 << 40)
-            elif chunk.data:
-                assert assembler is not None
-                assembler.feed(chunk.data)
+        async for message in call:
+            data = tensor.frame_data(message)
+            if data is None:
+                chunk = paramserver_pb2.PullChunk.FromString(message)
+                if chunk.HasField("header"):
+                    head = chunk.header
+                    names = sorted(head.dense)
+                    headers = [(n, head.dense[n]) for n in names] + [(rs.name, rs.values) for rs in head.rows]
+                    assembler = tensor.Assembler(headers, 1 << 40)
+                data = memoryview(chunk.data)
+            if data and assembler is not None:
+                assembler.feed(data)
         if head is None or assembler is None:
             raise Unavailable(f"shard {shard} PullStream ended without an answer")
         arrays = assembler.finish()
@@ -418,12 +433,11 @@ class ParamClient:
         )
         arrays = [dense_grads[n] for n in names] + [v for _, v in row_grads.values()]
 
-        def messages() -> Iterator[paramserver_pb2.PushChunk]:
-            yield paramserver_pb2.PushChunk(header=head)
-            for piece in tensor.chunks(arrays):
-                yield paramserver_pb2.PushChunk(data=piece)
+        def messages() -> Iterator[bytes]:
+            yield paramserver_pb2.PushChunk(header=head).SerializeToString()
+            yield from tensor.data_frames(arrays)
 
-        return await self.stubs[shard].PushStream(messages(), timeout=self.policy.timeout)
+        return await self._push_streams[shard](messages(), timeout=self.policy.timeout)  # type: ignore[no-any-return]
 
     async def save_checkpoint(self, shard: int, job_id: str) -> None:
         req = paramserver_pb2.SaveCheckpointRequest(job_id=job_id)

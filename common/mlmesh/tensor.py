@@ -121,6 +121,12 @@ def header(array: np.ndarray) -> tensor_pb2.Tensor:
 def chunks(arrays: Sequence[np.ndarray], size: int = CHUNK_BYTES) -> Iterator[bytes]:
     """The arrays' bytes (C order), concatenated and cut into pieces of `size` (the last shorter);
     small arrays share a piece, so a step of many small tensors is still few messages."""
+    for piece in _pieces(arrays, size):
+        yield bytes(piece)
+
+
+def _pieces(arrays: Sequence[np.ndarray], size: int) -> Iterator[bytes | memoryview]:
+    """`chunks` without the final copy: whole pieces are views on the arrays."""
     pending = bytearray()
     for array in arrays:
         arr = np.require(np.asarray(array), requirements="C")
@@ -129,7 +135,7 @@ def chunks(arrays: Sequence[np.ndarray], size: int = CHUNK_BYTES) -> Iterator[by
         while pos < len(view):
             take = min(size - len(pending), len(view) - pos)
             if not pending and take == size:
-                yield bytes(view[pos : pos + take])  # a whole piece: no staging copy
+                yield view[pos : pos + take]
             else:
                 pending += view[pos : pos + take]
                 if len(pending) == size:
@@ -138,6 +144,50 @@ def chunks(arrays: Sequence[np.ndarray], size: int = CHUNK_BYTES) -> Iterator[by
             pos += take
     if pending:
         yield bytes(pending)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+# PushChunk and PullChunk hold the chunk in field 2 (`bytes data`); on the wire a message with
+# only that field is the tag (2 << 3 | length-delimited), the length as a varint, the bytes.
+_DATA_TAG = b"\x12"
+
+
+def data_frames(arrays: Sequence[np.ndarray], size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """`chunks(arrays)` already serialized as PushChunk/PullChunk messages holding only `data`:
+    one copy per piece instead of three (bytes, the message field, the serialization)."""
+    for piece in _pieces(arrays, size):
+        yield b"".join((_DATA_TAG, _varint(len(piece)), piece))
+
+
+def frame_data(message: bytes) -> memoryview | None:
+    """The chunk bytes of a serialized PushChunk/PullChunk that holds only `data` (a view, no
+    copy); None for any other message (a header), which the caller parses normally."""
+    if not message.startswith(_DATA_TAG):
+        return None
+    length, shift, pos = 0, 0, 1
+    while pos < len(message) and shift < 64:
+        byte = message[pos]
+        length |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            break
+        shift += 7
+    else:
+        return None
+    if pos + length != len(message):
+        return None  # more fields follow: not a plain data chunk
+    return memoryview(message)[pos:]
 
 
 class Assembler:
@@ -170,7 +220,7 @@ class Assembler:
         self._buf = bytearray(total)
         self._filled = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         end = self._filled + len(data)
         if end > self.total:
             raise InvalidArgument(

@@ -146,3 +146,19 @@ def test_assembler_names_every_bad_stream() -> None:
         tensor.Assembler([("w", head)], max_bytes=10)
     with pytest.raises(InvalidArgument, match="'w' in a stream header carries 16 bytes of content"):
         tensor.Assembler([("w", tensor.to_proto(np.zeros(4, np.float32)))], max_bytes=100)
+
+
+def test_data_frames_are_the_protobuf_encoding_of_data_chunks() -> None:
+    from mlmesh.paramserver.v1 import paramserver_pb2 as pb
+
+    arrays = [np.arange(300, dtype=np.float32), np.ones((7, 3), np.int64)]
+    frames = list(tensor.data_frames(arrays, size=200))
+    assert [pb.PushChunk.FromString(f).data for f in frames] == list(tensor.chunks(arrays, size=200))
+    for size in (1, 127, 128, 300, 20_000):  # one- to three-byte length varints
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        wire = pb.PullChunk(data=payload).SerializeToString()
+        assert bytes(tensor.frame_data(wire)) == payload  # type: ignore[arg-type]
+    header = pb.PullChunk(header=pb.PullResponse(version=3)).SerializeToString()
+    assert tensor.frame_data(header) is None
+    both = pb.PushChunk(header=pb.PushRequest(job_id="j"), data=b"xy").SerializeToString()
+    assert tensor.frame_data(both) is None  # more than the data field: parsed normally
