@@ -11,8 +11,13 @@ stdout and stderr appended to `<run_dir>/logs/<name>.log`.
 - A child that exits while not being stopped is restarted after an
   exponential backoff, on the SAME port (`--port N`; others hold its
   address), until it fails `restart_limit` times in a row.
-- `stop()` (or leaving the `with` block) stops children in reverse start
-  order: SIGTERM, `grace_seconds`, then SIGKILL to its whole process group.
+- `stop()` (or leaving the `with` block) stops children group by group, the
+  last started group first (`start_group`; `start` is a group of one). Within
+  a group every child gets SIGTERM at once; those still running after
+  `grace_seconds` get SIGKILL to their whole process group. A group is
+  stopped (children and their process groups gone) before the one started
+  before it is signalled, so stopping costs about the slowest child of each
+  group, and a child never outlives what it depends on.
 - Children get PR_SET_PDEATHSIG=SIGKILL, so none outlives the supervisor even
   if the supervisor is SIGKILLed. The kernel sends it when the *thread* that
   forked the child ends, so every child is forked by one owner thread that
@@ -110,6 +115,7 @@ class _Child:
     ports: dict[str, Any] = field(default_factory=dict)
     restarts: int = 0
     failures_in_row: int = 0
+    group: int = 0  # children started by one start_group share it; stop runs by group, highest first
     started_at: float = 0.0
     ready_deadline: float = 0.0
     next_restart_at: float = 0.0
@@ -209,6 +215,7 @@ class Supervisor:
         self.python = python
         self.events: list[tuple[float, str, str]] = []
         self._children: list[_Child] = []
+        self._groups = 0
         self._lock = threading.RLock()
         self._calls: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
         self._stopping = False
@@ -226,14 +233,17 @@ class Supervisor:
     def start_group(self, specs: Sequence[ServiceSpec]) -> list[ChildInfo]:
         """Start services that do not depend on each other together; block until all are ready.
 
-        They count as started in the given order (stop runs in reverse). On the
-        first failure the failed child is killed and SupervisorError raised;
-        the others keep running until `stop()`.
+        They are stopped together too, before any group started earlier. On
+        the first failure the failed child is killed and SupervisorError
+        raised; the others keep running until `stop()`.
         """
-        launched = [self._launch(spec) for spec in specs]
+        with self._lock:
+            self._groups += 1
+            group = self._groups
+        launched = [self._launch(spec, group) for spec in specs]
         return [self._await_ready(child) for child in launched]
 
-    def _launch(self, spec: ServiceSpec) -> _Child:
+    def _launch(self, spec: ServiceSpec, group: int) -> _Child:
         with self._lock:
             if self._stopping:
                 raise SupervisorError(f"cannot start {spec.name}: the supervisor is stopping")
@@ -243,6 +253,7 @@ class Supervisor:
                 spec=spec,
                 port_file=self.run_dir / f"{spec.name}.json",
                 log_path=self.logs_dir / f"{spec.name}.log",
+                group=group,
             )
             self._children.append(child)
         self._on_owner(lambda: self._spawn(child))
@@ -307,7 +318,8 @@ class Supervisor:
         self._hurry.set()
 
     def stop(self) -> None:
-        """Stop every child in reverse start order, then the owner thread. Idempotent.
+        """Stop every child, group by group in reverse start order, then the owner
+        thread. Idempotent.
 
         Called from the main thread, a further Ctrl-C/SIGTERM during the stop
         skips the remaining grace periods instead of aborting the stop.
@@ -316,14 +328,16 @@ class Supervisor:
             if self._closed.is_set():
                 return
             self._stopping = True
-            children = list(reversed(self._children))
+            groups: dict[int, list[_Child]] = {}
+            for child in reversed(self._children):
+                groups.setdefault(child.group, []).append(child)
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: self.hurry())
         try:
-            for child in children:
-                self._terminate(child)
+            for group in sorted(groups, reverse=True):
+                self._terminate(groups[group])
             self._closed.set()
             self._owner.join(timeout=5)
         finally:
@@ -501,38 +515,52 @@ class Supervisor:
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.proc.wait(timeout=5)
 
-    def _kill_leftovers(self, pgid: int) -> None:
-        if not _group_alive(pgid):
-            return
-        _signal_group(pgid, signal.SIGTERM)
+    def _kill_leftovers(self, *pgids: int) -> None:
+        """End what is left of these process groups (grandchildren): SIGTERM, 2 s, SIGKILL."""
+        alive = [pgid for pgid in pgids if _group_alive(pgid)]
+        for pgid in alive:
+            _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + 2.0
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        while any(_group_alive(pgid) for pgid in alive) and time.monotonic() < deadline:
             time.sleep(0.05)
-        _signal_group(pgid, signal.SIGKILL)
+        for pgid in alive:
+            _signal_group(pgid, signal.SIGKILL)
 
-    def _terminate(self, child: _Child) -> None:
+    def _terminate(self, children: Sequence[_Child]) -> None:
+        """Stop children that do not depend on each other, all at once; return when
+        every one of them and its process group is gone."""
+        procs: list[tuple[_Child, subprocess.Popen[bytes]]] = []
         with self._lock:
-            proc = child.proc
-            if proc is None or child.state == "stopped":
-                child.state = "stopped"
-                return
-            child.state = "stopping"
-        if proc.poll() is None:
+            for child in children:
+                if child.proc is None or child.state == "stopped":
+                    child.state = "stopped"
+                else:
+                    child.state = "stopping"
+                    procs.append((child, child.proc))
+        running = [(child, proc) for child, proc in procs if proc.poll() is None]
+        for child, proc in running:
             self._event(child, "stopping", pid=proc.pid)
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + self.grace_seconds
-            while proc.poll() is None and time.monotonic() < deadline and not self._hurry.is_set():
-                time.sleep(0.05)
+        deadline = time.monotonic() + self.grace_seconds
+        while (
+            any(proc.poll() is None for _, proc in running)
+            and time.monotonic() < deadline
+            and not self._hurry.is_set()
+        ):
+            time.sleep(0.05)
+        for child, proc in running:
             if proc.poll() is None:
                 self._event(child, "killed", pid=proc.pid)
                 _signal_group(proc.pid, signal.SIGKILL)
+        for _, proc in running:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
-        self._kill_leftovers(proc.pid)
+        self._kill_leftovers(*(proc.pid for _, proc in procs))
         with self._lock:
-            child.state = "stopped"
-            self._event(child, "stopped", returncode=proc.returncode)
+            for child, proc in procs:
+                child.state = "stopped"
+                self._event(child, "stopped", returncode=proc.returncode)
 
     def _event(self, child: _Child, what: str, **fields: Any) -> None:
         self.events.append((time.time(), child.spec.name, what))

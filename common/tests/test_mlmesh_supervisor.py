@@ -19,24 +19,40 @@ from mlmesh_testutil import pid_alive, popen, tiny_env, wait_dead, wait_for_file
 
 pytestmark = pytest.mark.unit
 
-FAST = ["--drain-seconds", "0", "--grace-seconds", "1"]
 
-
-def tiny(name: str, stop_log: Path, *extra: str, ready_timeout: float = 20.0) -> ServiceSpec:
-    return ServiceSpec(
+def tiny(
+    name: str, stop_log: Path, *extra: str, ready_timeout: float = 20.0, drain: float = 0.0
+) -> ServiceSpec:
+    """A tiny child that takes about `drain` seconds to stop after SIGTERM."""
+    args = [
+        "--name",
         name,
-        "mlmesh_tinysvc",
-        ["--name", name, "--stop-log", str(stop_log), *FAST, *extra],
-        "",
-        ready_timeout,
-    )
+        "--stop-log",
+        str(stop_log),
+        "--drain-seconds",
+        str(drain),
+        "--grace-seconds",
+        "1",
+    ]
+    return ServiceSpec(name, "mlmesh_tinysvc", [*args, *extra], "", ready_timeout)
 
 
-def make(tmp_path: Path, **kw: float) -> Supervisor:
-    return Supervisor(tmp_path / "run", env=tiny_env(), grace_seconds=5, **kw)  # type: ignore[arg-type]
+def make(tmp_path: Path, grace_seconds: float = 5, **kw: float) -> Supervisor:
+    return Supervisor(tmp_path / "run", env=tiny_env(), grace_seconds=grace_seconds, **kw)  # type: ignore[arg-type]
 
 
-def test_restarts_a_killed_child_on_the_same_port_and_stops_in_reverse_order(tmp_path: Path) -> None:
+def stopped_names(stop_log: Path) -> list[str]:
+    """Names in the order the children ran their on_stop hook."""
+    return [line.split()[0] for line in stop_log.read_text().splitlines()]
+
+
+def event_times(sup: Supervisor, what: str, names: list[str]) -> list[float]:
+    return [t for t, n, w in sup.events if w == what and n in names]
+
+
+def test_restarts_a_killed_child_on_the_same_port_and_stops_groups_in_reverse_order(
+    tmp_path: Path,
+) -> None:
     stop_log = tmp_path / "stops"
     sup = make(tmp_path, backoff_initial=0.1)
     pids: list[int] = []
@@ -57,8 +73,55 @@ def test_restarts_a_killed_child_on_the_same_port_and_stops_in_reverse_order(tmp
             pids = [c.pid for c in sup.children() if c.pid]
     finally:
         sup.stop()
-    assert [line.split()[0] for line in stop_log.read_text().splitlines()] == ["c", "b", "a"]
+    names = stopped_names(stop_log)
+    assert names[0] == "c" and sorted(names[1:]) == ["a", "b"]  # a and b: one group, stopped together
     assert wait_dead(pids, timeout=5) == []
+    assert {c.state for c in sup.children()} == {"stopped"}
+
+
+def test_children_of_one_group_stop_together_in_about_one_childs_time(tmp_path: Path) -> None:
+    drain, names = 3.0, ["s0", "s1", "s2"]
+    stop_log = tmp_path / "stops"
+    with make(tmp_path) as sup:
+        infos = sup.start_group([tiny(n, stop_log, drain=drain) for n in names])
+        t = time.monotonic()
+        sup.stop()
+        elapsed = time.monotonic() - t
+    # One after another this takes at least 3 x drain; together about one drain.
+    assert drain <= elapsed < 2 * drain
+    assert max(event_times(sup, "stopping", names)) < min(event_times(sup, "stopped", names))
+    assert sorted(stopped_names(stop_log)) == names  # each stopped gracefully
+    assert wait_dead([i.pid for i in infos], timeout=5) == []  # type: ignore[misc]
+    assert {c.state for c in sup.children()} == {"stopped"}
+
+
+def test_a_group_is_gone_before_the_group_started_before_it_is_signalled(tmp_path: Path) -> None:
+    stop_log = tmp_path / "stops"
+    groups = [["a0", "a1"], ["b0", "b1"], ["c"]]
+    sup = make(tmp_path)
+    with sup:
+        for group in groups:
+            sup.start_group([tiny(n, stop_log, drain=0.3) for n in group])
+    names = stopped_names(stop_log)
+    assert names[0] == "c"
+    assert sorted(names[1:3]) == ["b0", "b1"]
+    assert sorted(names[3:]) == ["a0", "a1"]
+    for later, earlier in itertools.pairwise(reversed(groups)):
+        assert max(event_times(sup, "stopped", later)) <= min(event_times(sup, "stopping", earlier))
+
+
+def test_children_outliving_the_grace_period_are_killed_together(tmp_path: Path) -> None:
+    grace, names = 1.5, ["k0", "k1", "k2"]
+    stop_log = tmp_path / "stops"
+    with make(tmp_path, grace_seconds=grace) as sup:
+        infos = sup.start_group([tiny(n, stop_log, drain=30) for n in names])
+        t = time.monotonic()
+        sup.stop()
+        elapsed = time.monotonic() - t
+    assert grace <= elapsed < 2 * grace  # one grace period for the group, not one per child
+    assert sorted(n for _, n, w in sup.events if w == "killed") == names
+    assert not stop_log.exists()  # none got to its on_stop hook
+    assert wait_dead([i.pid for i in infos], timeout=5) == []  # type: ignore[misc]
     assert {c.state for c in sup.children()} == {"stopped"}
 
 
@@ -160,8 +223,8 @@ def test_sigterm_to_the_supervisor_stops_children_gracefully(
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     assert wait_dead(pids, timeout=1) == []
-    # Graceful: each ran its on_stop hook, in reverse start order.
-    assert [line.split()[0] for line in (tmp_path / "stops").read_text().splitlines()] == ["y", "x"]
+    # Graceful: each ran its on_stop hook.
+    assert sorted(stopped_names(tmp_path / "stops")) == ["x", "y"]
 
 
 def test_python_used_for_children_is_this_interpreter(tmp_path: Path) -> None:
