@@ -18,6 +18,7 @@ Every run builds a fresh model. Workloads and their data files are described by 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -193,6 +194,7 @@ class PeerCoordinator:
     def run(self, msg: dict[str, Any]) -> dict[str, Any]:
         """{"workload", "data_dir", "n_train", "steps", "warmup_steps", "steps_per_call", "optimizer"}."""
         tf, tk, strategy = self.tf, self.tk, self.strategy
+        gc.collect()  # the previous run's variables, on the ps tasks too
         w = WORKLOADS[msg["workload"]]
         data_dir = Path(msg["data_dir"])
         k = int(msg["steps_per_call"])
@@ -247,6 +249,7 @@ class PeerCoordinator:
         test_x, test_y = w.test_arrays(data_dir)
         probs = [predict(tf.constant(test_x[i : i + 1024])).numpy() for i in range(0, len(test_y), 1024)]
         eval_loss, accuracy = w.eval_loss_and_accuracy(np.concatenate(probs), test_y)
+        params = int(model.count_params())
         return {
             "examples": calls * k * w.batch,
             "timed_examples": (calls - warmup_calls) * k * w.batch,
@@ -255,7 +258,7 @@ class PeerCoordinator:
             "train_loss": float(np.mean(tail)),
             "eval_loss": eval_loss,
             "accuracy": accuracy,
-            "params": int(model.count_params()),
+            "params": params,
             "placement": placement,
         }
 
@@ -299,6 +302,10 @@ class Floor:
         test_x, test_y = w.test_arrays(data_dir)
         probs = model.predict(test_x, batch_size=1024, verbose=0)
         eval_loss, accuracy = w.eval_loss_and_accuracy(probs, test_y)
+        params = int(model.count_params())
+        del model, ms
+        keras.backend.clear_session()
+        gc.collect()
         return {
             "examples": epochs * len(y),
             "timed_examples": epochs * len(y) - window.warmup * w.batch,
@@ -307,7 +314,7 @@ class Floor:
             "train_loss": float(history.history["loss"][-1]),
             "eval_loss": eval_loss,
             "accuracy": accuracy,
-            "params": int(model.count_params()),
+            "params": params,
             "steps": epochs * steps_per_epoch,
         }
 
