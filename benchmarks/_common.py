@@ -437,14 +437,20 @@ def role_argv(script: str, role: str, *args: str) -> list[str]:
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (all its threads) so far; NaN if unreadable."""
+def proc_stat(pid: int) -> tuple[float, int]:
+    """(user + system CPU seconds, minor page faults) of process `pid` (all its threads) so far;
+    (NaN, 0) if unreadable."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
     except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (stat fields 14, 15)
+        return float("nan"), 0
+    # After the command: state is field 3 of stat(5); minflt is 10, utime 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[7])
+
+
+def cpu_seconds(pid: int) -> float:
+    return proc_stat(pid)[0]
 
 
 class CpuSampler:

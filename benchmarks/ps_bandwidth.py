@@ -32,6 +32,7 @@ import resource
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from _common import (
     machine_line,
     median,
     print_table,
+    proc_stat,
     reps_of,
     role_argv,
     scratch_dir,
@@ -263,10 +265,12 @@ def role_probe(args: argparse.Namespace) -> None:
     wire_pull = pull_response().SerializeToString()
     warm = np.empty_like(grad)
 
-    async def hop() -> None:
-        loop = asyncio.get_running_loop()
+    loop = asyncio.new_event_loop()
+    pool = ThreadPoolExecutor(max_workers=4)  # the shard's own pool size (worker_threads)
+
+    async def hop() -> None:  # the servicer's run_in_executor round trip, with nothing to do
         for _ in range(100):
-            await loop.run_in_executor(None, lambda: None)
+            await loop.run_in_executor(pool, lambda: None)
 
     probes: dict[str, Callable[[], object]] = {
         "memcpy": lambda: np.copyto(warm, grad),
@@ -277,7 +281,7 @@ def role_probe(args: argparse.Namespace) -> None:
         "shard push (validate, NaN check, SGD)": shard_push,
         "shard pull + encode response": lambda: pull_response().SerializeToString(),
         "client decode pull": lambda: tensor.from_proto(pb.PullResponse.FromString(wire_pull).dense[VAR]),
-        "thread-pool hop x100": lambda: asyncio.run(hop()),
+        "thread-pool hop x100": lambda: loop.run_until_complete(hop()),
     }
 
     def run(msg: dict[str, Any]) -> dict[str, Any]:
@@ -299,6 +303,15 @@ def role_probe(args: argparse.Namespace) -> None:
 
 
 # --- the driver ----------------------------------------------------------------------------
+
+
+def _costs(by_side: dict[str, list[tuple[float, float]]], last: bool = True) -> str:
+    """ "server 45 ms CPU 12,300 faults, client ..." from the latest (or the median) repetition."""
+    parts = []
+    for side, xs in by_side.items():
+        cpu, faults = xs[-1] if last else (median([x[0] for x in xs]), median([x[1] for x in xs]))
+        parts.append(f"{side} {1e3 * cpu:.0f} ms CPU {faults:,.0f} faults")
+    return ", ".join(parts)
 
 
 def start_bytes_server(kids: Children, run: Path, name: str, env: dict[str, str]) -> Child:
@@ -367,17 +380,34 @@ def main(argv: list[str] | None = None) -> int:
         for c in kid.values():  # warm-up: connections, first big buffers
             c.call({"cmd": "run", "iters": 2}, CALL_TIMEOUT)
         times: dict[str, dict[str, list[float]]] = {s: {"push": [], "pull": [], "both": []} for s in SYSTEMS}
+        costs: dict[str, dict[str, list[tuple[float, float]]]] = {
+            s: {"server": [], "client": []} for s in SYSTEMS
+        }
+        servers = {
+            "mlmesh": shard,
+            "mlmesh_tuned": shard_tuned,
+            "grpc_stream": server,
+            "grpc_stream_tuned": server_tuned,
+            "grpc_unary": server,
+            "grpc_unary_tuned": server_tuned,
+        }
         layers: dict[str, list[dict[str, list[float]]]] = {"default": [], "tuned": []}
         for rep in range(reps):
             order = SYSTEMS[rep % len(SYSTEMS) :] + SYSTEMS[: rep % len(SYSTEMS)]
             for system in order:
+                pids = {"server": servers[system].proc.pid, "client": kid[system].proc.pid}
+                before = {side: proc_stat(pid) for side, pid in pids.items()}
                 out = kid[system].call({"cmd": "run", "iters": iters}, CALL_TIMEOUT)
+                for side, pid in pids.items():  # per iteration: CPU seconds, page faults
+                    cpu, faults = (b - a for a, b in zip(before[side], proc_stat(pid), strict=True))
+                    costs[system][side].append((cpu / iters, faults / iters))
                 both = [a + b for a, b in zip(out["push"], out["pull"], strict=True)]
                 for key, xs in (("push", out["push"]), ("pull", out["pull"]), ("both", both)):
                     times[system][key].append(median(xs))
                 print(
-                    f"  rep {rep + 1}: {system:12s} push {1e3 * median(out['push']):7.1f} ms, "
-                    f"pull {1e3 * median(out['pull']):7.1f} ms = {2 * NBYTES / 1e6 / median(both):7.0f} MB/s",
+                    f"  rep {rep + 1}: {system:17s} push {1e3 * median(out['push']):6.1f} ms, pull "
+                    f"{1e3 * median(out['pull']):6.1f} ms = {2 * NBYTES / 1e6 / median(both):5.0f} MB/s; per "
+                    f"iteration: {_costs(costs[system])}",
                     flush=True,
                 )
             for env_name, probe in probes.items():
@@ -435,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         cases.append(case)
     print_table(BENCHMARK, cases)
+    print("CPU and minor page faults per push+pull (medians over repetitions):")
+    for system in SYSTEMS:
+        print(f"  {system:17s} {_costs(costs[system], last=False)}")
     print(
         f"machine: {machine_line()}; medians of {reps} repetition(s) of {iters} iterations; MB = 10^6 bytes"
     )

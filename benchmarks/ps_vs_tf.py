@@ -95,6 +95,7 @@ class Scenario:
             self.features = ("image", "label")
             self.chance = 0.1
             self.systems = ["mlmesh", "pss1", "pss10", "floor"]
+            self.model_text = "fashion_cnn: conv 32, conv 64, dense 128, softmax 10 (225,034 parameters)"
         else:
             from benchmarks.models import zipf_embedding
 
@@ -104,6 +105,11 @@ class Scenario:
             self.features = (zipf_embedding.FEATURE, zipf_embedding.LABEL)
             self.chance = 0.5
             self.systems = ["mlmesh", "pss1", "pss10", "pss_lazy", "floor"]
+            z = zipf_embedding
+            self.model_text = (
+                f"zipf_embedding: {z.IDS_PER_EXAMPLE} Zipf({z.ZIPF_S}) ids of {z.NUM_IDS:,} -> "
+                f"{z.NUM_IDS:,}x{z.EMBED_DIM} table -> mean -> Dense({z.HIDDEN}, relu) -> Dense(1, sigmoid)"
+            )
         self.n_train = len(self.train[1])
         self.steps = math.ceil(self.epochs * self.n_train / self.w.batch)
         self.warmup_steps = max(2 * NUM_WORKERS, round(WARMUP_FRACTION * self.steps))
@@ -383,10 +389,11 @@ def main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         for case in cases:
             print(
-                f"{case.name}: {case.n_train:,} train / {len(case.test[1]):,} test examples, batch "
-                f"{case.w.batch}, Adam lr {case.w.lr}, {case.epochs} epoch(s) = {case.steps:,} steps, "
-                f"first {case.warmup_steps} untimed; {NUM_WORKERS} workers x {NUM_PS} ps; "
-                f"{reps} repetition(s)",
+                f"{case.name}: {case.model_text}\n  {case.n_train:,} train / {len(case.test[1]):,} test "
+                f"examples, batch {case.w.batch}, Adam(lr {case.w.lr}, beta 0.9/0.999, eps 1e-7) on every "
+                f"side, {case.epochs} epoch(s) = {case.steps:,} steps, first {case.warmup_steps} untimed; "
+                f"{NUM_WORKERS} workers x {NUM_PS} ps (PSS: MinSizePartitioner 256 KiB, at most {NUM_PS} "
+                f"shards); {reps} repetition(s)",
                 flush=True,
             )
             if args.systems:
