@@ -432,6 +432,79 @@ def role_argv(script: str, role: str, *args: str) -> list[str]:
     return [PYTHON, str(ROOT / "benchmarks" / script), "--role", role, *args]
 
 
+# --- CPU accounting ------------------------------------------------------------------------
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def proc_stat(pid: int) -> tuple[float, int]:
+    """(user + system CPU seconds, minor page faults) of process `pid` (all its threads) so far;
+    (NaN, 0) if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return float("nan"), 0
+    # After the command: state is field 3 of stat(5); minflt is 10, utime 14, stime 15.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[7])
+
+
+def cpu_seconds(pid: int) -> float:
+    return proc_stat(pid)[0]
+
+
+class CpuSampler:
+    """Samples the CPU time of named processes every `interval` seconds in a thread, so the CPU a
+    system spent inside a measured window (perf_counter times, which are CLOCK_MONOTONIC and so
+    comparable across processes on Linux) can be read afterwards with `between`.
+
+    On 2 shared cores, where the CPU goes is the "why" behind most rates.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self._pids: dict[str, int] = {}
+        self._samples: list[tuple[float, dict[str, float]]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def watch(self, name: str, pid: int) -> None:
+        with self._lock:
+            self._pids[name] = pid
+
+    def unwatch(self, name: str) -> None:
+        with self._lock:
+            self._pids.pop(name, None)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                pids = dict(self._pids)
+            sample = (time.perf_counter(), {name: cpu_seconds(pid) for name, pid in pids.items()})
+            with self._lock:
+                self._samples.append(sample)
+            self._stop.wait(self.interval)
+
+    def between(self, t0: float, t1: float) -> dict[str, float]:
+        """CPU seconds per process from the last sample at or before t0 to the first at or after t1."""
+        with self._lock:
+            samples = list(self._samples)
+        before = [s for s in samples if s[0] <= t0]
+        after = [s for s in samples if s[0] >= t1]
+        if not before or not after:
+            return {}
+        a, b = before[-1][1], after[0][1]
+        return {name: b[name] - a[name] for name in b if name in a and b[name] == b[name]}
+
+
 # --- the role side of the line protocol --------------------------------------------------
 
 
