@@ -7,7 +7,8 @@ the trainer's own client, against a plain gRPC byte stream of the same size.
   (4,194,304 floats, 16 MiB) with SGD, driven by `trainer_svc.clients.ParamClient` (grpc.aio)
   from its own process. An iteration is one Push of a 16 MiB gradient (applied: validated,
   checked for NaN/Inf, SGD) then one Pull of the variable: a worker step of a model that big,
-  without the overlap.
+  without the overlap. Both travel as the worker sends them: chunked streams (PushStream,
+  PullStream) for tensors of several MiB, malloc keeping big blocks in both processes.
 - baseline: a plain grpc.aio server/client pair moving the same 16 MiB each way as a stream of
   1 MiB raw-bytes messages (no protobuf), the fastest honest configuration on this machine
   (FIELD-NOTES: ~1 GB/s streamed vs ~150 MB/s as one message). The server copies a push into
@@ -177,9 +178,11 @@ class MlmeshClient:
     """The trainer's own ParamClient against one shard. The protocol-specific part of this file."""
 
     def __init__(self, addr: str) -> None:
+        from mlmesh.memory import keep_large_blocks
         from trainer_svc.clients import CallPolicy, ParamClient
         from trainer_svc.core.types import OptimizerConfig, VariableSpec
 
+        keep_large_blocks()  # as a trainer worker process does (mlmesh.server.run_service)
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)  # grpc.aio channels bind to the loop current at creation
         self.params = ParamClient(
@@ -196,7 +199,9 @@ class MlmeshClient:
             raise RuntimeError(f"push of step {self.step} was not applied")
 
     async def pull(self) -> np.ndarray:
-        return (await self.params.pull(0, JOB, [VAR], {})).dense[VAR]
+        # A worker streams the pulls of a shard whose answers are this big (PullStream);
+        # pushes of >= 4 MiB stream on their own.
+        return (await self.params.pull(0, JOB, [VAR], {}, stream=True)).dense[VAR]
 
     def check(self, pulled: np.ndarray, pushes: int) -> None:
         expected = np.float32(-GRAD * pushes)
