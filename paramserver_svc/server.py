@@ -9,12 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from mlmesh.errors import MlmeshError
 from mlmesh.logging import configure_logging, get_logger
-from mlmesh.paramserver.v1 import paramserver_pb2_grpc
 from mlmesh.server import run_service
 
 from paramserver_svc.config import ParamServerSettings
 from paramserver_svc.core.shard import Shard
-from paramserver_svc.servicer import SERVICE_NAME, ParameterServerServicer
+from paramserver_svc.servicer import SERVICE_NAME, ParameterServerServicer, add_to_server
 
 NAME = "paramserver_svc"
 
@@ -70,9 +69,7 @@ async def serve(settings: ParamServerSettings, stop_event: asyncio.Event | None 
     timer: asyncio.Task[None] | None = None
 
     def add_servicers(server: grpc.aio.Server) -> list[str]:
-        paramserver_pb2_grpc.add_ParameterServerServiceServicer_to_server(
-            ParameterServerServicer(shard, executor, settings.max_stream_bytes), server
-        )
+        add_to_server(ParameterServerServicer(shard, executor, settings.max_stream_bytes), server)
         return [SERVICE_NAME]
 
     async def on_start() -> None:

@@ -24,7 +24,7 @@ from mlmesh.paramserver.v1 import paramserver_pb2 as pb
 from mlmesh.paramserver.v1 import paramserver_pb2_grpc
 
 from paramserver_svc.core.shard import Shard
-from paramserver_svc.servicer import ParameterServerServicer
+from paramserver_svc.servicer import ParameterServerServicer, add_to_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,9 +42,7 @@ class ThreadServer:
 
     async def _start(self) -> int:
         self.server = grpc.aio.server()
-        paramserver_pb2_grpc.add_ParameterServerServiceServicer_to_server(
-            ParameterServerServicer(self.shard, self.executor), self.server
-        )
+        add_to_server(ParameterServerServicer(self.shard, self.executor), self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
         return port
