@@ -179,6 +179,7 @@ class MlmeshClient:
 
     def __init__(self, addr: str) -> None:
         from mlmesh.memory import keep_large_blocks
+
         from trainer_svc.clients import CallPolicy, ParamClient
         from trainer_svc.core.types import OptimizerConfig, VariableSpec
 
