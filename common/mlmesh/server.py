@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
 from mlmesh.files import atomic_write_json
+from mlmesh.lifeline import die_with_parent
 from mlmesh.logging import configure_logging, get_logger
 from mlmesh.memory import keep_large_blocks
 from mlmesh.settings import ServiceSettings
@@ -146,6 +147,7 @@ async def run_service(
     proto service names (for health and reflection). Tests that run a service
     off the main thread pass `stop_event` and `install_signal_handlers=False`.
     """
+    die_with_parent()
     configure_logging(settings.log_format, settings.log_level, service=name, **(log_context or {}))
     log = get_logger(name)
     if settings.malloc_keep_mib:

@@ -19,7 +19,9 @@ stdout and stderr appended to `<run_dir>/logs/<name>.log`.
   before it is signalled, so stopping costs about the slowest child of each
   group, and a child never outlives what it depends on.
 - Children get PR_SET_PDEATHSIG=SIGKILL, so none outlives the supervisor even
-  if the supervisor is SIGKILLed. The kernel sends it when the *thread* that
+  if the supervisor is SIGKILLed: each child asks for it itself
+  (`mlmesh.lifeline`, from `MLMESH_PARENT_PID`), since a `preexec_fn` would
+  run gRPC's fork handlers in it. The kernel sends it when the *thread* that
   forked the child ends, so every child is forked by one owner thread that
   lives as long as the supervisor.
 
@@ -30,7 +32,6 @@ idempotent.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import queue
@@ -49,13 +50,13 @@ from typing import Any, Literal, Self
 from prometheus_client import Counter
 
 from mlmesh.clients import check_health
+from mlmesh.lifeline import PARENT_PID_ENV
 from mlmesh.logging import get_logger
 
 RESTARTS = Counter(
     "mlmesh_supervisor_restarts_total", "Children restarted after an unexpected exit", ["service"]
 )
 
-_PR_SET_PDEATHSIG = 1
 _LOG_TAIL_LINES = 25
 
 State = Literal["launching", "running", "backoff", "restarting", "failed", "stopping", "stopped"]
@@ -119,29 +120,6 @@ class _Child:
     started_at: float = 0.0
     ready_deadline: float = 0.0
     next_restart_at: float = 0.0
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-
-
-def _make_preexec(parent_pid: int) -> Callable[[], None]:
-    def preexec() -> None:
-        os.setpgid(0, 0)
-        if _PRCTL is not None:
-            _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        # The parent may have died between fork and prctl; then nobody would kill us.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return preexec
 
 
 def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -447,7 +425,7 @@ class Supervisor:
         # A stale port file (left by a kill -9) would look like readiness.
         child.port_file.unlink(missing_ok=True)
         cmd = self._command(child)
-        env = {**os.environ, **self.env, **child.spec.env}
+        env = {**os.environ, **self.env, **child.spec.env, PARENT_PID_ENV: str(os.getpid())}
         with open(child.log_path, "ab") as logf:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
             logf.write(f"--- {stamp} mlmesh supervisor: start #{child.restarts}: {' '.join(cmd)}\n".encode())
@@ -459,7 +437,7 @@ class Supervisor:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=self.cwd,
-                preexec_fn=_make_preexec(os.getpid()),
+                process_group=0,  # its own group: stop() signals the child and what it started
                 close_fds=True,
             )
         child.started_at = time.monotonic()
