@@ -11,8 +11,9 @@ mlmesh's public entry points only.
   every worker has trained and `warmup_examples` are done (model build, tracing, first partition
   reads are behind us) and ends when the last example is counted.
 
-Everything that knows how mlmesh is started and asked to train is in this file, so a change of
-the services' flags or of the job spec (consistency modes, worker clocks, ...) is one edit here.
+Everything that knows how mlmesh is started, fed and asked to train is in this file (callers
+pass `job_spec` keyword arguments), so a change of the services' flags or of the job spec
+(consistency modes, worker clocks, ...) is one edit here.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class JobRun:
 
     examples: int  # every example the workers trained
     window_examples: int
-    window: tuple[float, float]  # perf_counter times of the window's first and last sample
+    window: tuple[float, float]  # perf_counter: the window's first sample, its last example (estimated)
     job_seconds: float  # the coordinator's RUNNING time (includes model build and start-up)
     steps: int
     train_loss: float  # the coordinator's moving mean over the last reports
@@ -171,6 +172,8 @@ class MlmeshCluster:
             samples = sampler.stop()
         if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
             raise RuntimeError(f"job {job.job_id} ended {job_state_name(job.state)}: {job.error}")
+        if len(samples) < 2:
+            raise RuntimeError(f"only {len(samples)} metrics samples of the workers were taken")
         start, end, end_time = training_window(samples, warmup_examples)
         return JobRun(
             examples=int(job.examples),
@@ -220,7 +223,10 @@ class _Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             t = time.perf_counter()
-            self.samples.append((t, [_scrape(p) for p in self.ports]))
+            try:
+                self.samples.append((t, [_scrape(p) for p in self.ports]))
+            except OSError as e:  # a slow scrape under load: skip this sample, not the run
+                print(f"  warning: metrics scrape failed: {e}", flush=True)
             self._stop.wait(max(0.0, SAMPLE_SECONDS - (time.perf_counter() - t)))
 
     def stop(self) -> list[Sample]:

@@ -225,7 +225,7 @@ class PeerCoordinator:
         @tf.function
         def train_fn(iterator: Any) -> Any:
             total = tf.constant(0.0)
-            for _ in tf.range(k):  # k = 1 traces to a plain single step
+            for _ in tf.range(k):  # k = 1: a one-iteration loop, microseconds more than a bare step
                 x, y = next(iterator)
                 total += strategy.run(replica_fn, args=(x, y))
             return total / k
