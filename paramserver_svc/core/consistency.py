@@ -129,12 +129,9 @@ class Clocks:
     def live(self) -> list[str]:
         return sorted(self.deadline)
 
-    def next_expiry(self) -> float | None:
-        return min(self.deadline.values(), default=None)
-
-    def slowest(self) -> int | None:
-        """The lowest clock among live workers (None when none is live)."""
-        return min((self.next.get(w, 0) for w in self.deadline), default=None)
+    def slowest(self, besides: str = "") -> int | None:
+        """The lowest clock among live workers other than `besides` (None when there are none)."""
+        return min((self.next.get(w, 0) for w in self.deadline if w != besides), default=None)
 
     def join(self, worker_id: str, now: float) -> int:
         """Enter the barrier; the clock the worker continues from."""
@@ -143,10 +140,10 @@ class Clocks:
         if mode is Mode.SYNC:
             start = max(own, self.clock)
         elif mode is Mode.BOUNDED:
-            others = [self.next.get(w, 0) for w in self.deadline if w != worker_id]
+            slowest = self.slowest(besides=worker_id)
             # A newcomer starts level with the slowest live worker: it neither waits for the
             # others to come back to it nor holds them up.
-            start = max(own, min(others)) if others else own
+            start = own if slowest is None else max(own, slowest)
         else:
             start = own
         self.next[worker_id] = start
@@ -202,7 +199,7 @@ class Clocks:
             self.next[worker_id] = step + 1
             return Admission.BUFFER
         if mode is Mode.BOUNDED:
-            slowest = min((self.next.get(w, 0) for w in self.deadline if w != worker_id), default=None)
+            slowest = self.slowest(besides=worker_id)
             if slowest is not None and step > slowest + self.config.staleness:
                 raise FailedPrecondition(
                     f"push of step {step} from worker {worker_id!r} is beyond the staleness bound: the "

@@ -238,12 +238,6 @@ class Shard:
             self._advance(job)
         self._changed(job_id)
 
-    def next_expiry(self, job_id: str) -> float | None:
-        """When (on `self.now`'s clock) the first live worker's lease of the job runs out."""
-        job = self.store.get(job_id)
-        with job.lock:
-            return job.clocks.next_expiry()
-
     # -- pull / push ----------------------------------------------------------
 
     def pull(
