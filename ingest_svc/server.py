@@ -6,15 +6,12 @@ import asyncio
 import contextlib
 
 import grpc
-from mlmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from mlmesh.logging import get_logger
 from mlmesh.server import run_service
 
 from ingest_svc.config import IngestSettings
 from ingest_svc.core.ingest import IngestCore
-from ingest_svc.servicer import IngestServicer
-
-SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+from ingest_svc.servicer import SERVICE_NAME, IngestServicer, add_to_server
 
 log = get_logger("ingest.server")
 
@@ -47,7 +44,7 @@ async def serve(settings: IngestSettings, stop_event: asyncio.Event | None = Non
     servicer = IngestServicer(settings.max_message_bytes)
 
     def add_servicers(server: grpc.aio.Server) -> list[str]:
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         return [SERVICE_NAME]
 
     async def on_start() -> None:

@@ -10,10 +10,12 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+from mlmesh import records
 from mlmesh import tensor as codec
 from mlmesh.errors import InvalidArgument, MlmeshError, Unavailable, grpc_errors
 from mlmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from mlmesh.logging import get_logger
+from mlmesh.server import add_service
 
 from ingest_svc.core import metrics
 from ingest_svc.core.append import AppendSession
@@ -189,7 +191,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     @grpc_errors
     async def ReadPartition(
         self, request: ingest_pb2.ReadPartitionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[ingest_pb2.ReadPartitionResponse]:
+    ) -> AsyncIterator[bytes]:
+        """Streams serialized ReadPartitionResponse messages (registered with a raw-bytes
+        serializer, `add_to_server`): each batch's columns are copied once, from the mapped
+        file into the message, after their checksums are verified."""
         if request.batch_size < 0:
             raise InvalidArgument(f"batch_size is {request.batch_size}; expected 0 (about 1 MiB) or more")
         try:
@@ -197,10 +202,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 self._core.catalog.load_partition, request.dataset, request.partition_id
             )
         except CorruptPartition as e:
-            log.error(
-                "corrupt partition", dataset=request.dataset, partition_id=request.partition_id, error=str(e)
-            )
-            await context.abort(grpc.StatusCode.DATA_LOSS, str(e))
+            await self._data_loss(context, request, e)
             return
         record_bytes = max(dataset.schema.record_bytes, 1)
         fits = max(1, self._message_budget() // record_bytes)  # records per message the limit allows
@@ -214,16 +216,29 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
         else:
             size = request.batch_size
-        features = dataset.schema.features
+        features = [(f.name, codec.dtype_from_name(f.dtype), f.shape) for f in dataset.schema.features]
         for start in range(0, data.num_records, size):
             stop = min(start + size, data.num_records)
-            batch = ingest_pb2.RecordBatch()
-            for f in features:
-                t = batch.features[f.name]
-                t.dtype = codec.dtype_from_name(f.dtype)
-                t.shape.extend((stop - start, *f.shape))
-                t.content = bytes(data.column_bytes(f.name, start, stop))
-            yield ingest_pb2.ReadPartitionResponse(batch=batch)
+            try:
+                data.verify(start, stop)
+            except CorruptPartition as e:
+                await self._data_loss(context, request, e)
+                return
+            yield records.encode(
+                [
+                    (name, dtype, (stop - start, *shape), data.column_bytes(name, start, stop))
+                    for name, dtype, shape in features
+                ]
+            )
+
+    async def _data_loss(
+        self, context: grpc.aio.ServicerContext, request: ingest_pb2.ReadPartitionRequest, e: CorruptPartition
+    ) -> None:
+        metrics.CORRUPT_READS.inc()
+        log.error(
+            "corrupt partition", dataset=request.dataset, partition_id=request.partition_id, error=str(e)
+        )
+        await context.abort(grpc.StatusCode.DATA_LOSS, str(e))
 
     @grpc_errors
     async def EnqueueEpoch(
@@ -283,3 +298,22 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.GetQueueStatusResponse:
         status = await asyncio.to_thread(self._core.queue.status, request.job_id)
         return ingest_pb2.GetQueueStatusResponse(status=status_to_proto(status))
+
+
+SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+
+
+def add_to_server(servicer: IngestServicer, server: grpc.aio.Server) -> None:
+    """Register the service; ReadPartition gives raw bytes (its messages framed by
+    `mlmesh.records`), every other method goes through the generated handlers."""
+    add_service(
+        server,
+        SERVICE_NAME,
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server,
+        servicer,
+        {
+            "ReadPartition": grpc.unary_stream_rpc_method_handler(
+                servicer.ReadPartition, request_deserializer=ingest_pb2.ReadPartitionRequest.FromString
+            )
+        },
+    )

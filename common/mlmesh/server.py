@@ -117,6 +117,35 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+class _Capture:
+    """Stands in for a server to collect a service's generated method handlers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_service(
+    server: grpc.aio.Server,
+    service_name: str,
+    add_generated: Callable[[Any, Any], None],
+    servicer: object,
+    overrides: dict[str, grpc.RpcMethodHandler],
+) -> None:
+    """Register a servicer through its generated `add_..._to_server`, with some methods'
+    handlers replaced: those that frame their own bytes (`mlmesh.wire`) and so take or
+    give raw bytes instead of messages."""
+    capture = _Capture()
+    add_generated(servicer, capture)
+    handlers = {**capture.handlers, **overrides}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
+    server.add_registered_method_handlers(service_name, handlers)
+
+
 def write_port_file(path: Path, ports: dict[str, int]) -> None:
     """Write atomically so a reader never sees a partial file."""
     atomic_write_json(path, ports, indent=None)

@@ -20,3 +20,7 @@ TASKS_COMPLETED = Counter("mlmesh_ingest_tasks_completed_total", "Tasks complete
 LEASES_EXPIRED = Counter("mlmesh_ingest_leases_expired_total", "Leases that expired (task back to pending)")
 QUEUE_PENDING = Gauge("mlmesh_ingest_queue_pending_tasks", "Tasks pending across all jobs (queue depth)")
 QUEUE_LEASED = Gauge("mlmesh_ingest_queue_leased_tasks", "Tasks under lease across all jobs")
+CORRUPT_READS = Counter(
+    "mlmesh_ingest_corrupt_reads_total",
+    "ReadPartition calls refused with DATA_LOSS (a partition file damaged or missing on disk)",
+)

@@ -15,7 +15,7 @@ from mlmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from mlmesh.tensor import dtype_code, from_proto, to_proto
 
 from ingest_svc.core.ingest import IngestCore
-from ingest_svc.servicer import IngestServicer
+from ingest_svc.servicer import IngestServicer, add_to_server
 
 MNIST_SCHEMA = ingest_pb2.DatasetSchema(
     features=[
@@ -101,9 +101,7 @@ class InProcessServer:
             ("grpc.max_send_message_length", self.max_message_bytes),
         ]
         server = grpc.aio.server(options=opts)
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(self.max_message_bytes, self.core), server
-        )
+        add_to_server(IngestServicer(self.max_message_bytes, self.core), server)
         self.port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         self._ready.set()

@@ -215,3 +215,71 @@ def test_to_proto_round_trip_used_by_clients(stub) -> None:
     cols, _ = read_all(stub, "odd", 0)
     for k, v in data.items():
         np.testing.assert_array_equal(cols[k], v)
+
+
+def test_a_flipped_byte_on_disk_is_data_loss_and_its_block_is_never_sent(stub, data_dir) -> None:
+    """Records are checksummed in blocks of ~1 MiB; a reader gets every block before the
+    damaged one, then DATA_LOSS naming the feature and records, and never the bad bytes."""
+    create_mnist(stub, "big")
+    data = mnist_like(4000)
+    stub.Append(append_requests("big", data, per_message=1000), timeout=30)
+    per_block = (1 << 20) // MNIST_RECORD_BYTES  # records per checksummed block
+    path = data_dir / "datasets" / "big" / "part-00000000.bin"
+    schema = Schema.build([FeatureSpec("image", "uint8", (28, 28)), FeatureSpec("label", "int64", ())])
+    image_at = read_partition(path, schema).offsets["image"]
+    raw = bytearray(path.read_bytes())
+    raw[image_at + (per_block + 7) * 28 * 28 + 100] ^= 0xFF  # record per_block + 7, in block 1
+    path.write_bytes(bytes(raw))
+
+    got: list[np.ndarray] = []
+    # 1,323 records a block = 3 batches of 441.
+    req = ingest_pb2.ReadPartitionRequest(dataset="big", partition_id=0, batch_size=per_block // 3)
+    with pytest.raises(grpc.RpcError) as info:
+        for resp in stub.ReadPartition(req, timeout=30):
+            got.append(np.frombuffer(resp.batch.features["label"].content, dtype=np.int64))
+    assert info.value.code() == grpc.StatusCode.DATA_LOSS
+    assert (
+        f"checksum mismatch in feature 'image', records {per_block}-{2 * per_block - 1}"
+        in info.value.details()
+    )
+    labels = np.concatenate(got)
+    assert len(labels) == per_block  # block 0 only: nothing of the damaged block left the server
+    np.testing.assert_array_equal(labels, data["label"][:per_block])
+
+
+def test_checksums_cover_every_block_and_feature(tmp_path) -> None:
+    schema = Schema.build([FeatureSpec("x", "float32", (300,)), FeatureSpec("y", "int64", ())])
+    n = 2500  # 1,208 bytes a record: 868 records a block, so 3 blocks, the last short
+    cols = {"x": np.random.default_rng(1).random((n, 300), dtype=np.float32), "y": np.arange(n)}
+    path = tmp_path / "p.bin"
+    write_partition(path, schema, {k: [v[:1000], v[1000:]] for k, v in cols.items()}, n)
+    data = read_partition(path, schema)
+    assert data.block_records == (1 << 20) // 1208
+    assert {k: len(v) for k, v in data.crcs.items()} == {"x": 3, "y": 3}
+    data.verify(0, n)  # intact
+    for feature, record in (("x", 0), ("y", n - 1), ("x", 1800)):
+        raw = bytearray(path.read_bytes())
+        rb = schema.feature(feature).record_bytes
+        raw[data.offsets[feature] + record * rb] ^= 0x01
+        bad = tmp_path / f"bad-{feature}-{record}.bin"
+        bad.write_bytes(bytes(raw))
+        damaged = read_partition(bad, schema)
+        block = record // damaged.block_records
+        others = [b for b in range(3) if b != block]
+        for b in others:  # the intact blocks still read
+            damaged.verify(b * damaged.block_records, (b + 1) * damaged.block_records)
+        with pytest.raises(CorruptPartition, match=f"feature '{feature}'"):
+            damaged.verify(record, record + 1)
+        with pytest.raises(CorruptPartition, match="checksum mismatch"):
+            damaged.column(feature)
+
+
+def test_a_partition_of_an_older_format_is_refused_by_name(tmp_path) -> None:
+    schema = Schema.build([FeatureSpec("x", "float32", ())])
+    path = tmp_path / "p.bin"
+    write_partition(path, schema, {"x": [np.zeros(3, np.float32)]}, 3)
+    raw = bytearray(path.read_bytes())
+    raw[:8] = b"MLMPART1"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptPartition, match="partition format '1'; this build reads '2'"):
+        read_partition(path, schema)

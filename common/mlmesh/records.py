@@ -1,0 +1,96 @@
+"""RecordBatch messages (`mlmesh.ingest.v1`) framed by hand, for the bulk read path.
+
+A ReadPartitionResponse is almost all column bytes. Serializing it with the
+generated classes copies each column three times (into `bytes`, into the
+message, into the wire buffer) and parsing copies it again; here the sender
+copies once (the mmapped column into the message) and the receiver not at all
+(the arrays are views on the received message). The bytes on the wire are the
+standard encoding, so any protobuf client reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mlmesh import tensor, wire
+from mlmesh.errors import InvalidArgument
+
+Column = tuple[str, int, Sequence[int], memoryview | bytes]  # name, DType code, shape, content
+
+
+def encode(columns: Sequence[Column], field: int = 1, prefix: bytes = b"") -> bytes:
+    """A message whose field `field` is the RecordBatch of `columns`, after `prefix` (the
+    message's other fields, already encoded). ReadPartitionResponse.batch is field 1."""
+    parts: list[bytes | memoryview] = []
+    entries_len = 0
+    for name, dtype, shape, content in columns:
+        key = name.encode()
+        shape_bytes = b"".join(wire.varint(int(d)) for d in shape)
+        head = wire.tag(1, wire.VARINT) + wire.varint(dtype)
+        if shape_bytes:
+            head += wire.len_prefix(2, len(shape_bytes)) + shape_bytes
+        head += wire.len_prefix(3, len(content))
+        tensor_len = len(head) + len(content)
+        entry_head = wire.len_prefix(1, len(key)) + key + wire.len_prefix(2, tensor_len)
+        entry_len = len(entry_head) + tensor_len
+        outer = wire.len_prefix(1, entry_len)
+        parts += [outer + entry_head + head, content]
+        entries_len += len(outer) + entry_len
+    return b"".join([prefix, wire.len_prefix(field, entries_len), *parts])
+
+
+def decode(message: bytes, field: int = 1) -> dict[str, np.ndarray]:
+    """The columns of the RecordBatch in field `field` of `message`, as read-only arrays
+    that view the message's bytes. InvalidArgument names what is malformed."""
+    view = memoryview(message)
+    out: dict[str, np.ndarray] = {}
+    for number, wire_type, value in wire.fields(view):
+        if number == field and wire_type == wire.LEN:
+            assert isinstance(value, memoryview)
+            _decode_batch(value, out)  # a repeated message field merges: keep reading
+    return out
+
+
+def _decode_batch(batch: memoryview, out: dict[str, np.ndarray]) -> None:
+    for number, wire_type, entry in wire.fields(batch):
+        if number != 1 or wire_type != wire.LEN:
+            continue
+        assert isinstance(entry, memoryview)
+        name, content_of = "", memoryview(b"")
+        for n, wt, v in wire.fields(entry):
+            if n == 1 and wt == wire.LEN:
+                assert isinstance(v, memoryview)
+                name = bytes(v).decode()
+            elif n == 2 and wt == wire.LEN:
+                assert isinstance(v, memoryview)
+                content_of = v
+        out[name] = _decode_tensor(content_of, name)
+
+
+def _decode_tensor(buf: memoryview, name: str) -> np.ndarray:
+    dtype, shape, content = 0, [], memoryview(b"")
+    for n, wt, v in wire.fields(buf):
+        if n == 1 and wt == wire.VARINT:
+            assert isinstance(v, int)
+            dtype = v
+        elif n == 2 and wt == wire.LEN:  # packed (what every encoder writes)
+            assert isinstance(v, memoryview)
+            shape += [wire.signed64(d) for d in wire.packed_varints(v)]
+        elif n == 2 and wt == wire.VARINT:  # unpacked: parsers must accept it too
+            assert isinstance(v, int)
+            shape.append(wire.signed64(v))
+        elif n == 3 and wt == wire.LEN:
+            assert isinstance(v, memoryview)
+            content = v
+    dt = tensor.numpy_dtype(dtype, f"feature {name!r}")
+    if len(shape) > tensor.MAX_DIMS or any(d < 0 for d in shape):
+        raise InvalidArgument(f"feature {name!r} has an invalid shape {shape}")
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * dt.itemsize != len(content):
+        raise InvalidArgument(
+            f"feature {name!r}: {len(content)} content bytes for shape {shape} of {dt.name} "
+            f"({count * dt.itemsize} expected)"
+        )
+    return np.frombuffer(content, dtype=dt, count=count).reshape(shape)
