@@ -258,25 +258,30 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def LeaseTask(
         self, request: ingest_pb2.LeaseTaskRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.LeaseTaskResponse:
-        task, status = await asyncio.to_thread(
-            self._core.queue.lease, request.job_id, request.worker_id, request.lease_seconds
+        tasks, status = await asyncio.to_thread(
+            self._core.queue.lease,
+            request.job_id,
+            request.worker_id,
+            request.lease_seconds,
+            request.max_tasks,
         )
-        response = ingest_pb2.LeaseTaskResponse(status=status_to_proto(status))
-        if task is not None:
-            response.task.CopyFrom(
+        return ingest_pb2.LeaseTaskResponse(
+            tasks=[
                 ingest_pb2.Task(
-                    task_id=task.task_id,
-                    job_id=task.job_id,
-                    dataset=task.dataset,
-                    partition_id=task.partition_id,
-                    epoch=task.epoch,
-                    num_records=task.num_records,
-                    lease_id=task.lease_id,
-                    lease_deadline_unix=task.lease_deadline_unix,
-                    attempt=task.attempt,
+                    task_id=t.task_id,
+                    job_id=t.job_id,
+                    dataset=t.dataset,
+                    partition_id=t.partition_id,
+                    epoch=t.epoch,
+                    num_records=t.num_records,
+                    lease_id=t.lease_id,
+                    lease_deadline_unix=t.lease_deadline_unix,
+                    attempt=t.attempt,
                 )
-            )
-        return response
+                for t in tasks
+            ],
+            status=status_to_proto(status),
+        )
 
     @grpc_errors
     async def ExtendLease(

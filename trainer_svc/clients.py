@@ -11,13 +11,13 @@ import asyncio
 import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
 import numpy as np
-from mlmesh import tensor
+from mlmesh import records, tensor
 from mlmesh.channels import aio_channel
 from mlmesh.errors import (
     Aborted,
@@ -122,6 +122,13 @@ class IngestClient:
         self.policy = policy
         self.channel = aio_channel(addr, policy.max_message_bytes)
         self.stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
+        # ReadPartition's messages are decoded by hand (`mlmesh.records`): columns are
+        # views on the received bytes, not copies made by the generated parser.
+        self._read_raw = self.channel.unary_stream(
+            "/mlmesh.ingest.v1.IngestService/ReadPartition",
+            request_serializer=ingest_pb2.ReadPartitionRequest.SerializeToString,
+            response_deserializer=None,
+        )
 
     async def close(self) -> None:
         await self.channel.close()
@@ -151,17 +158,18 @@ class IngestClient:
         )
         return [PartitionInfo(p.dataset, p.partition_id, p.num_records) for p in resp.partitions]
 
-    async def read_partition(self, dataset: str, partition_id: int) -> dict[str, np.ndarray]:
+    async def read_partition(
+        self, dataset: str, partition_id: int, num_records: int = -1
+    ) -> dict[str, np.ndarray]:
+        """Every record of the partition, column by column. With `num_records` known (a
+        task says it), each batch is copied once into columns allocated up front."""
+
         async def read() -> dict[str, np.ndarray]:
-            parts: dict[str, list[np.ndarray]] = {}
-            call = self.stub.ReadPartition(
+            call = self._read_raw(
                 ingest_pb2.ReadPartitionRequest(dataset=dataset, partition_id=partition_id),
                 timeout=self.policy.stream_timeout,
             )
-            async for resp in call:
-                for name, t in resp.batch.features.items():
-                    parts.setdefault(name, []).append(tensor.from_proto(t, name))
-            return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+            return await gather_columns(call, num_records, f"partition {partition_id} of {dataset!r}")
 
         return await self.policy.call(f"ingest ReadPartition({dataset!r}, {partition_id})", read)
 
@@ -184,17 +192,17 @@ class IngestClient:
         )
         return _queue(resp.status)
 
-    async def lease_task(
-        self, job_id: str, worker_id: str, lease_seconds: float
-    ) -> tuple[TaskInfo | None, QueueInfo]:
-        req = ingest_pb2.LeaseTaskRequest(job_id=job_id, worker_id=worker_id, lease_seconds=lease_seconds)
+    async def lease_tasks(
+        self, job_id: str, worker_id: str, lease_seconds: float, max_tasks: int = 1
+    ) -> tuple[list[TaskInfo], QueueInfo]:
+        req = ingest_pb2.LeaseTaskRequest(
+            job_id=job_id, worker_id=worker_id, lease_seconds=lease_seconds, max_tasks=max_tasks
+        )
         resp = await self.policy.call(
             f"ingest LeaseTask({job_id!r})", lambda: self.stub.LeaseTask(req, timeout=self.policy.timeout)
         )
-        task = None
-        if resp.HasField("task"):
-            t = resp.task
-            task = TaskInfo(
+        tasks = [
+            TaskInfo(
                 t.task_id,
                 t.job_id,
                 t.dataset,
@@ -205,7 +213,9 @@ class IngestClient:
                 t.lease_deadline_unix,
                 t.attempt,
             )
-        return task, _queue(resp.status)
+            for t in resp.tasks
+        ]
+        return tasks, _queue(resp.status)
 
     async def extend_lease(self, lease_id: str, lease_seconds: float) -> float:
         req = ingest_pb2.ExtendLeaseRequest(lease_id=lease_id, lease_seconds=lease_seconds)
@@ -220,6 +230,36 @@ class IngestClient:
             "ingest CompleteTask", lambda: self.stub.CompleteTask(req, timeout=self.policy.timeout)
         )
         return _queue(resp.status)
+
+
+async def gather_columns(call: AsyncIterator[bytes], num_records: int, what: str) -> dict[str, np.ndarray]:
+    """The columns of a ReadPartition stream (raw messages), whole. InvalidArgument if
+    the batches disagree with each other or with `num_records` (when >= 0)."""
+    if num_records < 0:
+        parts: dict[str, list[np.ndarray]] = {}
+        async for message in call:
+            for name, col in records.decode(message).items():
+                parts.setdefault(name, []).append(col)
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    out: dict[str, np.ndarray] = {}
+    filled = 0
+    async for message in call:
+        batch = records.decode(message)
+        n = len(next(iter(batch.values()))) if batch else 0
+        if filled + n > num_records:
+            raise InvalidArgument(f"{what} streamed more than the {num_records} records it holds")
+        if not out:
+            out = {name: np.empty((num_records, *c.shape[1:]), dtype=c.dtype) for name, c in batch.items()}
+        elif batch.keys() != out.keys():
+            raise InvalidArgument(f"{what}: a batch holds features {sorted(batch)}, not {sorted(out)}")
+        for name, col in batch.items():
+            if len(col) != n or col.shape[1:] != out[name].shape[1:]:
+                raise InvalidArgument(f"{what}: feature {name!r} has a batch of shape {col.shape}")
+            out[name][filled : filled + n] = col
+        filled += n
+    if filled != num_records:
+        raise InvalidArgument(f"{what} streamed {filled} records; its task says {num_records}")
+    return out
 
 
 def _queue(s: ingest_pb2.QueueStatus) -> QueueInfo:

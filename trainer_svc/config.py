@@ -118,6 +118,9 @@ class WorkerSettings(_Client):
     prefetch: bool = Field(
         True, description="Overlap the pull of the next step and the push of this one with compute."
     )
+    read_ahead: int = Field(
+        1, ge=0, le=16, description="Partitions leased and read ahead while one trains (0: none)."
+    )
     tf_threads: int = Field(
         0, ge=0, le=256, description="TensorFlow intra/inter-op threads; 0 keeps TensorFlow's default."
     )

@@ -91,6 +91,7 @@ async def serve_worker(settings: WorkerSettings, stop_event: asyncio.Event | Non
             lease_seconds=settings.lease_seconds,
             report_every_seconds=settings.report_every_seconds,
             prefetch=settings.prefetch,
+            read_ahead=settings.read_ahead,
         )
         worker = TrainingWorker(config, coordinator, connector, cache, _make_runner)
         await worker.run(halt)

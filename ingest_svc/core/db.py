@@ -1,20 +1,30 @@
 """The SQLite metadata store: one connection, one lock, explicit transactions.
 
-Thread-safety: every use of the connection goes through `transaction()` or
-`read()`, which hold one re-entrant lock, so the store can be called from any
-thread (the servicer calls it from a thread pool). WAL with synchronous=FULL
-makes a committed transaction survive kill -9 and power loss.
+Thread-safety: every use of the connection goes through `transaction()`,
+`write()` or `read()`, which hold one re-entrant lock, so the store can be
+called from any thread (the servicer calls it from a thread pool). WAL with
+synchronous=FULL makes a committed transaction survive kill -9 and power loss.
+
+Group commit (`write`): the queue's small writes (lease, extend, complete)
+arrive from many workers at once, and each commit costs an fsync. A caller
+that finds a commit in progress queues its work; the next leader runs every
+queued piece in one transaction, each inside its own SAVEPOINT (so one
+piece's error undoes only that piece), and commits once. Nothing returns
+before the commit that holds it is durable, so durability is unchanged.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
-SCHEMA_VERSION = 1
+T = TypeVar("T")
+
+SCHEMA_VERSION = 2
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -53,7 +63,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     num_records INTEGER NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'leased', 'completed')),
     attempt INTEGER NOT NULL DEFAULT 0,
-    lease_id TEXT,
+    lease_id TEXT,  -- the live lease, or once completed the lease that completed it
+    completed_by TEXT,  -- the worker whose attempt won
     PRIMARY KEY (job_id, epoch, partition_id)
 );
 CREATE INDEX IF NOT EXISTS tasks_next ON tasks (job_id, state, epoch, seq);
@@ -92,8 +103,13 @@ class Database:
                 raise RuntimeError(
                     f"{path} has schema version {version}; this build knows up to {SCHEMA_VERSION}"
                 )
+            if version == 1:  # before completed_by
+                self._conn.execute("ALTER TABLE tasks ADD COLUMN completed_by TEXT")
             self._conn.executescript(_DDL)
             self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._group = threading.Condition()
+        self._pending: list[_Work] = []
+        self._leading = False
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -113,6 +129,45 @@ class Database:
                     self._conn.execute("ROLLBACK")
                 raise
 
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a write transaction shared with whatever else is queued (group
+        commit); returns its result, or raises its error, once the commit is durable."""
+        work = _Work(fn)
+        with self._group:
+            self._pending.append(work)
+            while self._leading and not work.finished:
+                self._group.wait()
+            if work.finished:
+                return work.outcome()
+            self._leading = True
+            batch, self._pending = self._pending, []
+        try:
+            self._commit(batch)
+        finally:
+            with self._group:
+                self._leading = False
+                self._group.notify_all()
+        return work.outcome()
+
+    def _commit(self, batch: list[_Work]) -> None:
+        try:
+            with self.transaction() as conn:
+                for i, work in enumerate(batch):
+                    conn.execute(f"SAVEPOINT w{i}")
+                    try:
+                        work.result = work.fn(conn)
+                    except Exception as e:
+                        conn.execute(f"ROLLBACK TO w{i}")
+                        work.error = e
+                    conn.execute(f"RELEASE w{i}")
+        except BaseException as e:  # the commit itself failed: nothing of the batch holds
+            for work in batch:
+                work.result, work.error = None, e
+            raise
+        finally:
+            for work in batch:
+                work.finished = True
+
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """Consistent reads: the lock keeps other threads' transactions out meanwhile."""
@@ -122,3 +177,20 @@ class Database:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+class _Work:
+    """One caller's piece of a group commit."""
+
+    __slots__ = ("error", "finished", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result

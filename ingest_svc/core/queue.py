@@ -28,6 +28,7 @@ from ingest_svc.core.db import Database
 from ingest_svc.core.schema import validate_dataset_name
 
 MAX_ID_CHARS = 256
+MAX_TASKS_PER_LEASE = 64
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,16 @@ class Task:
     num_records: int
     lease_id: str
     lease_deadline_unix: float
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    job_id: str
+    epoch: int
+    partition_id: int
+    lease_id: str
+    worker_id: str
     attempt: int
 
 
@@ -146,54 +157,65 @@ class TaskQueue:
         metrics.TASKS_ENQUEUED.inc(len(parts))
         return len(parts), status
 
-    def lease(self, job_id: str, worker_id: str, lease_seconds: float) -> tuple[Task | None, QueueStatus]:
-        """Lease the job's next pending task: lowest epoch first, then the epoch's order.
+    def lease(
+        self, job_id: str, worker_id: str, lease_seconds: float, max_tasks: int = 1
+    ) -> tuple[list[Task], QueueStatus]:
+        """Lease up to `max_tasks` of the job's pending tasks, in queue order (lowest epoch
+        first, then the epoch's order), each under its own lease, in one commit.
 
-        Returns (None, status) when nothing is pending right now. NotFound if
+        Returns ([], status) when nothing is pending right now. NotFound if
         nothing was ever enqueued for the job.
         """
         _validate_id("job_id", job_id)
         _validate_id("worker_id", worker_id)
         seconds = self._lease_seconds(lease_seconds)
+        if not 0 <= max_tasks <= MAX_TASKS_PER_LEASE:
+            raise InvalidArgument(f"max_tasks is {max_tasks}; expected 0 (one task) to {MAX_TASKS_PER_LEASE}")
         now = self._clock()
         self._expire_due(now)
-        with self._db.transaction() as conn:
+
+        def grant(conn: sqlite3.Connection) -> tuple[list[Task], QueueStatus]:
             self._require_job(conn, job_id)
-            row = conn.execute(
+            rows = conn.execute(
                 "SELECT epoch, partition_id, dataset, num_records, attempt FROM tasks "
-                "WHERE job_id = ? AND state = 'pending' ORDER BY epoch, seq LIMIT 1",
-                (job_id,),
-            ).fetchone()
-            if row is None:
-                return None, self._status(conn, job_id)
-            epoch, partition_id, dataset, num_records, attempt = row
-            lease_id = uuid.uuid4().hex
+                "WHERE job_id = ? AND state = 'pending' ORDER BY epoch, seq LIMIT ?",
+                (job_id, max(max_tasks, 1)),
+            ).fetchall()
             deadline = now + seconds
-            conn.execute(
-                "UPDATE tasks SET state = 'leased', lease_id = ? "
-                "WHERE job_id = ? AND epoch = ? AND partition_id = ?",
-                (lease_id, job_id, epoch, partition_id),
-            )
-            conn.execute(
-                "INSERT INTO leases (lease_id, job_id, epoch, partition_id, worker_id, leased_unix, "
-                "deadline_unix, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'active')",
-                (lease_id, job_id, epoch, partition_id, worker_id, now, deadline),
-            )
+            tasks = []
+            for epoch, partition_id, dataset, num_records, attempt in rows:
+                lease_id = uuid.uuid4().hex
+                conn.execute(
+                    "UPDATE tasks SET state = 'leased', lease_id = ? "
+                    "WHERE job_id = ? AND epoch = ? AND partition_id = ?",
+                    (lease_id, job_id, epoch, partition_id),
+                )
+                conn.execute(
+                    "INSERT INTO leases (lease_id, job_id, epoch, partition_id, worker_id, leased_unix, "
+                    "deadline_unix, state) VALUES (?, ?, ?, ?, ?, ?, ?, 'active')",
+                    (lease_id, job_id, epoch, partition_id, worker_id, now, deadline),
+                )
+                tasks.append(
+                    Task(
+                        task_id(job_id, epoch, partition_id),
+                        job_id,
+                        dataset,
+                        partition_id,
+                        epoch,
+                        num_records,
+                        lease_id,
+                        deadline,
+                        attempt,
+                    )
+                )
             status = self._status(conn, job_id)
-            self._update_gauges(conn)
-        metrics.TASKS_LEASED.inc()
-        task = Task(
-            task_id(job_id, epoch, partition_id),
-            job_id,
-            dataset,
-            partition_id,
-            epoch,
-            num_records,
-            lease_id,
-            deadline,
-            attempt,
-        )
-        return task, status
+            if tasks:
+                self._update_gauges(conn)
+            return tasks, status
+
+        tasks, status = self._db.write(grant)
+        metrics.TASKS_LEASED.inc(len(tasks))
+        return tasks, status
 
     def extend(self, lease_id: str, lease_seconds: float) -> float:
         """Move an active lease's deadline to now + lease_seconds; returns the new deadline."""
@@ -201,19 +223,24 @@ class TaskQueue:
         seconds = self._lease_seconds(lease_seconds)
         now = self._clock()
         self._expire_due(now)
-        with self._db.transaction() as conn:
+
+        def extend(conn: sqlite3.Connection) -> float:
             self._active_lease(conn, lease_id, "extend")
             deadline = now + seconds
             conn.execute("UPDATE leases SET deadline_unix = ? WHERE lease_id = ?", (deadline, lease_id))
-        return deadline
+            return deadline
+
+        return self._db.write(extend)
 
     def complete(self, lease_id: str) -> QueueStatus:
-        """Mark the lease's task completed. Idempotent: completing an already
-        completed lease again is OK and changes nothing."""
+        """Mark the lease's task completed, by the lease's worker. Idempotent: completing an
+        already completed lease again is OK and changes nothing. A lease that expired
+        cannot complete (FailedPrecondition): its task went back to the queue."""
         _validate_id("lease_id", lease_id)
         now = self._clock()
         self._expire_due(now)
-        with self._db.transaction() as conn:
+
+        def complete(conn: sqlite3.Connection) -> tuple[QueueStatus, bool]:
             job_id, epoch, partition_id, state = self._active_lease(conn, lease_id, "complete")
             if state == "active":
                 conn.execute(
@@ -221,15 +248,30 @@ class TaskQueue:
                     (now, lease_id),
                 )
                 conn.execute(
-                    "UPDATE tasks SET state = 'completed' "
+                    "UPDATE tasks SET state = 'completed', completed_by = "
+                    "(SELECT worker_id FROM leases WHERE lease_id = ?) "
                     "WHERE job_id = ? AND epoch = ? AND partition_id = ?",
-                    (job_id, epoch, partition_id),
+                    (lease_id, job_id, epoch, partition_id),
                 )
-            status = self._status(conn, job_id)
-            self._update_gauges(conn)
-        if state == "active":
+                self._update_gauges(conn)
+            return self._status(conn, job_id), state == "active"
+
+        status, first = self._db.write(complete)
+        if first:
             metrics.TASKS_COMPLETED.inc()
         return status
+
+    def completions(self, job_id: str) -> list[Completion]:
+        """Every completed task of the job: which lease, worker and attempt won it."""
+        _validate_id("job_id", job_id)
+        with self._db.read() as conn:
+            self._require_job(conn, job_id)
+            rows = conn.execute(
+                "SELECT epoch, partition_id, lease_id, completed_by, attempt FROM tasks "
+                "WHERE job_id = ? AND state = 'completed' ORDER BY epoch, seq",
+                (job_id,),
+            ).fetchall()
+        return [Completion(job_id, *row) for row in rows]
 
     def status(self, job_id: str) -> QueueStatus:
         _validate_id("job_id", job_id)
@@ -249,12 +291,16 @@ class TaskQueue:
     # -- helpers ---------------------------------------------------------------------
 
     def _expire_due(self, now: float) -> int:
-        """Expire overdue leases in a transaction of their own, so an error in the
-        caller's transaction (which rolls back) does not undo the expiry."""
-        with self._db.transaction() as conn:
+        """Expire overdue leases in a piece of work of their own, so an error in the
+        caller's (which rolls back) does not undo the expiry."""
+
+        def expire(conn: sqlite3.Connection) -> int:
             n = self._expire(conn, now)
             if n:
                 self._update_gauges(conn)
+            return n
+
+        n = self._db.write(expire)
         if n:
             metrics.LEASES_EXPIRED.inc(n)
         return n

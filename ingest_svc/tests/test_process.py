@@ -52,11 +52,11 @@ def test_kill9_and_restart_loses_nothing_committed(start) -> None:
     parts = stub.Append(append_requests("ds", data, per_message=7), timeout=30).partitions
     assert len(parts) == 5
     stub.EnqueueEpoch(ingest_pb2.EnqueueEpochRequest(job_id="j", dataset="ds", epoch=0), timeout=30)
-    done = stub.LeaseTask(ingest_pb2.LeaseTaskRequest(job_id="j", worker_id="w0"), timeout=30).task
+    done = stub.LeaseTask(ingest_pb2.LeaseTaskRequest(job_id="j", worker_id="w0"), timeout=30).tasks[0]
     stub.CompleteTask(ingest_pb2.CompleteTaskRequest(lease_id=done.lease_id), timeout=30)
     held = stub.LeaseTask(
         ingest_pb2.LeaseTaskRequest(job_id="j", worker_id="w1", lease_seconds=600), timeout=30
-    ).task
+    ).tasks[0]
     channel.close()
     proc.kill9()
 
@@ -75,7 +75,7 @@ def test_kill9_and_restart_loses_nothing_committed(start) -> None:
         for lease_id in (held.lease_id, done.lease_id):
             s = stub.CompleteTask(ingest_pb2.CompleteTaskRequest(lease_id=lease_id), timeout=30).status
             assert s.completed == 2
-        nxt = stub.LeaseTask(ingest_pb2.LeaseTaskRequest(job_id="j", worker_id="w2"), timeout=30).task
+        nxt = stub.LeaseTask(ingest_pb2.LeaseTaskRequest(job_id="j", worker_id="w2"), timeout=30).tasks[0]
         assert nxt.partition_id == 2
         # New appends continue the partition ids.
         more = stub.Append(append_requests("ds", mnist_like(3, start=45), per_message=3), timeout=30)

@@ -47,10 +47,10 @@ def drain_order(stub, job: str) -> list[tuple[int, int]]:
     out = []
     for _ in range(100):
         resp = lease(stub, job)
-        if not resp.HasField("task"):
+        if not resp.tasks:
             return out
-        out.append((resp.task.epoch, resp.task.partition_id))
-        complete(stub, resp.task.lease_id)
+        out.append((resp.tasks[0].epoch, resp.tasks[0].partition_id))
+        complete(stub, resp.tasks[0].lease_id)
     raise AssertionError("queue did not drain in 100 leases")
 
 
@@ -153,7 +153,7 @@ def test_lease_returns_the_task_with_a_deadline_and_counts_it_leased(stub, ds) -
     enqueue(stub)
     before = time.time()
     resp = lease(stub, seconds=12.5)
-    t = resp.task
+    t = resp.tasks[0]
     assert (t.job_id, t.dataset, t.partition_id, t.epoch, t.num_records, t.attempt) == (
         "job",
         "ds",
@@ -170,26 +170,26 @@ def test_lease_returns_the_task_with_a_deadline_and_counts_it_leased(stub, ds) -
 
 def test_lease_zero_seconds_takes_the_server_default(stub, ds) -> None:
     enqueue(stub)
-    t = lease(stub).task
+    t = lease(stub).tasks[0]
     assert abs(t.lease_deadline_unix - (time.time() + 30)) < 5
 
 
 def test_lease_ids_are_unique(stub, ds) -> None:
     enqueue(stub)
-    ids = {lease(stub).task.lease_id for _ in range(8)}
+    ids = {lease(stub).tasks[0].lease_id for _ in range(8)}
     assert len(ids) == 8
 
 
 def test_no_pending_task_returns_no_task_with_status(stub, ds) -> None:
     enqueue(stub)
-    held = [lease(stub).task for _ in range(8)]
+    held = [lease(stub).tasks[0] for _ in range(8)]
     resp = lease(stub)
-    assert not resp.HasField("task")
+    assert not resp.tasks
     assert (resp.status.pending, resp.status.leased, resp.status.done) == (0, 8, False)
     for t in held:
         complete(stub, t.lease_id)
     resp = lease(stub)
-    assert not resp.HasField("task")
+    assert not resp.tasks
     assert (resp.status.completed, resp.status.total, resp.status.done) == (8, 8, True)
 
 
@@ -224,18 +224,18 @@ def test_lease_bad_input_is_invalid_argument(stub, ds, job, worker, seconds, exp
 
 def test_expired_lease_returns_its_task_to_pending_with_next_attempt(stub, ds) -> None:
     enqueue(stub)
-    first = lease(stub, seconds=SHORT).task
+    first = lease(stub, seconds=SHORT).tasks[0]
     time.sleep(SHORT + 0.1)
     status = stub.GetQueueStatus(ingest_pb2.GetQueueStatusRequest(job_id="job"), timeout=30).status
     assert (status.pending, status.leased) == (8, 0)
-    again = lease(stub, worker="w1").task
+    again = lease(stub, worker="w1").tasks[0]
     assert (again.partition_id, again.attempt) == (first.partition_id, 1)
     assert again.lease_id != first.lease_id
 
 
 def test_complete_after_expiry_is_failed_precondition_naming_when(stub, ds) -> None:
     enqueue(stub)
-    t = lease(stub, seconds=SHORT).task
+    t = lease(stub, seconds=SHORT).tasks[0]
     time.sleep(SHORT + 0.1)
     err = rpc_error(stub.CompleteTask, ingest_pb2.CompleteTaskRequest(lease_id=t.lease_id))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -248,7 +248,7 @@ def test_complete_after_expiry_is_failed_precondition_naming_when(stub, ds) -> N
 
 def test_extend_keeps_a_lease_alive(stub, ds) -> None:
     enqueue(stub)
-    t = lease(stub, seconds=SHORT).task
+    t = lease(stub, seconds=SHORT).tasks[0]
     deadline = stub.ExtendLease(
         ingest_pb2.ExtendLeaseRequest(lease_id=t.lease_id, lease_seconds=20), timeout=30
     )
@@ -259,14 +259,14 @@ def test_extend_keeps_a_lease_alive(stub, ds) -> None:
 
 def test_extend_zero_seconds_takes_the_server_default(stub, ds) -> None:
     enqueue(stub)
-    t = lease(stub, seconds=1).task
+    t = lease(stub, seconds=1).tasks[0]
     resp = stub.ExtendLease(ingest_pb2.ExtendLeaseRequest(lease_id=t.lease_id), timeout=30)
     assert abs(resp.lease_deadline_unix - (time.time() + 30)) < 5
 
 
 def test_extend_expired_lease_is_failed_precondition(stub, ds) -> None:
     enqueue(stub)
-    t = lease(stub, seconds=SHORT).task
+    t = lease(stub, seconds=SHORT).tasks[0]
     time.sleep(SHORT + 0.1)
     err = rpc_error(stub.ExtendLease, ingest_pb2.ExtendLeaseRequest(lease_id=t.lease_id, lease_seconds=5))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -275,7 +275,7 @@ def test_extend_expired_lease_is_failed_precondition(stub, ds) -> None:
 
 def test_extend_completed_lease_is_failed_precondition(stub, ds) -> None:
     enqueue(stub)
-    t = lease(stub).task
+    t = lease(stub).tasks[0]
     complete(stub, t.lease_id)
     err = rpc_error(stub.ExtendLease, ingest_pb2.ExtendLeaseRequest(lease_id=t.lease_id, lease_seconds=5))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -298,14 +298,14 @@ def test_extend_bad_input_is_invalid_argument(stub, ds, lease_id, seconds) -> No
 
 def test_complete_marks_the_task_completed(stub, ds) -> None:
     enqueue(stub)
-    t = lease(stub).task
+    t = lease(stub).tasks[0]
     s = complete(stub, t.lease_id).status
     assert (s.pending, s.leased, s.completed, s.total, s.done) == (7, 0, 1, 8, False)
 
 
 def test_complete_twice_is_ok_and_counts_once(stub, ds) -> None:
     enqueue(stub)
-    t = lease(stub).task
+    t = lease(stub).tasks[0]
     complete(stub, t.lease_id)
     s = complete(stub, t.lease_id).status
     assert (s.completed, s.pending) == (1, 7)
@@ -325,7 +325,7 @@ def test_complete_empty_lease_id_is_invalid_argument(stub) -> None:
 def test_status_counts_across_epochs(stub, ds) -> None:
     enqueue(stub, epoch=0)
     enqueue(stub, epoch=1)
-    complete(stub, lease(stub).task.lease_id)
+    complete(stub, lease(stub).tasks[0].lease_id)
     lease(stub)
     s = stub.GetQueueStatus(ingest_pb2.GetQueueStatusRequest(job_id="job"), timeout=30).status
     assert (s.job_id, s.pending, s.leased, s.completed, s.total, s.done) == ("job", 14, 1, 1, 16, False)

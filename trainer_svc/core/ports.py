@@ -30,17 +30,22 @@ class IngestPort(Protocol):
 
     async def list_partitions(self, dataset: str) -> list[PartitionInfo]: ...
 
-    async def read_partition(self, dataset: str, partition_id: int) -> dict[str, np.ndarray]:
-        """All records of one partition, column by column."""
+    async def read_partition(
+        self, dataset: str, partition_id: int, num_records: int = -1
+    ) -> dict[str, np.ndarray]:
+        """All records of one partition, column by column (`num_records`, when known,
+        lets the client allocate the columns up front and check the count)."""
         ...
 
     async def enqueue_epoch(self, job_id: str, dataset: str, epoch: int, seed: int) -> QueueInfo: ...
 
     async def queue_status(self, job_id: str) -> QueueInfo: ...
 
-    async def lease_task(
-        self, job_id: str, worker_id: str, lease_seconds: float
-    ) -> tuple[TaskInfo | None, QueueInfo]: ...
+    async def lease_tasks(
+        self, job_id: str, worker_id: str, lease_seconds: float, max_tasks: int = 1
+    ) -> tuple[list[TaskInfo], QueueInfo]:
+        """Up to `max_tasks` tasks, each under its own lease (none when nothing is pending)."""
+        ...
 
     async def extend_lease(self, lease_id: str, lease_seconds: float) -> float: ...
 

@@ -1,9 +1,11 @@
 """The training worker's loop.
 
     AcquireWork → (build the model once per job) → read the job's layout
-    from the shards → LeaseTask → load the partition (local cache, else
-    ingest) → shuffled batches → per batch: pull parameters, compute
-    gradients, push them → CompleteTask → ...
+    from the shards → leased partitions from a feed (`mlmesh.feed`: the next
+    `read_ahead` partitions leased and loaded, local cache else ingest,
+    while this one trains; one heartbeat renews every lease) → shuffled
+    batches → per batch: pull parameters, compute gradients, push them →
+    CompleteTask → ...
 
 Placement is read from the shards (`placement.read_layout`), not recomputed:
 a dense variable is whole on the shard the coordinator chose, or - when it
@@ -40,7 +42,8 @@ from typing import Any, Protocol
 
 import numpy as np
 from mlmesh import tensor
-from mlmesh.errors import FailedPrecondition, InvalidArgument, MlmeshError, NotFound, Unavailable
+from mlmesh.errors import FailedPrecondition, InvalidArgument, MlmeshError, Unavailable
+from mlmesh.feed import IDLE, Item, LeaseLost, PartitionFeed
 from mlmesh.logging import get_logger
 
 from trainer_svc.core import batching, metrics, placement
@@ -105,6 +108,7 @@ class WorkerConfig:
     lease_seconds: float = 60.0
     report_every_seconds: float = 2.0
     prefetch: bool = True
+    read_ahead: int = 1  # partitions leased and read while one trains
 
 
 class JobStopped(Exception):
@@ -174,21 +178,27 @@ class TrainingWorker:
         if layout.partitioned:
             log.info("partitioned variables", job_id=a.job_id, variables=sorted(layout.partitioned))
         job = _JobRun(self, a, ingest, params, runner, layout)
+        feed: PartitionFeed[dict[str, np.ndarray]] = PartitionFeed(
+            ingest,
+            a.job_id,
+            self.config.worker_id,
+            load=job.load_partition,
+            depth=self.config.read_ahead + 1,  # the partition training, and those read ahead
+            lease_seconds=self.config.lease_seconds,
+            poll_seconds=self.config.poll_seconds,
+        )
         try:
-            while not stop.is_set():
-                task, queue = await ingest.lease_task(
-                    a.job_id, self.config.worker_id, self.config.lease_seconds
-                )
-                if task is None:
-                    await job.leave()  # nothing to do now: the others must not wait for us
-                    if queue.done:
-                        log.info("job queue done", job_id=a.job_id)
+            async with feed:
+                async for item in feed:
+                    if stop.is_set():
                         return
-                    await job.maybe_report()
-                    await _sleep_or_stop(stop, self.config.poll_seconds)
-                    continue
-                await job.join()
-                await job.run_task(task, stop)
+                    if item is IDLE:
+                        await job.leave()  # nothing to do now: the others must not wait for us
+                        await job.maybe_report()
+                        continue
+                    await job.join()
+                    await job.run_task(feed, item, stop)
+            log.info("job queue done", job_id=a.job_id)
         finally:
             with contextlib.suppress(MlmeshError, JobStopped):
                 await job.leave()
@@ -282,19 +292,27 @@ class _JobRun:
     # ----- one task ----------------------------------------------------------------------------
 
     async def load_partition(self, task: TaskInfo) -> dict[str, np.ndarray]:
+        if task.num_records == 0:
+            return {}
         columns = self.w.cache.get(task.dataset, task.partition_id, task.num_records)
         if columns is not None:
             metrics.PARTITION_READS.labels("cache").inc()
             return columns
-        columns = await self.ingest.read_partition(task.dataset, task.partition_id)
+        columns = await self.ingest.read_partition(task.dataset, task.partition_id, task.num_records)
         metrics.PARTITION_READS.labels("ingest").inc()
         await asyncio.to_thread(self.w.cache.put, task.dataset, task.partition_id, columns)
         return columns
 
-    async def run_task(self, task: TaskInfo, stop: asyncio.Event) -> None:
+    async def run_task(
+        self,
+        feed: PartitionFeed[dict[str, np.ndarray]],
+        item: Item[dict[str, np.ndarray]],
+        stop: asyncio.Event,
+    ) -> None:
         """Train one partition and complete its task; a lost lease abandons it."""
         spec = self.a.spec
-        columns = await self.load_partition(task) if task.num_records > 0 else {}
+        task: TaskInfo = item.task
+        columns = item.data or {}
         needed = [*self.runner.features, self.runner.label]
         missing = [c for c in needed if c not in columns]
         if missing and task.num_records > 0:
@@ -309,7 +327,6 @@ class _JobRun:
             if task.num_records > 0
             else []
         )
-        renew_at = self._renew_at(task.lease_deadline_unix)
         failed = 0
         log.debug("task leased", partition=task.partition_id, epoch=task.epoch, batches=len(batches))
 
@@ -324,16 +341,11 @@ class _JobRun:
             for i in range(len(batches)):
                 if stop.is_set():
                     return
-                if time.monotonic() > renew_at:
-                    try:
-                        deadline = await self.ingest.extend_lease(task.lease_id, self.cfg.lease_seconds)
-                        renew_at = self._renew_at(deadline)
-                    except (FailedPrecondition, NotFound) as e:
-                        metrics.TASKS.labels("lease_lost").inc()
-                        log.warning(
-                            "lease lost; task abandoned", partition=task.partition_id, error=e.message
-                        )
-                        return
+                if item.lost:  # the feed could not renew the lease: the task is someone else's now
+                    metrics.TASKS.labels("lease_lost").inc()
+                    log.warning("lease lost; task abandoned", partition=task.partition_id)
+                    feed.drop(item)
+                    return
                 assert prepared is not None
                 x, y, rows = prepared
                 t0 = time.perf_counter()
@@ -398,6 +410,7 @@ class _JobRun:
             if batches and failed == len(batches):
                 # Nothing trained: a systematic fault (model vs data), not bad records. Leave
                 # the task to expire rather than report it done.
+                feed.drop(item)
                 raise InvalidArgument(
                     f"every batch of partition {task.partition_id} of {task.dataset!r} failed to compute"
                 )
@@ -405,21 +418,13 @@ class _JobRun:
             await _cancel(pull_next)
             await _cancel(push_prev)
         try:
-            await self.ingest.complete_task(task.lease_id)
+            await feed.complete(item)
             metrics.TASKS.labels("completed").inc()
-        except (FailedPrecondition, NotFound) as e:
+        except LeaseLost as e:
             # The lease expired and the task went back to the queue: another
             # worker will train it; our pushes were still useful updates.
             metrics.TASKS.labels("lease_lost").inc()
-            log.warning(
-                "task completion refused (lease expired)", partition=task.partition_id, error=e.message
-            )
-
-    def _renew_at(self, deadline_unix: float) -> float:
-        """Local monotonic time to extend a lease: half-way to its deadline, measured from
-        now so that clock skew between hosts does not matter."""
-        remaining = min(self.cfg.lease_seconds, max(0.0, deadline_unix - time.time()))
-        return time.monotonic() + remaining / 2
+            log.warning("task completion refused (lease expired)", partition=task.partition_id, error=str(e))
 
     def record(self, examples: int, loss: float) -> None:
         self.progress.steps += 1

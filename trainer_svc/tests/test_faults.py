@@ -88,7 +88,7 @@ def test_a_worker_joins_mid_job_and_dies_and_the_job_completes(cluster: Cluster,
     worker_id = f"w-extra-{job_id}"
     trainer = cluster.trainer()
     # Long enough for a new worker to start (import TensorFlow) while it runs; ASYNC runs fastest.
-    epochs = 16 if consistency == "async" else 8
+    epochs = 16 if consistency == "async" else 12
     spec = fashion_spec(epochs=epochs, model_name=job_id, batch_size=32, consistency=consistency)
     spec.worker_lease_seconds = 3.0
     trainer.CreateJob(trainer_pb2.CreateJobRequest(spec=spec, job_id=job_id), timeout=120)

@@ -215,22 +215,24 @@ class EnqueueEpochResponse(_message.Message):
     def __init__(self, tasks_enqueued: _Optional[int] = ..., status: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
 
 class LeaseTaskRequest(_message.Message):
-    __slots__ = ("job_id", "worker_id", "lease_seconds")
+    __slots__ = ("job_id", "worker_id", "lease_seconds", "max_tasks")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: str
     lease_seconds: float
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    max_tasks: int
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., max_tasks: _Optional[int] = ...) -> None: ...
 
 class LeaseTaskResponse(_message.Message):
-    __slots__ = ("task", "status")
-    TASK_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("tasks", "status")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
-    task: Task
+    tasks: _containers.RepeatedCompositeFieldContainer[Task]
     status: QueueStatus
-    def __init__(self, task: _Optional[_Union[Task, _Mapping]] = ..., status: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., status: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
 
 class ExtendLeaseRequest(_message.Message):
     __slots__ = ("lease_id", "lease_seconds")

@@ -149,8 +149,9 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LeaseTask(self, request, context):
-        """Leases the next pending task of a job (lowest epoch first). An expired
-        lease returns its task to the queue.
+        """Leases up to max_tasks pending tasks of a job (lowest epoch first), each
+        under its own lease, in one durable transaction. An expired lease returns
+        its task to the queue.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
