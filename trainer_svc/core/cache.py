@@ -185,7 +185,7 @@ class PartitionCache:
             yield
 
     def _scan(self) -> list[_Entry]:
-        """Every cached file, its size and last use; removes orphaned temp files."""
+        """Every cached file, its size and last use; removes orphaned temp files and old `.npz` ones."""
         entries: list[_Entry] = []
         now = time.time()
         for d in os.scandir(self.root):
@@ -196,11 +196,16 @@ class PartitionCache:
                     st = f.stat(follow_symlinks=False)
                     if f.name.endswith(SUFFIX) and not f.name.startswith("."):
                         entries.append(_Entry(Path(f.path), st.st_size, st.st_mtime_ns))
-                    elif f.name.endswith(_TMP_SUFFIX) and now - st.st_mtime > _ORPHAN_SECONDS:
+                    elif self._litter(f.name, now - st.st_mtime):
                         os.unlink(f.path)
                 except FileNotFoundError:  # removed by a reader that found it corrupt
                     continue
         return entries
+
+    @staticmethod
+    def _litter(name: str, age_seconds: float) -> bool:
+        """A temp file whose writer died, or a file of the `.npz` format before this one."""
+        return (name.endswith(_TMP_SUFFIX) and age_seconds > _ORPHAN_SECONDS) or name.endswith(".npz")
 
     def _evict(self, entries: list[_Entry], incoming: int) -> int:
         """Unlink least recently used entries until `incoming` more bytes fit; return the bytes left.

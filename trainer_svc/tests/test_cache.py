@@ -254,3 +254,11 @@ def test_concurrent_puts_from_two_processes_leave_valid_files_within_the_bound(t
         got = cache.get("d", p, 100)
         assert got is not None and np.array_equal(got["x"], partition(p)["x"])
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_restart_removes_files_of_the_old_npz_format(tmp_path: Path) -> None:
+    old = tmp_path / "d" / "0.npz"
+    old.parent.mkdir()
+    old.write_bytes(b"PK\x03\x04")
+    PartitionCache(tmp_path, MIB)
+    assert not old.exists()
