@@ -110,6 +110,12 @@ class WorkerSettings(_Client):
         description="Identity toward the coordinator and the shards; default <hostname>-<pid>.",
     )
     cache_dir: Path = Field(..., description="Local cache of partitions read, reused by later epochs.")
+    cache_max_bytes: int = Field(
+        2 * 1024**3,
+        ge=0,
+        description="Bound of the partition cache in bytes, for the whole --cache-dir (workers sharing "
+        "it share the bound); least recently used partitions are evicted; 0 disables the cache.",
+    )
     poll_seconds: float = Field(1.0, gt=0, le=60, description="Wait between polls when there is no work.")
     lease_seconds: float = Field(
         60.0, ge=1, le=3600, description="Task lease asked of ingest; extended at half-time while training."

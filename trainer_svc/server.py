@@ -76,7 +76,7 @@ async def serve_worker(settings: WorkerSettings, stop_event: asyncio.Event | Non
     policy = settings.call_policy()
     coordinator = CoordinatorClient(settings.coordinator_addr, policy)
     connector = Connector(policy)
-    cache = PartitionCache(settings.cache_dir)
+    cache = PartitionCache(settings.cache_dir, settings.cache_max_bytes)
     halt = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 

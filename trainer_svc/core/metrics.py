@@ -30,6 +30,23 @@ PARTITION_READS = Counter(
     "Partitions loaded, by source (cache or ingest)",
     ["source"],
 )
+# Partition cache: the bytes are the whole directory's, which the host's workers share.
+CACHE_HITS = Counter("mlmesh_trainer_worker_cache_hits_total", "Partition cache lookups that were served")
+CACHE_MISSES = Counter(
+    "mlmesh_trainer_worker_cache_misses_total",
+    "Partition cache lookups not served: absent, corrupt or stale (read again from ingest)",
+)
+CACHE_EVICTIONS = Counter(
+    "mlmesh_trainer_worker_cache_evictions_total", "Cached partitions removed to stay within the bound"
+)
+CACHE_CORRUPT = Counter(
+    "mlmesh_trainer_worker_cache_corrupt_total",
+    "Cached partitions found corrupt on read and removed, by reason (checksum, truncated, format)",
+    ["reason"],
+)
+CACHE_BYTES = Gauge(
+    "mlmesh_trainer_worker_cache_bytes", "Bytes of cached partitions in the cache directory, as last scanned"
+)
 PUSHES_IGNORED = Counter(
     "mlmesh_trainer_worker_pushes_ignored_total",
     "Pushes a shard acknowledged without applying (duplicate step)",

@@ -294,7 +294,8 @@ class _JobRun:
     async def load_partition(self, task: TaskInfo) -> dict[str, np.ndarray]:
         if task.num_records == 0:
             return {}
-        columns = self.w.cache.get(task.dataset, task.partition_id, task.num_records)
+        # In a thread: a hit checksums the whole file (~5 ms per 30 MB).
+        columns = await asyncio.to_thread(self.w.cache.get, task.dataset, task.partition_id, task.num_records)
         if columns is not None:
             metrics.PARTITION_READS.labels("cache").inc()
             return columns
