@@ -199,6 +199,7 @@ def role_reader(args: argparse.Namespace) -> None:
         async def consume(msg: dict[str, Any]) -> dict[str, Any]:
             n = total = partitions = 0
             ids = IdLog(msg.get("ids", ""))
+            completing: list[asyncio.Task[Any]] = []
             start = time.monotonic()
             feed: PartitionFeed[dict[str, np.ndarray]] = PartitionFeed(
                 client,
@@ -219,8 +220,9 @@ def role_reader(args: argparse.Namespace) -> None:
                         n += len(labels)
                         total += int(labels.sum())
                         ids.add(labels)
-                    await feed.complete(item)
+                    completing.append(asyncio.create_task(feed.complete(item)))  # off the path
                     partitions += 1
+                await asyncio.gather(*completing)
             ids.close()
             return {
                 "records": n,
@@ -417,8 +419,8 @@ def role_appender(args: argparse.Namespace) -> None:
 
 
 def role_cache_loader(args: argparse.Namespace) -> None:
-    """{"cmd": "epoch", "job", "cache"}: one epoch of a trainer worker's partition loads
-    (`_JobRun.load_partition`: its cache, else ingest) over every partition; answers seconds."""
+    """{"cmd": "epoch", "dataset", "cache"}: one epoch of a trainer worker's partition loads
+    (`trainer_svc.core.worker.load_partition`: its cache, else ingest); answers seconds."""
     from trainer_svc.clients import CallPolicy, IngestClient
     from trainer_svc.core.cache import PartitionCache
     from trainer_svc.core.types import TaskInfo
@@ -427,18 +429,15 @@ def role_cache_loader(args: argparse.Namespace) -> None:
     client = loop.run_until_complete(_async(lambda: IngestClient(args.addr, CallPolicy(timeout=60))))
 
     async def epoch(msg: dict[str, Any]) -> dict[str, Any]:
-        from trainer_svc.core.worker import _JobRun
+        from trainer_svc.core.worker import load_partition
 
-        cache = PartitionCache(Path(msg["cache"]))
+        cache = PartitionCache(Path(msg["cache"]), max_bytes=8 << 30)
         parts = await client.list_partitions(msg["dataset"])
-        run = _JobRun.__new__(_JobRun)  # only load_partition's state: the worker's cache and ingest
-        run.w = type("W", (), {"cache": cache})()  # type: ignore[assignment]
-        run.ingest = client  # type: ignore[assignment]
         t0 = time.perf_counter()
         n = 0
         for p in parts:
             task = TaskInfo("", "", p.dataset, p.partition_id, 0, p.num_records, "", 0.0, 0)
-            cols = await run.load_partition(task)
+            cols = await load_partition(cache, client, task)
             n += len(cols["label"])
         return {"seconds": time.perf_counter() - t0, "records": n}
 

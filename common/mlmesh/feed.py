@@ -104,6 +104,7 @@ class PartitionFeed(Generic[T]):
         self._ahead: deque[tuple[Item[T], asyncio.Task[T]]] = deque()
         self._held: dict[str, Item[T]] = {}  # lease id -> item, until completed or dropped
         self._heartbeat: asyncio.Task[None] | None = None
+        self._filling: asyncio.Task[None] | None = None  # a LeaseTask in flight
         self._done = False
 
     async def __aenter__(self) -> PartitionFeed[T]:
@@ -116,6 +117,11 @@ class PartitionFeed(Generic[T]):
     async def close(self) -> None:
         """Stop reading ahead and renewing. Leases still held are left to lapse, so their
         tasks return to the queue for others."""
+        if self._filling is not None:
+            self._filling.cancel()
+            with contextlib.suppress(BaseException):
+                await self._filling
+            self._filling = None
         for _, read in self._ahead:
             read.cancel()
         for _, read in self._ahead:
@@ -141,21 +147,39 @@ class PartitionFeed(Generic[T]):
 
     async def _items(self) -> AsyncIterator[Item[T]]:
         while True:
-            await self._fill()
+            self._refill()
             if not self._ahead:
-                if self._done:
-                    return
-                yield IDLE
-                await asyncio.sleep(self.poll_seconds)
-                continue
+                await self._filled()  # nothing in hand: this lease is on the critical path
+                if not self._ahead:
+                    if self._done:
+                        return
+                    yield IDLE
+                    await asyncio.sleep(self.poll_seconds)
+                    continue
             item, read = self._ahead.popleft()
             try:
                 item.data = await read
             except BaseException:
                 self._held.pop(item.task.lease_id, None)
                 raise
-            await self._fill()  # lease the next while the consumer works on this one
+            self._refill()  # lease the next while the consumer works on this one
             yield item
+
+    def _refill(self) -> None:
+        """Start a LeaseTask in the background unless one is running; a failed one raises
+        here, so no error is lost."""
+        if self._filling is not None:
+            if not self._filling.done():
+                return
+            filling, self._filling = self._filling, None
+            filling.result()
+        if self.depth - len(self._held) > 0:
+            self._filling = asyncio.create_task(self._fill())
+
+    async def _filled(self) -> None:
+        if self._filling is not None:
+            filling, self._filling = self._filling, None
+            await filling
 
     async def _fill(self) -> None:
         want = self.depth - len(self._held)  # the one in the consumer's hands counts

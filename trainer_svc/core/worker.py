@@ -292,17 +292,7 @@ class _JobRun:
     # ----- one task ----------------------------------------------------------------------------
 
     async def load_partition(self, task: TaskInfo) -> dict[str, np.ndarray]:
-        if task.num_records == 0:
-            return {}
-        # In a thread: a hit checksums the whole file (~5 ms per 30 MB).
-        columns = await asyncio.to_thread(self.w.cache.get, task.dataset, task.partition_id, task.num_records)
-        if columns is not None:
-            metrics.PARTITION_READS.labels("cache").inc()
-            return columns
-        columns = await self.ingest.read_partition(task.dataset, task.partition_id, task.num_records)
-        metrics.PARTITION_READS.labels("ingest").inc()
-        await asyncio.to_thread(self.w.cache.put, task.dataset, task.partition_id, columns)
-        return columns
+        return await load_partition(self.w.cache, self.ingest, task)
 
     async def run_task(
         self,
@@ -510,6 +500,21 @@ class _JobRun:
 
         await asyncio.gather(*(one(s) for s in range(self.n)))
         self.acked = max(self.acked, step + 1)
+
+
+async def load_partition(cache: PartitionCache, ingest: IngestPort, task: TaskInfo) -> dict[str, np.ndarray]:
+    """A task's partition: from the worker's cache, else from ingest (and then cached)."""
+    if task.num_records == 0:
+        return {}
+    # In a thread: a hit checksums the whole file (~5 ms per 30 MB).
+    columns = await asyncio.to_thread(cache.get, task.dataset, task.partition_id, task.num_records)
+    if columns is not None:
+        metrics.PARTITION_READS.labels("cache").inc()
+        return columns
+    columns = await ingest.read_partition(task.dataset, task.partition_id, task.num_records)
+    metrics.PARTITION_READS.labels("ingest").inc()
+    await asyncio.to_thread(cache.put, task.dataset, task.partition_id, columns)
+    return columns
 
 
 async def _cancel(fut: asyncio.Future[Any] | None) -> None:
