@@ -59,6 +59,8 @@ def spec_from_proto(pb: trainer_pb2.JobSpec) -> JobSpec:
         consistency=pb.consistency,
         worker_lease_seconds=pb.worker_lease_seconds,
         skip_nonfinite_pushes=pb.skip_nonfinite_pushes,
+        continuous=pb.continuous,
+        window_hours=pb.window_hours,
     )
 
 
@@ -77,6 +79,8 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
         consistency=spec.consistency,
         worker_lease_seconds=spec.worker_lease_seconds,
         skip_nonfinite_pushes=spec.skip_nonfinite_pushes,
+        continuous=spec.continuous,
+        window_hours=spec.window_hours,
     )
 
 

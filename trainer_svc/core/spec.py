@@ -27,6 +27,7 @@ DEFAULT_LEARNING_RATE = 1e-3
 ADAM_DEFAULTS = {"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}
 ADAGRAD_EPSILON = 1e-7
 DEFAULT_MOMENTUM = 0.9
+MAX_WINDOW_HOURS = 24 * 366
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class JobSpec:
     consistency: str = "async"
     worker_lease_seconds: float = 0.0  # 0: the shards' default
     skip_nonfinite_pushes: bool = False
+    # Growing datasets: epochs enqueued one at a time, a version exported after each.
+    continuous: bool = False
+    window_hours: float = 0.0  # with continuous: only partitions this recent (0 = all)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +156,12 @@ def validate_spec(spec: JobSpec) -> JobSpec:
         consistency = Consistency.parse(spec.consistency)
     except ValueError as e:
         raise InvalidArgument(f"spec.{e}") from None
+    if not (math.isfinite(spec.window_hours) and 0 <= spec.window_hours <= MAX_WINDOW_HOURS):
+        raise InvalidArgument(
+            f"spec.window_hours must be in [0, {MAX_WINDOW_HOURS:g}] (0 = all data), got {spec.window_hours}"
+        )
+    if spec.window_hours and not spec.continuous:
+        raise InvalidArgument("spec.window_hours needs spec.continuous: a fixed job trains on all its data")
     lease = spec.worker_lease_seconds
     if not (math.isfinite(lease) and 0 <= lease <= MAX_WORKER_LEASE_SECONDS):
         raise InvalidArgument(

@@ -177,34 +177,52 @@ class Task(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., partition_id: _Optional[int] = ..., epoch: _Optional[int] = ..., num_records: _Optional[int] = ..., lease_id: _Optional[str] = ..., lease_deadline_unix: _Optional[float] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class QueueStatus(_message.Message):
-    __slots__ = ("job_id", "pending", "leased", "completed", "total", "done")
+    __slots__ = ("job_id", "pending", "leased", "completed", "total", "done", "epochs")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     LEASED_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     pending: int
     leased: int
     completed: int
     total: int
     done: bool
-    def __init__(self, job_id: _Optional[str] = ..., pending: _Optional[int] = ..., leased: _Optional[int] = ..., completed: _Optional[int] = ..., total: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+    epochs: _containers.RepeatedCompositeFieldContainer[EpochProgress]
+    def __init__(self, job_id: _Optional[str] = ..., pending: _Optional[int] = ..., leased: _Optional[int] = ..., completed: _Optional[int] = ..., total: _Optional[int] = ..., done: _Optional[bool] = ..., epochs: _Optional[_Iterable[_Union[EpochProgress, _Mapping]]] = ...) -> None: ...
+
+class EpochProgress(_message.Message):
+    __slots__ = ("epoch", "pending", "leased", "completed", "total")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    pending: int
+    leased: int
+    completed: int
+    total: int
+    def __init__(self, epoch: _Optional[int] = ..., pending: _Optional[int] = ..., leased: _Optional[int] = ..., completed: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class EnqueueEpochRequest(_message.Message):
-    __slots__ = ("job_id", "dataset", "epoch", "shuffle", "seed")
+    __slots__ = ("job_id", "dataset", "epoch", "shuffle", "seed", "since_unix")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SHUFFLE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dataset: str
     epoch: int
     shuffle: bool
     seed: int
-    def __init__(self, job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., epoch: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
+    since_unix: float
+    def __init__(self, job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., epoch: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., since_unix: _Optional[float] = ...) -> None: ...
 
 class EnqueueEpochResponse(_message.Message):
     __slots__ = ("tasks_enqueued", "status")
