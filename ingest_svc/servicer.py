@@ -170,6 +170,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 index += 1
             if session is None:
                 raise InvalidArgument("the Append stream was empty; the first message must name the dataset")
+            if context.cancelled():
+                # A cancelled call can end the request stream like a clean half-close would.
+                raise asyncio.CancelledError
             parts = await asyncio.to_thread(session.finish)
             reason = ""
         except MlmeshError:
