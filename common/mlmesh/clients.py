@@ -214,6 +214,8 @@ class IngestClient(_Client):
                             batch=ingest_pb2.RecordBatch(features=tensor.map_to_proto(batch))
                         )
                     start += n
+            except GeneratorExit:  # gRPC closes the iterator once the call ended (e.g. NOT_FOUND)
+                raise
             except BaseException as e:
                 # gRPC consumes this iterator in its own thread and would swallow the exception
                 # and cancel the call - which the server may read as a clean end of the stream,

@@ -212,9 +212,9 @@ def test_growing_csv_appends_only_new_complete_lines(tmp_path: Path, ingest_addr
     code, out = ingest(ingest_addr, *args)
     assert code == 0 and "0 records appended" in out
     assert read(ingest_addr, "grow")["t"].tolist() == list(range(16))
-    # A replaced file is not silently re-read from some offset.
+    # A replaced file is not silently re-read from some offset (even when the inode is reused).
     path.unlink()
-    write_csv(path, 0, 30)
+    write_csv(path, 100, 30)
     code, out = ingest(ingest_addr, *args)
     assert code == 1 and "was replaced" in out
 

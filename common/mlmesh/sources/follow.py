@@ -34,6 +34,7 @@ from mlmesh.sources.csvfile import CsvSource
 from mlmesh.sources.schema import Schema, SchemaError
 
 STATE_VERSION = 1
+HEAD_BYTES = 4096
 SKIPPED_SUFFIXES = (".tmp", ".part")
 
 
@@ -51,6 +52,9 @@ class FollowState:
     line: int = 0  # file mode: line number at `offset`
     inode: int = 0  # file mode: (st_dev, st_ino) of the file we follow, to notice a replacement
     device: int = 0
+    # file mode: sha1 of the first min(offset, HEAD_BYTES) bytes; an inode number alone is
+    # reused at once when a file is deleted and written anew.
+    head_sha1: str = ""
     records: int = 0  # records appended from this source
 
 
@@ -152,9 +156,12 @@ class Follower:
         st = os.stat(self.path)
         s = self.state
         if s.offset:
-            if (st.st_dev, st.st_ino) != (s.device, s.inode):
+            if (st.st_dev, st.st_ino) != (s.device, s.inode) or _head_sha1(
+                self.path, s.offset
+            ) != s.head_sha1:
                 raise FollowError(
-                    f"{self.path} was replaced (another inode) since {s.offset} bytes of it were appended; "
+                    f"{self.path} was replaced (another inode, or other first bytes) since "
+                    f"{s.offset} bytes of it were appended; "
                     f"delete {self.state_path} to append the new file from its start"
                 )
             if st.st_size < s.offset:
@@ -189,4 +196,10 @@ class Follower:
             assert isinstance(pending.source, CsvSource)
             s.records = pending.source.records
             s.offset, s.line = pending.source.position, pending.source.line
+            s.head_sha1 = _head_sha1(self.path, s.offset)
         self._save()
+
+
+def _head_sha1(path: Path, offset: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read(min(offset, HEAD_BYTES))).hexdigest()
