@@ -81,6 +81,14 @@ def status_to_proto(s: QueueStatus) -> ingest_pb2.QueueStatus:
     )
 
 
+def _records_of(batch: ingest_pb2.RecordBatch, first: int) -> str:
+    """'records 12..15' (0-based, inclusive) for a batch starting at record `first`."""
+    counts = {t.shape[0] for t in batch.features.values() if len(t.shape)}
+    if len(counts) == 1 and (n := counts.pop()) > 0:
+        return f"records {first}..{first + n - 1}"
+    return f"records from {first}"
+
+
 # -- the servicer --------------------------------------------------------------
 
 
@@ -151,12 +159,22 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         f"appends to {session.dataset.name!r}"
                     )
                 if request.HasField("batch") and request.batch.features:
-                    arrays = codec.map_from_proto(request.batch.features)
-                    if session.add(arrays):
+                    try:
+                        full = session.add(codec.map_from_proto(request.batch.features))
+                    except InvalidArgument as e:
+                        # Tensors are whole columns, so a bad one is located by its batch.
+                        raise InvalidArgument(
+                            f"Append message {index}, {_records_of(request.batch, session.records)} "
+                            f"of the stream: {e.message}; nothing of this stream was kept"
+                        ) from None
+                    if full:
                         await asyncio.to_thread(session.flush)
                 index += 1
             if session is None:
                 raise InvalidArgument("the Append stream was empty; the first message must name the dataset")
+            if context.cancelled():
+                # A cancelled call can end the request stream like a clean half-close would.
+                raise asyncio.CancelledError
             parts = await asyncio.to_thread(session.finish)
             reason = ""
         except MlmeshError:

@@ -9,7 +9,9 @@ underlying calls; `rpc_error_text` renders one for humans.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +24,7 @@ import numpy as np
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mlmesh import tensor
+from mlmesh import sources, tensor
 from mlmesh.channels import sync_channel
 from mlmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from mlmesh.paramserver.v1 import paramserver_pb2
@@ -30,6 +32,9 @@ from mlmesh.serving.v1 import serving_pb2, serving_pb2_grpc
 from mlmesh.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 APPEND_BATCH_BYTES = 1 << 20
+# Sent as the last message of an Append stream the client gives up on: not a valid dataset
+# name, so the server refuses the stream (and keeps nothing of it) whatever it read before.
+ABORT_DATASET = "(client aborted the stream)"
 SERVING_SERVICE = "mlmesh.serving.v1.ServingService"
 
 
@@ -122,14 +127,37 @@ def record_batches(
         yield {name: np.asarray(a)[start : start + step] for name, a in arrays.items()}
 
 
+def schema_to_proto(schema: sources.Schema) -> ingest_pb2.DatasetSchema:
+    return ingest_pb2.DatasetSchema(
+        features=[
+            ingest_pb2.FeatureSpec(name=c.name, dtype=tensor.dtype_code(c.dtype), shape=list(c.shape))
+            for c in schema.columns
+        ]
+    )
+
+
+def schema_from_proto(proto: ingest_pb2.DatasetSchema) -> sources.Schema:
+    return sources.Schema(
+        tuple(
+            sources.Column(f.name, tensor.dtype_name(f.dtype), tuple(int(d) for d in f.shape))
+            for f in proto.features
+        )
+    )
+
+
 class IngestClient(_Client):
     def __init__(self, addr: str, timeout: float = 30.0) -> None:
         super().__init__(addr, timeout)
         self.stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
 
     def create_dataset(
-        self, name: str, schema: ingest_pb2.DatasetSchema, max_partition_bytes: int = 0
+        self,
+        name: str,
+        schema: ingest_pb2.DatasetSchema | sources.Schema,
+        max_partition_bytes: int = 0,
     ) -> ingest_pb2.CreateDatasetResponse:
+        if isinstance(schema, sources.Schema):
+            schema = schema_to_proto(schema)
         req = ingest_pb2.CreateDatasetRequest(
             name=name, schema=schema, max_partition_bytes=max_partition_bytes
         )
@@ -148,17 +176,69 @@ class IngestClient(_Client):
         return list(self.stub.ListDatasets(ingest_pb2.ListDatasetsRequest(), timeout=self.timeout).datasets)
 
     def append(
-        self, dataset: str, batches: Iterable[Mapping[str, np.ndarray]], timeout: float | None = 600.0
+        self,
+        dataset: str,
+        batches: Iterable[Mapping[str, np.ndarray]],
+        timeout: float | None = 600.0,
+        schema: sources.Schema | None = None,
     ) -> ingest_pb2.AppendResponse:
-        """Stream the batches in one Append call (all-or-nothing on the server)."""
+        """Stream the batches in one Append call (all-or-nothing on the server).
+
+        Every batch is checked against `schema` (by default the dataset's, fetched
+        first) before it is sent, and cast where that loses nothing. A batch that
+        does not fit, or any exception the batches raise, cancels the stream - so
+        the server keeps nothing of it - and is re-raised here as itself
+        (`sources.SchemaError` names the column and record), not as gRPC's
+        "Exception iterating requests!". An empty `batches` appends nothing.
+        """
+        if schema is None:
+            known = self.get_dataset(dataset)
+            # Unknown: send unchecked, and the server answers NOT_FOUND.
+            schema = None if known is None else schema_from_proto(known.schema)
+        failure: list[BaseException] = []
+        interrupted = threading.Event()
 
         def requests() -> Iterator[ingest_pb2.AppendRequest]:
-            for batch in batches:
-                yield ingest_pb2.AppendRequest(
-                    dataset=dataset, batch=ingest_pb2.RecordBatch(features=tensor.map_to_proto(batch))
-                )
+            # The first message names the dataset alone, so an empty source is a valid stream.
+            yield ingest_pb2.AppendRequest(dataset=dataset)
+            start = 0
+            try:
+                for batch in batches:
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
+                    if schema is not None:
+                        batch = schema.conform(batch, start)
+                    n = num_records(batch) if batch else 0
+                    if n:
+                        yield ingest_pb2.AppendRequest(
+                            batch=ingest_pb2.RecordBatch(features=tensor.map_to_proto(batch))
+                        )
+                    start += n
+            except GeneratorExit:  # gRPC closes the iterator once the call ended (e.g. NOT_FOUND)
+                raise
+            except BaseException as e:
+                # gRPC consumes this iterator in its own thread and would swallow the exception
+                # and cancel the call - which the server may read as a clean end of the stream,
+                # and commit. A message the server must refuse makes it abort the stream for sure.
+                failure.append(e)
+                yield ingest_pb2.AppendRequest(dataset=ABORT_DATASET)
 
-        return self.stub.Append(requests(), timeout=timeout)
+        future = self.stub.Append.future(requests(), timeout=timeout)
+        try:
+            resp = future.result()
+        except KeyboardInterrupt:
+            # Ctrl-C while streaming: abort the stream (above) before the process goes.
+            interrupted.set()
+            with contextlib.suppress(grpc.RpcError, grpc.FutureTimeoutError):
+                future.result(timeout=5)
+            raise
+        except grpc.RpcError:
+            if failure:
+                raise failure[0] from None
+            raise
+        if failure:  # the server answered before it read the abort message
+            raise failure[0]
+        return resp  # type: ignore[no-any-return]
 
 
 # --- trainer --------------------------------------------------------------

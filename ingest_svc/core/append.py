@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import sqlite3
 import threading
 import uuid
 from collections.abc import Mapping
 
 import numpy as np
-from mlmesh.errors import InvalidArgument
+from mlmesh.errors import InvalidArgument, ResourceExhausted
 
 from ingest_svc.core import metrics
 from ingest_svc.core.catalog import TEMP_PREFIX, Catalog, DatasetInfo, PartitionInfo, StagedPartition
 from ingest_svc.core.files import write_partition
+
+# A full file system, a full quota, or a file-size limit (RLIMIT_FSIZE): the client may retry later.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class SessionClosed(Exception):
@@ -84,10 +91,14 @@ class AppendSession:
             staged = list(self._staged)
         try:
             parts = self._catalog.commit_partitions(self.dataset.name, staged)
-        except BaseException:
+        except BaseException as e:
             with self._lock:
                 self._state = "open"
             self.abort()
+            if isinstance(e, sqlite3.OperationalError) and "full" in str(e):
+                raise self._no_space(f"commit its {len(staged)} partition(s)", str(e)) from e
+            if isinstance(e, OSError) and e.errno in _NO_SPACE:
+                raise self._no_space(f"commit its {len(staged)} partition(s)", os.strerror(e.errno)) from e
             raise
         with self._lock:
             self._state = "committed"
@@ -106,6 +117,16 @@ class AppendSession:
             staged, self._staged = self._staged, []
         for st in staged:
             st.path.unlink(missing_ok=True)
+
+    def _no_space(self, what: str, cause: str) -> ResourceExhausted:
+        try:
+            free = f"{shutil.disk_usage(self._dir).free} bytes free"
+        except OSError:
+            free = "free space unknown"
+        return ResourceExhausted(
+            f"no room to {what} of dataset {self.dataset.name!r}: {cause} ({free} under {self._dir}); "
+            "nothing of this Append stream was kept"
+        )
 
     def _take(self, count: int) -> dict[str, list[np.ndarray]]:
         """Remove the first `count` buffered records, as per-feature lists of views."""
@@ -135,8 +156,11 @@ class AppendSession:
             self._seq += 1
         try:
             nbytes = write_partition(path, self._schema, columns, count)
-        except BaseException:
+        except BaseException as e:
             path.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in _NO_SPACE:
+                what = f"write a partition of {count} records ({count * self._record_bytes} bytes)"
+                raise self._no_space(what, os.strerror(e.errno)) from e
             raise
         with self._lock:
             if self._state == "aborted":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -13,6 +16,7 @@ from mlmesh.ingest.v1 import ingest_pb2
 from mlmesh.tensor import dtype_code, to_proto
 from mlmesh.types.v1 import tensor_pb2
 
+from ingest_svc.core import append as append_module
 from ingest_svc.tests.conftest import (
     MNIST_RECORD_BYTES,
     append_requests,
@@ -262,3 +266,94 @@ def test_client_cancel_mid_stream_leaves_no_file(stub, data_dir) -> None:
         assert time.monotonic() < deadline, f"files left after cancel: {files_of(data_dir, 'ds')}"
         time.sleep(0.01)
     assert stub.GetDataset(ingest_pb2.GetDatasetRequest(name="ds"), timeout=30).dataset.num_partitions == 0
+
+
+def test_bad_batch_is_located_by_message_and_record_indices(stub) -> None:
+    create_mnist(stub, "ds", max_partition_bytes=SMALL)
+    bad = {"image": GOOD["image"].astype(np.float32), "label": GOOD["label"]}
+    reqs = [*append_requests("ds", mnist_like(12), per_message=4), ingest_pb2.AppendRequest(batch=batch(bad))]
+    err = rpc_error(stub.Append, iter(reqs))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith("Append message 3, records 12..14 of the stream: feature 'image'")
+    assert err.details().endswith("nothing of this stream was kept")
+
+
+# -- growing datasets ------------------------------------------------------------------
+
+
+def test_append_adds_partitions_without_rewriting_old_ones(stub, data_dir) -> None:
+    create_mnist(stub, "ds", max_partition_bytes=SMALL)
+    append(stub, append_requests("ds", mnist_like(7), per_message=7))
+    part_dir = data_dir / "datasets" / "ds"
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in part_dir.iterdir()}
+    append(stub, append_requests("ds", mnist_like(12, start=7), per_message=4))
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in part_dir.iterdir()}
+    assert {k: after[k] for k in before} == before
+    assert sorted(set(after) - set(before)) == [f"part-{i:08d}.bin" for i in range(2, 5)]
+
+
+def test_each_partition_records_when_its_stream_arrived(stub) -> None:
+    create_mnist(stub, "ds", max_partition_bytes=SMALL)
+    t0 = time.time()
+    first = append(stub, append_requests("ds", mnist_like(7), per_message=7)).partitions
+    t1 = time.time()
+    time.sleep(0.05)
+    second = append(stub, append_requests("ds", mnist_like(3, start=7), per_message=3)).partitions
+    t2 = time.time()
+    # One stream's partitions arrive together, at its commit; ListPartitions shows the same times.
+    assert len({p.created_unix for p in first}) == 1
+    assert t0 <= first[0].created_unix <= t1 < second[0].created_unix <= t2
+    listed = stub.ListPartitions(ingest_pb2.ListPartitionsRequest(dataset="ds"), timeout=30).partitions
+    assert [p.created_unix for p in listed] == [p.created_unix for p in (*first, *second)]
+
+
+# -- a full disk -------------------------------------------------------------------------
+
+
+def _fill_then_fail(err: int):
+    """A write_partition that writes part of the file, then fails as a full disk does."""
+
+    def write(path: Path, *args, **kwargs) -> int:
+        path.write_bytes(b"x" * 100)
+        raise OSError(err, os.strerror(err))
+
+    return write
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
+def test_full_disk_is_resource_exhausted_and_leaves_no_partial_partition(
+    stub, data_dir, monkeypatch, err: int
+) -> None:
+    create_mnist(stub, "ds", max_partition_bytes=SMALL)
+    append(stub, append_requests("ds", mnist_like(7), per_message=7))
+    before = files_of(data_dir, "ds")
+    real = append_module.write_partition
+    calls = []
+
+    def second_write_fails(path: Path, *args, **kwargs) -> int:
+        calls.append(path)
+        if len(calls) < 2:
+            return real(path, *args, **kwargs)
+        return _fill_then_fail(err)(path)
+
+    monkeypatch.setattr(append_module, "write_partition", second_write_fails)
+    err_ = rpc_error(stub.Append, append_requests("ds", mnist_like(12, start=7), per_message=4))
+    assert err_.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "dataset 'ds'" in err_.details() and "bytes free under" in err_.details()
+    assert os.strerror(err) in err_.details() and "nothing of this Append stream was kept" in err_.details()
+    assert len(calls) == 2  # the first partition of the stream was written, then removed
+    assert files_of(data_dir, "ds") == before
+    assert stub.GetDataset(ingest_pb2.GetDatasetRequest(name="ds"), timeout=30).dataset.num_records == 7
+
+
+def test_full_disk_at_commit_is_resource_exhausted_and_leaves_nothing(stub, data_dir, monkeypatch) -> None:
+    create_mnist(stub, "ds", max_partition_bytes=SMALL)
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(append_module.Catalog, "commit_partitions", full)
+    err = rpc_error(stub.Append, append_requests("ds", mnist_like(12), per_message=4))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "commit its 3 partition(s) of dataset 'ds': database or disk is full" in err.details()
+    assert files_of(data_dir, "ds") == []

@@ -1,8 +1,11 @@
-"""`mlmesh ingest`: stream arrays into ingest_svc with a progress bar."""
+"""`mlmesh ingest`: stream arrays and files into ingest_svc with a progress bar."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -22,9 +25,11 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from mlmesh.cli.common import DEFAULT_ROOT, console, fail, resolve, rpc_errors
+from mlmesh import sources
+from mlmesh.cli.common import DEFAULT_ROOT, console, err_console, fail, resolve, rpc_errors
 from mlmesh.clients import APPEND_BATCH_BYTES, IngestClient, num_records, record_batches, schema_of
 from mlmesh.errors import InvalidArgument
+from mlmesh.sources.follow import Follower, FollowError, default_state_path
 
 MIN_PARTITION_BYTES = 64 * 1024
 
@@ -285,3 +290,245 @@ def load_npz(file: Path) -> dict[str, np.ndarray]:
     except (ValueError, InvalidArgument) as e:
         fail(f"{file}: {e}")
     return arrays
+
+
+# -- files: CSV, Parquet, .npy, .npz; once or following a growing source ----------------
+
+
+@app.command("file")
+def file_cmd(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            help="A .csv, .parquet, .npy or .npz file (format from the suffix), or a directory of them.",
+        ),
+    ],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name to create or append to.")],
+    schema_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--schema", exists=True, dir_okay=False, help='JSON: [{"name", "dtype", "shape"}, ...].'
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option("--columns", help="Declared schema inline, e.g. 't:int64,x:float32[3]'.")
+    ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="Keep appending as the source grows: new files in a directory, new complete lines of a CSV.",
+        ),
+    ] = False,
+    poll_seconds: Annotated[
+        float, typer.Option(min=0.01, help="With --follow: seconds between polls.")
+    ] = 2.0,
+    max_polls: Annotated[
+        int, typer.Option(min=0, help="With --follow: stop after N polls (0: no limit).")
+    ] = 0,
+    until_idle: Annotated[
+        float | None,
+        typer.Option(min=0, help="With --follow: stop once nothing new arrived for this many seconds."),
+    ] = None,
+    state_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where a directory or --follow remembers what was appended (default under --root)."
+        ),
+    ] = None,
+    max_partition_bytes: Annotated[
+        int, typer.Option(min=0, help="Partition size bound for a new dataset; 0 = the server's default.")
+    ] = 0,
+    append: AppendOpt = False,
+    root: RootOpt = DEFAULT_ROOT,
+    ingest_addr: IngestAddrOpt = None,
+) -> None:
+    """Ingest CSV, Parquet or NumPy files checked against a declared schema
+    (--schema or --columns), else the one the file declares (printed).
+
+    CSV: a header line; a column x of shape [k] is the fields x[0]..x[k-1] or one
+    field of k space-separated values. .npy: one column (the schema's, else x).
+    Files are streamed, never loaded whole; a record that does not fit stops the
+    ingest with its file, line and column, and nothing of that stream is kept.
+
+    A single file is one all-or-nothing Append (left alone if the dataset already
+    has records, unless --append). A directory, or --follow, appends each file once
+    and a growing CSV's new complete lines, remembering what it appended in a state
+    file, so running it again appends only what is new. Ctrl-C stops after the
+    current append; a second Ctrl-C abandons it (nothing of it is kept).
+    """
+    if schema_file is not None and columns is not None:
+        fail("give --schema or --columns, not both")
+    try:
+        schema = sources.Schema.load(schema_file) if schema_file else None
+        if columns is not None:
+            schema = sources.Schema.parse(columns)
+    except sources.SchemaError as e:
+        fail(str(e))
+    addr = resolve(root, ingest_addr, "ingest", "--ingest-addr")
+    with IngestClient(addr) as client, ingest_progress() as progress, rpc_errors(f"ingest at {addr}"):
+        try:
+            if path.is_dir() or follow:
+                follower = Follower(
+                    path, dataset, state_file or default_state_path(root, path, dataset), schema
+                )
+                run_follow(
+                    client,
+                    follower,
+                    progress=progress,
+                    once=not follow,
+                    poll_seconds=poll_seconds,
+                    max_polls=max_polls,
+                    until_idle=until_idle,
+                    max_partition_bytes=max_partition_bytes,
+                )
+            else:
+                source = sources.open_file(path, schema)
+                if schema is None:
+                    console.print(f"{path.name}: schema from the file: {source.schema.describe()}")
+                report(
+                    ingest_source(
+                        client,
+                        dataset,
+                        source,
+                        label=path.name,
+                        progress=progress,
+                        max_partition_bytes=max_partition_bytes,
+                        append=append,
+                    )
+                )
+        except (sources.SchemaError, FollowError) as e:
+            fail(str(e))
+
+
+def ingest_source(
+    client: IngestClient,
+    dataset: str,
+    source: sources.Source,
+    *,
+    label: str = "",
+    progress: Progress | None = None,
+    max_partition_bytes: int = 0,
+    append: bool = True,
+) -> IngestResult:
+    """Create `dataset` with the source's schema (idempotent) and append the source in
+    one all-or-nothing stream. Without `append`, a dataset that has records is left as is."""
+    started = time.perf_counter()
+    known = client.get_dataset(dataset) is not None
+    created = client.create_dataset(dataset, source.schema, 0 if known else max_partition_bytes)
+    existing = created.dataset
+    if not created.created and existing.num_records > 0 and not append:
+        return IngestResult(dataset, existing.num_records, existing.num_partitions, 0.0, skipped=True)
+    limit = existing.max_partition_bytes
+    batch_bytes = min(APPEND_BATCH_BYTES, limit) if limit > 0 else APPEND_BATCH_BYTES
+    task = progress.add_task(label or dataset, total=source.total) if progress is not None else None
+    batches = iter(source.batches(batch_bytes))
+    first = next(batches, None)
+    if first is None:  # nothing new (e.g. only blank lines): no stream at all
+        return IngestResult(dataset, 0, 0, time.perf_counter() - started, skipped=False)
+
+    def counted() -> Iterator[Mapping[str, np.ndarray]]:
+        for batch in itertools.chain([first], batches):
+            yield batch
+            if progress is not None and task is not None:
+                progress.advance(task, len(next(iter(batch.values()))))
+
+    resp = client.append(dataset, counted(), schema=source.schema)
+    return IngestResult(
+        dataset,
+        int(resp.records_appended),
+        len(resp.partitions),
+        time.perf_counter() - started,
+        skipped=False,
+    )
+
+
+class StopOnSignal:
+    """SIGINT/SIGTERM: the first asks the follow loop to stop after the current append;
+    a second raises KeyboardInterrupt, which abandons the stream in flight (the server
+    keeps nothing of it and the state file does not move). Main thread only."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        err_console.print("stopping after the current append (Ctrl-C again to abandon it)")
+
+
+def run_follow(
+    client: IngestClient,
+    follower: Follower,
+    *,
+    progress: Progress | None = None,
+    once: bool = False,
+    poll_seconds: float = 2.0,
+    max_polls: int = 0,
+    until_idle: float | None = None,
+    max_partition_bytes: int = 0,
+) -> int:
+    """Append what is new in the follower's source, poll after poll, until a bound or a
+    signal stops it; returns the records appended."""
+    dataset = follower.dataset
+    known = client.get_dataset(dataset)
+    if known is not None:
+        follower.bind(known.created_unix)
+    elif follower.state.records or follower.state.dataset_created_unix:
+        raise FollowError(
+            f"state file {follower.state_path} says {follower.state.records} records of this source were "
+            f"appended, but dataset {dataset!r} does not exist at ingest (another data dir?); delete the "
+            "state file to append the source again from its start"
+        )
+    total, polls, last_new = 0, 0, time.monotonic()
+    announced = False
+    with StopOnSignal() as stop:
+        while not stop.event.is_set():
+            polls += 1
+            for pending in follower.poll():
+                if follower.schema is None and not announced:
+                    console.print(
+                        f"{pending.label}: schema from the file: {pending.source.schema.describe()}"
+                    )
+                    announced = True
+                result = ingest_source(
+                    client,
+                    dataset,
+                    pending.source,
+                    label=pending.label,
+                    progress=progress,
+                    max_partition_bytes=max_partition_bytes,
+                )
+                if known is None:
+                    known = client.get_dataset(dataset)
+                    assert known is not None
+                    follower.bind(known.created_unix)
+                pending.commit(result.records)
+                if result.records:
+                    total += result.records
+                    last_new = time.monotonic()
+                    console.print(
+                        f"{dataset}: appended {result.records:,} records from {pending.label} "
+                        f"in {result.partitions} partitions"
+                    )
+                if stop.event.is_set():
+                    break
+            if once or (max_polls and polls >= max_polls):
+                break
+            if until_idle is not None and time.monotonic() - last_new >= until_idle:
+                break
+            stop.event.wait(poll_seconds)
+    console.print(f"{dataset}: {total:,} records appended from {follower.path} ({polls} polls)")
+    return total
