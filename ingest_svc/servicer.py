@@ -77,7 +77,18 @@ def partition_to_proto(p: PartitionInfo) -> ingest_pb2.Partition:
 
 def status_to_proto(s: QueueStatus) -> ingest_pb2.QueueStatus:
     return ingest_pb2.QueueStatus(
-        job_id=s.job_id, pending=s.pending, leased=s.leased, completed=s.completed, total=s.total, done=s.done
+        job_id=s.job_id,
+        pending=s.pending,
+        leased=s.leased,
+        completed=s.completed,
+        total=s.total,
+        done=s.done,
+        epochs=[
+            ingest_pb2.EpochProgress(
+                epoch=e.epoch, pending=e.pending, leased=e.leased, completed=e.completed, total=e.total
+            )
+            for e in s.epochs
+        ],
     )
 
 
@@ -269,6 +280,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             request.epoch,
             request.shuffle,
             request.seed,
+            request.since_unix,
         )
         return ingest_pb2.EnqueueEpochResponse(tasks_enqueued=n, status=status_to_proto(status))
 

@@ -173,9 +173,11 @@ class IngestClient:
 
         return await self.policy.call(f"ingest ReadPartition({dataset!r}, {partition_id})", read)
 
-    async def enqueue_epoch(self, job_id: str, dataset: str, epoch: int, seed: int) -> QueueInfo:
+    async def enqueue_epoch(
+        self, job_id: str, dataset: str, epoch: int, seed: int, since_unix: float = 0.0
+    ) -> QueueInfo:
         req = ingest_pb2.EnqueueEpochRequest(
-            job_id=job_id, dataset=dataset, epoch=epoch, shuffle=True, seed=seed
+            job_id=job_id, dataset=dataset, epoch=epoch, shuffle=True, seed=seed, since_unix=since_unix
         )
         resp = await self.policy.call(
             f"ingest EnqueueEpoch({job_id!r}, epoch {epoch})",
@@ -263,7 +265,8 @@ async def gather_columns(call: AsyncIterator[bytes], num_records: int, what: str
 
 
 def _queue(s: ingest_pb2.QueueStatus) -> QueueInfo:
-    return QueueInfo(s.pending, s.leased, s.completed, s.total, s.done)
+    epochs = tuple((e.epoch, e.pending, e.leased, e.completed, e.total) for e in s.epochs)
+    return QueueInfo(s.pending, s.leased, s.completed, s.total, s.done, epochs)
 
 
 class ParamClient:

@@ -104,4 +104,5 @@ def job_to_proto(job: Job) -> trainer_pb2.JobStatus:
         finished_unix=job.finished_unix,
         active_workers=job.active_workers,
         train_seconds=job.train_seconds,
+        epochs_completed=job.epochs_completed,
     )

@@ -268,6 +268,8 @@ def job_spec(
     eval_max_records: int = 0,
     consistency: str = "async",
     skip_nonfinite_pushes: bool = False,
+    continuous: bool = False,
+    window_hours: float = 0.0,
 ) -> trainer_pb2.JobSpec:
     return trainer_pb2.JobSpec(
         model=model,
@@ -284,6 +286,8 @@ def job_spec(
         eval_max_records=eval_max_records,
         consistency=consistency,
         skip_nonfinite_pushes=skip_nonfinite_pushes,
+        continuous=continuous,
+        window_hours=window_hours,
     )
 
 

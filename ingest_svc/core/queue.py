@@ -32,11 +32,24 @@ MAX_TASKS_PER_LEASE = 64
 
 
 @dataclass(frozen=True)
+class EpochProgress:
+    epoch: int
+    pending: int
+    leased: int
+    completed: int
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.leased + self.completed
+
+
+@dataclass(frozen=True)
 class QueueStatus:
     job_id: str
     pending: int
     leased: int
     completed: int
+    epochs: tuple[EpochProgress, ...] = ()
 
     @property
     def total(self) -> int:
@@ -102,11 +115,12 @@ class TaskQueue:
         self._clock = clock
 
     def enqueue_epoch(
-        self, job_id: str, dataset: str, epoch: int, shuffle: bool, seed: int
+        self, job_id: str, dataset: str, epoch: int, shuffle: bool, seed: int, since_unix: float = 0.0
     ) -> tuple[int, QueueStatus]:
-        """Create one pending task per partition of `dataset` (as it is now) for
-        (job_id, epoch), in partition-id order or, with `shuffle`, in the order
-        of a permutation determined by `seed` alone.
+        """Create one pending task per partition of `dataset` (as it is now; with
+        `since_unix`, only those that arrived at or after it) for (job_id, epoch),
+        in partition-id order or, with `shuffle`, in the order of a permutation
+        determined by `seed` alone.
 
         Idempotent per (job_id, epoch): a repeat of the same request enqueues 0;
         a repeat naming another dataset, shuffle or seed is AlreadyExists.
@@ -115,6 +129,8 @@ class TaskQueue:
         validate_dataset_name(dataset)
         if epoch < 0:
             raise InvalidArgument(f"epoch is {epoch}; expected >= 0")
+        if not math.isfinite(since_unix) or since_unix < 0:
+            raise InvalidArgument(f"since_unix is {since_unix}; expected 0 (every partition) or a unix time")
         now = self._clock()
         self._expire_due(now)
         with self._db.transaction() as conn:
@@ -133,10 +149,15 @@ class TaskQueue:
                     )
                 return 0, self._status(conn, job_id)
             parts = conn.execute(
-                "SELECT partition_id, num_records FROM partitions WHERE dataset = ? ORDER BY partition_id",
-                (dataset,),
+                "SELECT partition_id, num_records FROM partitions WHERE dataset = ? AND created_unix >= ? "
+                "ORDER BY partition_id",
+                (dataset, since_unix),
             ).fetchall()
             if not parts:
+                if since_unix:
+                    raise FailedPrecondition(
+                        f"dataset {dataset!r} has no partitions that arrived since {_iso(since_unix)}"
+                    )
                 raise FailedPrecondition(f"dataset {dataset!r} has no partitions yet; append records first")
             order = list(range(len(parts)))
             if shuffle:
@@ -364,13 +385,21 @@ class TaskQueue:
 
     @staticmethod
     def _status(conn: sqlite3.Connection, job_id: str) -> QueueStatus:
-        counts = dict(
-            conn.execute(
-                "SELECT state, count(*) FROM tasks WHERE job_id = ? GROUP BY state", (job_id,)
-            ).fetchall()
+        per: dict[int, dict[str, int]] = {}
+        for epoch, state, n in conn.execute(
+            "SELECT epoch, state, count(*) FROM tasks WHERE job_id = ? GROUP BY epoch, state", (job_id,)
+        ):
+            per.setdefault(epoch, {})[state] = n
+        epochs = tuple(
+            EpochProgress(e, c.get("pending", 0), c.get("leased", 0), c.get("completed", 0))
+            for e, c in sorted(per.items())
         )
         return QueueStatus(
-            job_id, counts.get("pending", 0), counts.get("leased", 0), counts.get("completed", 0)
+            job_id,
+            sum(e.pending for e in epochs),
+            sum(e.leased for e in epochs),
+            sum(e.completed for e in epochs),
+            epochs,
         )
 
     @staticmethod

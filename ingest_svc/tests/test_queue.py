@@ -339,3 +339,73 @@ def test_status_of_unknown_job_is_not_found(stub) -> None:
 def test_status_with_empty_job_id_is_invalid_argument(stub) -> None:
     err = rpc_error(stub.GetQueueStatus, ingest_pb2.GetQueueStatusRequest(job_id=""))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- batched leases, windows, per-epoch progress, winners -------------------------------------
+
+
+def test_one_lease_call_grants_up_to_max_tasks_in_queue_order(stub, ds) -> None:
+    enqueue(stub)
+    resp = stub.LeaseTask(ingest_pb2.LeaseTaskRequest(job_id="job", worker_id="w0", max_tasks=3), timeout=30)
+    assert [t.partition_id for t in resp.tasks] == [0, 1, 2]
+    assert len({t.lease_id for t in resp.tasks}) == 3
+    assert (resp.status.pending, resp.status.leased) == (5, 3)
+    resp = stub.LeaseTask(ingest_pb2.LeaseTaskRequest(job_id="job", worker_id="w0", max_tasks=64), timeout=30)
+    assert [t.partition_id for t in resp.tasks] == [3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("max_tasks", [-1, 65])
+def test_max_tasks_out_of_range_is_invalid_argument(stub, ds, max_tasks: int) -> None:
+    enqueue(stub)
+    err = rpc_error(
+        stub.LeaseTask, ingest_pb2.LeaseTaskRequest(job_id="job", worker_id="w0", max_tasks=max_tasks)
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"max_tasks is {max_tasks}" in err.details()
+
+
+def test_an_epoch_since_a_time_takes_only_the_partitions_that_arrived_since(stub, ds) -> None:
+    cut = time.time()
+    stub.Append(append_requests("ds", mnist_like(5), per_message=5), timeout=30)  # partition 8
+    resp = stub.EnqueueEpoch(
+        ingest_pb2.EnqueueEpochRequest(job_id="win", dataset="ds", epoch=0, since_unix=cut), timeout=30
+    )
+    assert resp.tasks_enqueued == 1
+    assert drain_order(stub, "win") == [(0, 8)]
+    err = rpc_error(
+        stub.EnqueueEpoch,
+        ingest_pb2.EnqueueEpochRequest(job_id="win2", dataset="ds", epoch=0, since_unix=time.time() + 60),
+    )
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no partitions that arrived since" in err.details()
+    err = rpc_error(
+        stub.EnqueueEpoch, ingest_pb2.EnqueueEpochRequest(job_id="win3", dataset="ds", epoch=0, since_unix=-1)
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_status_counts_each_epoch_apart(stub, ds) -> None:
+    enqueue(stub, epoch=0)
+    enqueue(stub, epoch=1)
+    t = lease(stub).tasks[0]
+    complete(stub, t.lease_id)
+    lease(stub)
+    status = stub.GetQueueStatus(ingest_pb2.GetQueueStatusRequest(job_id="job"), timeout=30).status
+    assert [(e.epoch, e.pending, e.leased, e.completed, e.total) for e in status.epochs] == [
+        (0, 6, 1, 1, 8),
+        (1, 8, 0, 0, 8),
+    ]
+
+
+def test_the_queue_records_which_workers_attempt_completed_each_task(server, stub, ds) -> None:
+    enqueue(stub)
+    a = stub.LeaseTask(ingest_pb2.LeaseTaskRequest(job_id="job", worker_id="wa", max_tasks=2), timeout=30)
+    b = lease(stub, worker="wb").tasks[0]
+    for t in [*a.tasks, b]:
+        complete(stub, t.lease_id)
+    won = {c.partition_id: (c.worker_id, c.lease_id, c.attempt) for c in server.core.queue.completions("job")}
+    assert won == {
+        0: ("wa", a.tasks[0].lease_id, 0),
+        1: ("wa", a.tasks[1].lease_id, 0),
+        2: ("wb", b.lease_id, 0),
+    }

@@ -36,7 +36,7 @@ from trainer_svc.core.manifest import build_manifest
 from trainer_svc.core.ports import IngestPort, ParamPort
 from trainer_svc.core.spec import JobSpec, validate_job_id, validate_spec
 from trainer_svc.core.store import JobStore
-from trainer_svc.core.types import DatasetInfo
+from trainer_svc.core.types import DatasetInfo, QueueInfo
 
 log = get_logger(__name__)
 
@@ -94,6 +94,7 @@ class Coordinator:
         self._wake = asyncio.Event()
         self._registered: set[str] = set()  # jobs whose variables this process registered
         self._finalizing: dict[str, asyncio.Task[None]] = {}
+        self._exporting: dict[str, asyncio.Task[None]] = {}  # continuous jobs' version exports
         self._dirty: set[str] = set()
         self._last_checkpoint = time.time()
 
@@ -131,9 +132,9 @@ class Coordinator:
                 w.cancel()
 
     async def close(self) -> None:
-        for task in self._finalizing.values():
+        for task in [*self._finalizing.values(), *self._exporting.values()]:
             task.cancel()
-        await asyncio.gather(*self._finalizing.values(), return_exceptions=True)
+        await asyncio.gather(*self._finalizing.values(), *self._exporting.values(), return_exceptions=True)
         self._flush()
 
     # ----- user API ------------------------------------------------------------------------
@@ -267,10 +268,9 @@ class Coordinator:
                     await self.params.register(shard, job.job_id, chunk, spec.optimizer, spec.options())
 
             await asyncio.gather(*(register(s) for s in range(self.params.num_shards)))
-            for epoch in range(spec.epochs):
-                await self.ingest.enqueue_epoch(
-                    job.job_id, spec.train_dataset, epoch, _epoch_seed(spec.seed, epoch)
-                )
+            # A continuous job enqueues one epoch at a time (`_advance_continuous`).
+            for epoch in range(1 if spec.continuous else spec.epochs):
+                await self._enqueue(job, epoch)
             queue = await self.ingest.queue_status(job.job_id)
         except Unavailable as e:
             job.error = f"waiting to start: {e.message}"
@@ -298,19 +298,77 @@ class Coordinator:
             tasks=queue.total,
         )
 
+    async def _enqueue(self, job: Job, epoch: int) -> None:
+        spec = job.spec
+        since = time.time() - spec.window_hours * 3600 if spec.window_hours else 0.0
+        seed = _epoch_seed(spec.seed, epoch)
+        await self.ingest.enqueue_epoch(job.job_id, spec.train_dataset, epoch, seed, since)
+
     async def _poll_queue(self, job: Job) -> None:
         try:
             queue = await self.ingest.queue_status(job.job_id)
+            if job.spec.continuous:
+                queue = await self._advance_continuous(job, queue)
         except MlmeshError as e:
             log.warning("queue status unavailable", job_id=job.job_id, error=e.message)
             return
-        if (job.tasks_total, job.tasks_completed) != (queue.total, queue.completed):
-            job.tasks_total, job.tasks_completed = queue.total, queue.completed
+        progress = (queue.total, queue.completed, sum(1 for e in queue.epochs if e[3] == e[4]))
+        if (job.tasks_total, job.tasks_completed, job.epochs_completed) != progress:
+            job.tasks_total, job.tasks_completed, job.epochs_completed = progress
             self._dirty.add(job.job_id)
+        if job.spec.continuous:
+            self._maybe_export_version(job)
+            if len(queue.epochs) < job.spec.epochs:
+                return  # more epochs to come
         if queue.done and job.state == JobState.RUNNING:
             job.train_seconds = time.time() - job.started_unix
             self._transition(job, JobState.EVALUATING)
             self._begin_finalize(job)
+
+    async def _advance_continuous(self, job: Job, queue: QueueInfo) -> QueueInfo:
+        """Enqueue the next epoch once the last one has nothing left to hand out, over the
+        dataset as it is then: partitions that arrived meanwhile join it. Enqueuing before
+        the last task completes keeps the queue from looking done to the workers."""
+        last = queue.epochs[-1] if queue.epochs else None
+        nxt = last[0] + 1 if last else 0
+        if nxt >= job.spec.epochs or (last is not None and last[1] > 0):
+            return queue
+        try:
+            await self._enqueue(job, nxt)
+        except FailedPrecondition as e:  # nothing in the window yet: try again next tick
+            log.info("next epoch waits for data", job_id=job.job_id, epoch=nxt, reason=e.message)
+            return queue
+        log.info("epoch enqueued", job_id=job.job_id, epoch=nxt)
+        return await self.ingest.queue_status(job.job_id)
+
+    def _maybe_export_version(self, job: Job) -> None:
+        """Continuous jobs: export a version for each newly completed epoch but the last
+        (finalization exports that one), one export at a time, while training goes on."""
+        if (
+            job.epochs_exported >= job.epochs_completed
+            or job.epochs_completed >= job.spec.epochs
+            or job.job_id in self._exporting
+        ):
+            return
+        task = asyncio.create_task(self._export_version(job), name=f"export-{job.job_id}")
+        self._exporting[job.job_id] = task
+        task.add_done_callback(lambda _: self._exporting.pop(job.job_id, None))
+
+    async def _export_version(self, job: Job) -> None:
+        epochs = job.epochs_completed
+        try:
+            path, version, scores = await self._snapshot_export(job, evaluate=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a failed intermediate export does not stop the training
+            log.exception("version export failed", job_id=job.job_id, error=str(e))
+            return
+        if not job.state.active:
+            return
+        job.epochs_exported = epochs
+        job.export_path, job.model_version, job.eval_metrics = str(path), version, scores
+        self._dirty.add(job.job_id)
+        log.info("version exported", job_id=job.job_id, epochs=epochs, version=version, metrics=scores)
 
     async def _maybe_checkpoint(self, job: Job, now: float) -> None:
         if (
@@ -345,33 +403,43 @@ class Coordinator:
         self._finalizing[job.job_id] = task
         task.add_done_callback(lambda _: self._finalizing.pop(job.job_id, None))
 
+    async def _snapshot_export(self, job: Job, evaluate: bool) -> tuple[Path, int, dict[str, float]]:
+        """Pull the model from the shards, evaluate it (optionally) and export it as the next
+        version: (path, version, metrics)."""
+        spec = job.spec
+        tf = await self._tf.load()
+        schema = (await self._dataset(spec.train_dataset, "train_dataset")).features
+        async with self._tf_lock:
+            ms = await asyncio.to_thread(tf["tfmodel"].build, spec)
+            initial = tf["tfmodel"].variable_values(ms)
+            values = await self._pull_all(job.job_id, initial, list(ms.sparse_variables))
+            await asyncio.to_thread(tf["tfmodel"].assign_values, ms, values)
+            specs = tf["tfmodel"].input_specs(ms, schema)
+            scores: dict[str, float] = {}
+            if evaluate:
+                started = time.perf_counter()
+                scores = await self._evaluate(tf["evaluate"], ms, specs, spec)
+                metrics.EVAL_SECONDS.observe(time.perf_counter() - started)
+            started = time.perf_counter()
+            path, version = await asyncio.to_thread(
+                tf["export"].export_saved_model, ms, specs, self.config.model_repo, spec.model_name
+            )
+            metrics.EXPORT_SECONDS.observe(time.perf_counter() - started)
+        return path, version, scores
+
     async def _finalize(self, job: Job) -> None:
         """EVALUATING → EXPORTING → SUCCEEDED; any failure → FAILED. Stops quietly if cancelled."""
-        spec = job.spec
         try:
-            tf = await self._tf.load()
-            schema = (await self._dataset(spec.train_dataset, "train_dataset")).features
-            async with self._tf_lock:
-                ms = await asyncio.to_thread(tf["tfmodel"].build, spec)
-                initial = tf["tfmodel"].variable_values(ms)
-                values = await self._pull_all(job.job_id, initial, list(ms.sparse_variables))
-                await asyncio.to_thread(tf["tfmodel"].assign_values, ms, values)
-                specs = tf["tfmodel"].input_specs(ms, schema)
-                if job.state != JobState.EVALUATING and job.state != JobState.EXPORTING:
-                    return
-                if job.state == JobState.EVALUATING:
-                    started = time.perf_counter()
-                    job.eval_metrics = await self._evaluate(tf["evaluate"], ms, specs, spec)
-                    metrics.EVAL_SECONDS.observe(time.perf_counter() - started)
-                    log.info("job evaluated", job_id=job.job_id, metrics=job.eval_metrics)
-                    if job.state != JobState.EVALUATING:
-                        return
-                    self._transition(job, JobState.EXPORTING)
-                started = time.perf_counter()
-                path, version = await asyncio.to_thread(
-                    tf["export"].export_saved_model, ms, specs, self.config.model_repo, spec.model_name
-                )
-                metrics.EXPORT_SECONDS.observe(time.perf_counter() - started)
+            if job.job_id in self._exporting:  # a continuous job's last version export
+                await asyncio.gather(self._exporting[job.job_id], return_exceptions=True)
+            if job.state not in (JobState.EVALUATING, JobState.EXPORTING):
+                return
+            evaluate = job.state == JobState.EVALUATING
+            path, version, scores = await self._snapshot_export(job, evaluate)
+            if job.state == JobState.EVALUATING:
+                job.eval_metrics = scores
+                log.info("job evaluated", job_id=job.job_id, metrics=scores)
+                self._transition(job, JobState.EXPORTING)
             if job.state != JobState.EXPORTING:
                 log.warning(
                     "job cancelled during export; the export stays", job_id=job.job_id, path=str(path)

@@ -62,6 +62,8 @@ class Job:
     finished_unix: float = 0.0
     train_seconds: float = 0.0
     active_workers: int = 0
+    epochs_completed: int = 0
+    epochs_exported: int = 0  # continuous: versions exported as epochs completed
     # Not persisted: recent reports, for the moving loss and rate.
     _losses: collections.deque[tuple[float, int]] = field(
         default_factory=lambda: collections.deque(maxlen=LOSS_WINDOW_REPORTS), repr=False
@@ -103,6 +105,8 @@ class Job:
             "started_unix": self.started_unix,
             "finished_unix": self.finished_unix,
             "train_seconds": self.train_seconds,
+            "epochs_completed": self.epochs_completed,
+            "epochs_exported": self.epochs_exported,
         }
 
     @classmethod

@@ -41,6 +41,8 @@ class QueueInfo:
     completed: int = 0
     total: int = 0
     done: bool = False
+    # (epoch, pending, leased, completed, total) per enqueued epoch, in epoch order.
+    epochs: tuple[tuple[int, int, int, int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,6 @@ class TrainingWorker:
         self.cache = cache
         self.make_runner = make_runner
         self._runner: tuple[str, Runner] | None = None
-        self._finished_job = ""  # whose queue this worker saw done
 
     async def run(self, stop: asyncio.Event) -> None:
         """Train whatever the coordinator hands out until `stop` is set."""
@@ -149,13 +148,14 @@ class TrainingWorker:
             except MlmeshError as e:
                 log.warning("acquire work failed", error=e.message)
                 assignment = None
-            if assignment is None or assignment.job_id == self._finished_job:
-                # A finished job stays RUNNING until the coordinator notices (it then evaluates).
+            if assignment is None:
                 await _sleep_or_stop(stop, self.config.poll_seconds)
                 continue
             try:
                 await self.train_job(assignment, stop)
-                self._finished_job = assignment.job_id
+                # A queue that is done stays RUNNING until the coordinator notices (it then
+                # evaluates), and a continuous job's may grow again: look again after a poll.
+                await _sleep_or_stop(stop, self.config.poll_seconds)
             except JobStopped as e:
                 log.info("job stopped", job_id=assignment.job_id, state=str(e))
             except MlmeshError as e:

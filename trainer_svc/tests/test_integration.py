@@ -12,6 +12,7 @@ import pytest
 from mlmesh import keys
 from mlmesh.ingest.v1 import ingest_pb2
 from mlmesh.paramserver.v1 import paramserver_pb2
+from mlmesh.tensor import to_proto
 from mlmesh.trainer.v1 import trainer_pb2
 
 from trainer_svc.tests import procs
@@ -153,3 +154,41 @@ def test_specs_are_checked_against_the_real_datasets(cluster: Cluster) -> None:
     )
     code, details = status_of(cluster, fashion_spec(train_dataset="empty-fashion"))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "has no records yet" in details
+
+
+def test_a_continuous_job_takes_in_data_that_arrives_and_exports_a_version_per_epoch(
+    cluster: Cluster,
+) -> None:
+    """A dataset grows while a --continuous job trains: the partitions appended during
+    epoch 0 join a later epoch, and every epoch ends in a new model version."""
+    from trainer_svc.tests.cluster import upload
+
+    stub = cluster.ingest_stub()
+    data = procs.load_fashion("train", 2000)
+    first = {k: v[:1000] for k, v in data.items()}
+    upload(stub, "growing", first)  # 256 KiB partitions: 4 of them
+    before = len(stub.ListPartitions(ingest_pb2.ListPartitionsRequest(dataset="growing")).partitions)
+    spec = fashion_spec(epochs=3, train_dataset="growing", model_name="growing", continuous=True)
+    create(cluster, spec, "growing-1")
+    trainer = cluster.trainer()
+    wait_job(trainer, "growing-1", states={trainer_pb2.JOB_STATE_RUNNING}, timeout=120)
+    # More data arrives while epoch 0 trains.
+    more = {k: v[1000:] for k, v in data.items()}
+    reqs = [
+        ingest_pb2.AppendRequest(
+            dataset="growing",
+            batch=ingest_pb2.RecordBatch(features={k: to_proto(v) for k, v in more.items()}),
+        )
+    ]
+    stub.Append(iter(reqs), timeout=60)
+    after = len(stub.ListPartitions(ingest_pb2.ListPartitionsRequest(dataset="growing")).partitions)
+    assert after > before
+    job = wait_job(trainer, "growing-1", timeout=240)
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.epochs_completed == 3
+    # Epoch 0 had the first partitions only; the last epoch all of them.
+    assert before * 3 < job.tasks_total <= before + 2 * after
+    assert job.examples > 3 * 1000
+    versions = sorted(int(p.name) for p in (cluster.repo / "growing").iterdir() if p.name.isdigit())
+    assert versions == [1, 2, 3]  # one per epoch: two while training, the last at the end
+    assert job.model_version == 3 and job.eval_metrics["accuracy"] > 0.3

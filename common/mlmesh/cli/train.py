@@ -189,6 +189,18 @@ def train(
         bool,
         typer.Option("--skip-nonfinite-pushes", help="Skip and count NaN/Inf gradients instead of failing."),
     ] = False,
+    continuous: Annotated[
+        bool,
+        typer.Option(
+            "--continuous",
+            help="Train on a growing dataset: each epoch covers the partitions there when it starts "
+            "(data that arrives joins the next epoch) and a model version is exported after each.",
+        ),
+    ] = False,
+    window_hours: Annotated[
+        float,
+        typer.Option(min=0.0, help="With --continuous: each epoch only the partitions of the last N hours."),
+    ] = 0.0,
     model_name: Annotated[str, typer.Option(help="Export name in the model repository.")] = "fashion-mnist",
     model_arg: Annotated[
         list[str] | None,
@@ -263,7 +275,11 @@ def train(
         eval_max_records=eval_max_records,
         consistency=consistency,
         skip_nonfinite_pushes=skip_nonfinite_pushes,
+        continuous=continuous,
+        window_hours=window_hours,
     )
+    if window_hours and not continuous:
+        fail("--window-hours needs --continuous")
     report: dict[str, Any] = {
         "ok": False,
         "workload": workload,
@@ -271,6 +287,7 @@ def train(
         "optimizer": opts["optimizer"],
         "learning_rate": opts["lr"],
         "consistency": consistency,
+        "continuous": continuous,
         "model_args": model_args,
         "seed": seed,
         "load_average_before": load_average(),
