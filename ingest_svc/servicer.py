@@ -100,6 +100,13 @@ def _records_of(batch: ingest_pb2.RecordBatch, first: int) -> str:
     return f"records from {first}"
 
 
+_LEASE_STATES = {
+    "active": ingest_pb2.LEASE_STATE_ACTIVE,
+    "expired": ingest_pb2.LEASE_STATE_EXPIRED,
+    "completed": ingest_pb2.LEASE_STATE_COMPLETED,
+}
+
+
 # -- the servicer --------------------------------------------------------------
 
 
@@ -326,6 +333,19 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.CompleteTaskResponse:
         status = await asyncio.to_thread(self._core.queue.complete, request.lease_id)
         return ingest_pb2.CompleteTaskResponse(status=status_to_proto(status))
+
+    @grpc_errors
+    async def GetLease(
+        self, request: ingest_pb2.GetLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.GetLeaseResponse:
+        info = await asyncio.to_thread(self._core.queue.get_lease, request.lease_id)
+        return ingest_pb2.GetLeaseResponse(
+            lease_id=info.lease_id,
+            state=_LEASE_STATES[info.state],
+            task_id=info.task_id,
+            worker_id=info.worker_id,
+            deadline_unix=info.deadline_unix,
+        )
 
     @grpc_errors
     async def GetQueueStatus(

@@ -48,6 +48,13 @@ class ParamServerSettings(ServiceSettings):
         description="Largest total of tensor bytes one PushStream may carry (chunked big tensors); "
         "more is RESOURCE_EXHAUSTED.",
     )
+    max_staged_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        le=1 << 40,
+        description="Exactly-once jobs: bytes of pushes one job may hold staged for uncommitted task "
+        "leases; more is RESOURCE_EXHAUSTED.",
+    )
     worker_threads: int = Field(
         4, ge=1, le=64, description="Threads that run NumPy work (pull copies, updates, checkpoints)."
     )

@@ -28,6 +28,7 @@ def build_shard(settings: ParamServerSettings) -> Shard:
         settings.checkpoint_dir,
         settings.checkpoint_keep,
         sync_checkpoint_every=settings.checkpoint_every_steps,
+        max_staged_bytes=settings.max_staged_bytes,
     )
     try:
         loaded = shard.load_all()

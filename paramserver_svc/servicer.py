@@ -96,7 +96,7 @@ def _job_config(request: pb.RegisterVariablesRequest) -> JobConfig | None:
     mode = _MODES.get(c.consistency)
     if mode is None:
         raise InvalidArgument(f"config.consistency {c.consistency} is not a known ConsistencyMode")
-    return JobConfig.parse(mode, c.staleness, c.worker_lease_seconds, c.skip_nonfinite_pushes)
+    return JobConfig.parse(mode, c.staleness, c.worker_lease_seconds, c.skip_nonfinite_pushes, c.exactly_once)
 
 
 def config_to_proto(c: JobConfig) -> pb.JobConfig:
@@ -105,6 +105,7 @@ def config_to_proto(c: JobConfig) -> pb.JobConfig:
         staleness=c.staleness,
         worker_lease_seconds=c.worker_lease_seconds,
         skip_nonfinite_pushes=c.skip_nonfinite,
+        exactly_once=c.exactly_once,
     )
 
 
@@ -320,8 +321,26 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
     def _push(
         self, request: pb.PushRequest, dense: dict[str, np.ndarray], rows: list[RowValues]
     ) -> pb.PushResponse:
-        result = self._shard.push(request.job_id, request.worker_id, request.step, dense, rows)
+        result = self._shard.push(
+            request.job_id, request.worker_id, request.step, dense, rows, request.lease_id, request.task_id
+        )
         return pb.PushResponse(applied=result.applied, version=result.version)
+
+    @grpc_errors
+    async def CommitLease(
+        self, request: pb.CommitLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CommitLeaseResponse:
+        applied, already, version = await self._offload(
+            lambda: self._shard.commit_lease(request.job_id, request.lease_id, request.task_id)
+        )
+        return pb.CommitLeaseResponse(applied_pushes=applied, already_committed=already, version=version)
+
+    @grpc_errors
+    async def AbortLease(
+        self, request: pb.AbortLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AbortLeaseResponse:
+        n = await self._offload(lambda: self._shard.abort_lease(request.job_id, request.lease_id))
+        return pb.AbortLeaseResponse(discarded_pushes=n)
 
     @grpc_errors
     async def SaveCheckpoint(
@@ -357,6 +376,20 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
                         pb.CheckpointInfo(path=str(c.path), version=c.version, clock=c.clock)
                         for c in j.checkpoints
                     ],
+                    staged=[
+                        pb.StagedLease(
+                            lease_id=st.lease_id,
+                            task_id=st.task_id,
+                            worker_id=st.worker_id,
+                            pushes=st.pushes,
+                            bytes=st.nbytes,
+                            age_seconds=st.age_seconds,
+                        )
+                        for st in j.staged
+                    ],
+                    applied_pushes_by_task=j.applied_by_task,
+                    leases_committed=j.leases_committed,
+                    leases_aborted=j.leases_aborted,
                 )
                 for j in jobs
             ],

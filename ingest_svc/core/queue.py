@@ -74,6 +74,15 @@ class Task:
 
 
 @dataclass(frozen=True)
+class LeaseInfo:
+    lease_id: str
+    task_id: str
+    worker_id: str
+    state: str  # active | expired | completed
+    deadline_unix: float
+
+
+@dataclass(frozen=True)
 class Completion:
     job_id: str
     epoch: int
@@ -281,6 +290,21 @@ class TaskQueue:
         if first:
             metrics.TASKS_COMPLETED.inc()
         return status
+
+    def get_lease(self, lease_id: str) -> LeaseInfo:
+        """What became of a lease (an overdue one is expired first)."""
+        _validate_id("lease_id", lease_id)
+        self._expire_due(self._clock())
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT job_id, epoch, partition_id, worker_id, state, deadline_unix FROM leases "
+                "WHERE lease_id = ?",
+                (lease_id,),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"lease {lease_id!r} not found")
+        job_id, epoch, partition_id, worker_id, state, deadline = row
+        return LeaseInfo(lease_id, task_id(job_id, epoch, partition_id), worker_id, state, deadline)
 
     def completions(self, job_id: str) -> list[Completion]:
         """Every completed task of the job: which lease, worker and attempt won it."""

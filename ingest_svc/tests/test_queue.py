@@ -409,3 +409,21 @@ def test_the_queue_records_which_workers_attempt_completed_each_task(server, stu
         1: ("wa", a.tasks[1].lease_id, 0),
         2: ("wb", b.lease_id, 0),
     }
+
+
+def test_get_lease_says_what_became_of_it(stub, ds) -> None:
+    enqueue(stub)
+    t = lease(stub, worker="w9").tasks[0]
+    got = stub.GetLease(ingest_pb2.GetLeaseRequest(lease_id=t.lease_id), timeout=30)
+    assert (got.state, got.task_id, got.worker_id) == (ingest_pb2.LEASE_STATE_ACTIVE, t.task_id, "w9")
+    complete(stub, t.lease_id)
+    got = stub.GetLease(ingest_pb2.GetLeaseRequest(lease_id=t.lease_id), timeout=30)
+    assert got.state == ingest_pb2.LEASE_STATE_COMPLETED
+    short = lease(stub, seconds=SHORT).tasks[0]
+    time.sleep(SHORT + 0.1)
+    got = stub.GetLease(ingest_pb2.GetLeaseRequest(lease_id=short.lease_id), timeout=30)
+    assert got.state == ingest_pb2.LEASE_STATE_EXPIRED
+    err = rpc_error(stub.GetLease, ingest_pb2.GetLeaseRequest(lease_id="nope"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    err = rpc_error(stub.GetLease, ingest_pb2.GetLeaseRequest(lease_id=""))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -39,7 +39,7 @@ from paramserver_svc.core.specs import (
     describe_shape,
     local_shape,
 )
-from paramserver_svc.core.store import JobSnapshot, Variable
+from paramserver_svc.core.store import JobSnapshot, Ledger, Variable
 
 FORMAT = 2
 SUFFIX = ".npz"
@@ -117,6 +117,11 @@ def write_checkpoint(
             "contributors": b.contributors,
         },
         "variables": var_meta,
+        "ledger": {
+            "applied_by_task": snap.ledger.applied_by_task,
+            "lease_of_task": snap.ledger.lease_of_task,
+            "settled": snap.ledger.settled,
+        },
     }
     arrays[_META] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     existing = job_checkpoints(directory, snap.job_id)
@@ -234,6 +239,7 @@ def read_checkpoint(path: Path, shard_index: int, num_shards: int) -> JobSnapsho
                 int(bm["contributors"]),
             )
             cm = meta["clocks"]
+            lm = meta.get("ledger", {})  # absent before exactly-once jobs
             config = dict(meta["config"])
             return JobSnapshot(
                 job_id=meta["job_id"],
@@ -248,6 +254,11 @@ def read_checkpoint(path: Path, shard_index: int, num_shards: int) -> JobSnapsho
                 ),
                 variables=variables,
                 barrier=barrier,
+                ledger=Ledger(
+                    {str(k): int(v) for k, v in lm.get("applied_by_task", {}).items()},
+                    {str(k): str(v) for k, v in lm.get("lease_of_task", {}).items()},
+                    {str(k): str(v) for k, v in lm.get("settled", {}).items()},
+                ),
             )
     except FileNotFoundError:
         raise

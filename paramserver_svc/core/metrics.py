@@ -9,7 +9,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 PUSHES = Counter(
     "mlmesh_ps_pushes_total",
-    "Pushes by outcome: applied, buffered (SYNC, waiting for the step's other workers), duplicate "
+    "Pushes by outcome: applied, buffered (SYNC: waiting for the step's other workers; exactly-once: "
+    "staged until the task's lease commits), duplicate "
     "(step already applied), nonfinite_skipped (NaN/Inf, job set to skip) or rejected (bad input)",
     ["result"],
 )
@@ -43,4 +44,9 @@ PULL_WAIT_SECONDS = Histogram(
 )
 MEMBERSHIP = Counter(
     "mlmesh_ps_membership_total", "Workers joining, leaving and expiring (lease ran out)", ["event"]
+)
+LEASES = Counter(
+    "mlmesh_ps_leases_total",
+    "Exactly-once jobs: task leases settled on this shard",
+    ["outcome"],  # committed (staged pushes applied) | aborted (discarded)
 )

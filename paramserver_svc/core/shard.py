@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mlmesh.errors import FailedPrecondition, InvalidArgument, MlmeshError, NotFound
+from mlmesh.errors import FailedPrecondition, InvalidArgument, MlmeshError, NotFound, ResourceExhausted
 from mlmesh.logging import get_logger
 
 from paramserver_svc.core import checkpoint, metrics
@@ -38,7 +38,7 @@ from paramserver_svc.core.specs import (
     describe_shape,
     local_shape,
 )
-from paramserver_svc.core.store import Job, JobSnapshot, Store, Variable
+from paramserver_svc.core.store import Job, JobSnapshot, Staged, Store, Variable
 
 log = get_logger("paramserver_svc.shard")
 
@@ -84,6 +84,20 @@ class JobInfo:
     workers: dict[str, int]
     lost_steps: int
     checkpoints: list[checkpoint.CheckpointMeta]
+    staged: list[StagedInfo] = field(default_factory=list)
+    applied_by_task: dict[str, int] = field(default_factory=dict)
+    leases_committed: int = 0
+    leases_aborted: int = 0
+
+
+@dataclass(frozen=True)
+class StagedInfo:
+    lease_id: str
+    task_id: str
+    worker_id: str
+    pushes: int
+    nbytes: int
+    age_seconds: float
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,7 @@ class Shard:
         keep_checkpoints: int = 2,
         clock: Callable[[], float] = time.monotonic,
         sync_checkpoint_every: int = 0,
+        max_staged_bytes: int = 1 << 30,
     ) -> None:
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index {shard_index} is outside 0..{num_shards - 1}")
@@ -112,6 +127,8 @@ class Shard:
         # SYNC jobs snapshot when their step reaches a multiple of this (0: off): every shard
         # then holds a checkpoint of the same step, a consistent cut across the shards.
         self.sync_checkpoint_every = sync_checkpoint_every
+        # Exactly-once jobs: bytes of uncommitted pushes a job may hold on this shard.
+        self.max_staged_bytes = max_staged_bytes
         self.now = clock  # leases are measured on this clock (a test may pass its own)
         self.store = Store()
         # Called with a job id (from whichever thread made the change, possibly under the
@@ -290,8 +307,11 @@ class Shard:
         step: int,
         dense: Mapping[str, np.ndarray],
         rows: Sequence[RowValues],
+        lease_id: str = "",
+        task_id: str = "",
     ) -> PushResult:
-        """Apply (ASYNC, BOUNDED) or buffer (SYNC) gradients with the job's update rule.
+        """Apply (ASYNC, BOUNDED) or buffer (SYNC) gradients with the job's update rule;
+        in an exactly-once job, stage them under the task's lease until it commits.
 
         Idempotent per (job, worker, step): a step below the worker's clock is
         answered applied=False and changes nothing. Every gradient is validated
@@ -306,6 +326,12 @@ class Shard:
             job = self.store.get(job_id)
             started = time.perf_counter()
             with job.lock:
+                if job.config.exactly_once:
+                    self._check_stageable(job, lease_id, task_id)
+                elif lease_id or task_id:
+                    raise InvalidArgument(
+                        f"job {job_id!r} is not exactly-once; its pushes carry no lease_id or task_id"
+                    )
                 updates = self._validate_push(job, dense, rows)
                 bad = next((u for u in updates if not np.isfinite(u.grad).all()), None)
                 if bad is not None and not job.config.skip_nonfinite:
@@ -345,6 +371,8 @@ class Shard:
                         {u.var.spec.name: (u.idx, u.grad) for u in updates if u.idx is not None},
                     )
                     self._advance(job)
+                elif job.config.exactly_once:
+                    self._stage(job, lease_id, task_id, worker_id, updates, now)
                 else:
                     self._apply(job, updates)
                 version = job.version
@@ -353,9 +381,97 @@ class Shard:
         except MlmeshError:
             metrics.PUSHES.labels("rejected").inc()
             raise
-        metrics.PUSHES.labels("applied" if admission is Admission.APPLY else "buffered").inc()
+        staged = job.config.exactly_once or admission is not Admission.APPLY
+        metrics.PUSHES.labels("buffered" if staged else "applied").inc()
         metrics.PUSH_BYTES.inc(sum(up.grad.nbytes for up in updates))
         return PushResult(True, version)
+
+    # -- exactly-once: pushes staged per task lease --------------------------------
+
+    def _check_stageable(self, job: Job, lease_id: str, task_id: str) -> None:
+        if not lease_id or not task_id:
+            raise InvalidArgument(
+                f"job {job.job_id!r} is exactly-once: every push names its task's lease_id and task_id"
+            )
+        settled = job.ledger.settled.get(lease_id)
+        if settled is not None:
+            raise FailedPrecondition(
+                f"lease {lease_id!r} was {settled} on this shard; no more pushes are taken for it"
+            )
+        staged = job.staged.get(lease_id)
+        if staged is not None and staged.task_id != task_id:
+            raise InvalidArgument(f"lease {lease_id!r} is for task {staged.task_id!r}, not {task_id!r}")
+
+    def _stage(
+        self, job: Job, lease_id: str, task_id: str, worker_id: str, updates: list[_Update], now: float
+    ) -> None:
+        held = sum(s.nbytes for s in job.staged.values())
+        nbytes = sum(u.grad.nbytes for u in updates)
+        if held + nbytes > self.max_staged_bytes:
+            raise ResourceExhausted(
+                f"job {job.job_id!r} has {held} bytes of pushes staged for uncommitted leases; this push "
+                f"of {nbytes} would pass the shard's limit of {self.max_staged_bytes} (--max-staged-bytes)"
+            )
+        staged = job.staged.setdefault(lease_id, Staged(task_id, worker_id, now))
+        staged.pushes.append(updates)
+        staged.nbytes += nbytes
+
+    def commit_lease(self, job_id: str, lease_id: str, task_id: str) -> tuple[int, bool, int]:
+        """Apply the lease's staged pushes in order, once: (pushes applied, was it committed
+        already, version). Call only after ingest completed the lease's task."""
+        check_job_id(job_id)
+        if not lease_id or not task_id:
+            raise InvalidArgument("CommitLease needs lease_id and task_id")
+        job = self.store.get(job_id)
+        with job.lock:
+            if not job.config.exactly_once:
+                raise FailedPrecondition(f"job {job_id!r} is not exactly-once; it stages no pushes")
+            ledger = job.ledger
+            settled = ledger.settled.get(lease_id)
+            if settled == "committed":
+                return 0, True, job.version
+            if settled == "aborted":
+                raise FailedPrecondition(f"lease {lease_id!r} was aborted on this shard; it cannot commit")
+            winner = ledger.lease_of_task.get(task_id)
+            if winner is not None:
+                raise FailedPrecondition(
+                    f"task {task_id!r} was already committed by lease {winner!r}; lease {lease_id!r} cannot "
+                    "commit it again"
+                )
+            staged = job.staged.pop(lease_id, None)
+            if staged is not None and staged.task_id != task_id:
+                job.staged[lease_id] = staged
+                raise InvalidArgument(f"lease {lease_id!r} is for task {staged.task_id!r}, not {task_id!r}")
+            pushes = staged.pushes if staged is not None else []
+            for updates in pushes:
+                self._apply(job, updates)
+            ledger.settled[lease_id] = "committed"
+            ledger.lease_of_task[task_id] = lease_id
+            ledger.applied_by_task[task_id] = len(pushes)
+            job.generation += 1
+            version = job.version
+        metrics.LEASES.labels("committed").inc()
+        self._changed(job_id)
+        return len(pushes), False, version
+
+    def abort_lease(self, job_id: str, lease_id: str) -> int:
+        """Discard the lease's staged pushes (its task went back to the queue); the pushes
+        dropped. Idempotent; a committed lease cannot be aborted."""
+        check_job_id(job_id)
+        if not lease_id:
+            raise InvalidArgument("AbortLease needs lease_id")
+        job = self.store.get(job_id)
+        with job.lock:
+            settled = job.ledger.settled.get(lease_id)
+            if settled == "committed":
+                raise FailedPrecondition(f"lease {lease_id!r} was committed on this shard; it cannot abort")
+            staged = job.staged.pop(lease_id, None)
+            job.ledger.settled[lease_id] = "aborted"
+            job.generation += 1
+        n = len(staged.pushes) if staged is not None else 0
+        if settled is None:
+            metrics.LEASES.labels("aborted").inc()
+        return n
 
     def _apply(self, job: Job, updates: Sequence[_Update]) -> None:
         """One update of the job's variables (lock held)."""
@@ -609,10 +725,23 @@ class Shard:
                 clock = c.clock if job.config.mode is Mode.SYNC else (c.slowest() or 0)
                 workers = {w: c.next.get(w, 0) for w in c.live()}
                 info = (job.job_id, job.config, job.optimizer, clock, job.version, workers, c.lost_steps)
+                now = self.now()
+                staged = [
+                    StagedInfo(lease, s.task_id, s.worker_id, len(s.pushes), s.nbytes, now - s.since)
+                    for lease, s in job.staged.items()
+                ]
+                ledger = job.ledger
+                settled = list(ledger.settled.values())
+                extra = (
+                    staged,
+                    dict(ledger.applied_by_task),
+                    settled.count("committed"),
+                    settled.count("aborted"),
+                )
             metas = [
                 checkpoint.describe(p) for p in checkpoint.job_checkpoints(self.checkpoint_dir, job.job_id)
             ]
-            out.append(JobInfo(*info, [m for m in metas if m is not None]))
+            out.append(JobInfo(*info, [m for m in metas if m is not None], *extra))
         return out
 
     def _update_gauges(self) -> None:

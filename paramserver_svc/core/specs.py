@@ -202,10 +202,16 @@ class JobConfig:
     staleness: int = 0
     worker_lease_seconds: float = DEFAULT_WORKER_LEASE_SECONDS
     skip_nonfinite: bool = False
+    exactly_once: bool = False  # ASYNC only: pushes staged per task lease until it commits
 
     @classmethod
     def parse(
-        cls, mode: Mode, staleness: int = 0, worker_lease_seconds: float = 0.0, skip_nonfinite: bool = False
+        cls,
+        mode: Mode,
+        staleness: int = 0,
+        worker_lease_seconds: float = 0.0,
+        skip_nonfinite: bool = False,
+        exactly_once: bool = False,
     ) -> JobConfig:
         """Validate; a zero lease means the default (proto3 cannot tell 0 from unset)."""
         if not 0 <= staleness <= MAX_STALENESS:
@@ -217,8 +223,14 @@ class JobConfig:
                 f"worker_lease_seconds must be in [0, 86400] (0 = {DEFAULT_WORKER_LEASE_SECONDS:g} s), "
                 f"got {worker_lease_seconds}"
             )
-        return cls(mode, staleness, worker_lease_seconds or DEFAULT_WORKER_LEASE_SECONDS, skip_nonfinite)
+        if exactly_once and mode is not Mode.ASYNC:
+            raise InvalidArgument(
+                f"exactly_once needs async consistency: {mode.value} applies steps, not partitions"
+            )
+        lease = worker_lease_seconds or DEFAULT_WORKER_LEASE_SECONDS
+        return cls(mode, staleness, lease, skip_nonfinite, exactly_once)
 
     def describe(self) -> str:
         mode = f"bounded:{self.staleness}" if self.mode is Mode.BOUNDED else self.mode.value
-        return f"{mode} (worker lease {self.worker_lease_seconds:g} s)"
+        once = ", exactly once per task" if self.exactly_once else ""
+        return f"{mode} (worker lease {self.worker_lease_seconds:g} s{once})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from mlmesh.errors import NotFound
@@ -36,6 +37,31 @@ class Variable:
 
 
 @dataclass
+class Ledger:
+    """Exactly-once jobs: what became of each task lease on this shard (checkpointed, so a
+    restored shard still refuses a second commit of a task)."""
+
+    applied_by_task: dict[str, int] = field(default_factory=dict)  # task id -> pushes applied
+    lease_of_task: dict[str, str] = field(default_factory=dict)  # task id -> the lease that won
+    settled: dict[str, str] = field(default_factory=dict)  # lease id -> "committed" | "aborted"
+
+    def copy(self) -> Ledger:
+        return Ledger(dict(self.applied_by_task), dict(self.lease_of_task), dict(self.settled))
+
+
+@dataclass
+class Staged:
+    """One lease's pushes, validated, waiting for its commit (not checkpointed: a shard that
+    restarts loses them, and their commit then finds nothing to apply)."""
+
+    task_id: str
+    worker_id: str
+    since: float
+    pushes: list[list[Any]] = field(default_factory=list)  # each push's updates, in order
+    nbytes: int = 0
+
+
+@dataclass
 class JobSnapshot:
     """A consistent copy of a job's state (what a checkpoint holds)."""
 
@@ -47,6 +73,7 @@ class JobSnapshot:
     variables: list[Variable]
     barrier: Barrier = field(default_factory=Barrier)
     generation: int = 0
+    ledger: Ledger = field(default_factory=Ledger)
 
 
 @dataclass(eq=False)
@@ -69,6 +96,9 @@ class Job:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Serialises checkpoint writes of this job so an older snapshot never replaces a newer one.
     save_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Exactly-once jobs: pushes waiting for their lease's commit, and the settled leases.
+    staged: dict[str, Staged] = field(default_factory=dict, repr=False)
+    ledger: Ledger = field(default_factory=Ledger, repr=False)
 
     def __post_init__(self) -> None:
         self.rule: UpdateRule = make_rule(self.optimizer)
@@ -109,6 +139,7 @@ class Job:
                 b.contributors,
             ),
             generation=self.generation,
+            ledger=self.ledger.copy(),
         )
 
     def restore(self, snap: JobSnapshot, now: float) -> None:
@@ -123,6 +154,8 @@ class Job:
         self.clocks = Clocks(snap.config, snap.clocks, now)
         self.clocks.barrier = snap.barrier
         self.version = snap.version
+        self.ledger = snap.ledger
+        self.staged = {}
         self.generation += 1
         self.saved_generation = self.generation
         self.saved_version = snap.version

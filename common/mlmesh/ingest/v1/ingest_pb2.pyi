@@ -1,11 +1,23 @@
 from mlmesh.types.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class LeaseState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LEASE_STATE_UNSPECIFIED: _ClassVar[LeaseState]
+    LEASE_STATE_ACTIVE: _ClassVar[LeaseState]
+    LEASE_STATE_EXPIRED: _ClassVar[LeaseState]
+    LEASE_STATE_COMPLETED: _ClassVar[LeaseState]
+LEASE_STATE_UNSPECIFIED: LeaseState
+LEASE_STATE_ACTIVE: LeaseState
+LEASE_STATE_EXPIRED: LeaseState
+LEASE_STATE_COMPLETED: LeaseState
 
 class FeatureSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")
@@ -289,3 +301,23 @@ class GetQueueStatusResponse(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     status: QueueStatus
     def __init__(self, status: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
+
+class GetLeaseRequest(_message.Message):
+    __slots__ = ("lease_id",)
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    def __init__(self, lease_id: _Optional[str] = ...) -> None: ...
+
+class GetLeaseResponse(_message.Message):
+    __slots__ = ("lease_id", "state", "task_id", "worker_id", "deadline_unix")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    state: LeaseState
+    task_id: str
+    worker_id: str
+    deadline_unix: float
+    def __init__(self, lease_id: _Optional[str] = ..., state: _Optional[_Union[LeaseState, str]] = ..., task_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., deadline_unix: _Optional[float] = ...) -> None: ...

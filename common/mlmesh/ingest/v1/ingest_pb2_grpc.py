@@ -86,6 +86,11 @@ class IngestServiceStub:
                 request_serializer=mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.CompleteTaskRequest.SerializeToString,
                 response_deserializer=mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.CompleteTaskResponse.FromString,
                 _registered_method=True)
+        self.GetLease = channel.unary_unary(
+                '/mlmesh.ingest.v1.IngestService/GetLease',
+                request_serializer=mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.GetLeaseRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.GetLeaseResponse.FromString,
+                _registered_method=True)
         self.GetQueueStatus = channel.unary_unary(
                 '/mlmesh.ingest.v1.IngestService/GetQueueStatus',
                 request_serializer=mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.GetQueueStatusRequest.SerializeToString,
@@ -169,6 +174,13 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLease(self, request, context):
+        """What became of a lease: active, expired or completed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetQueueStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -227,6 +239,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.CompleteTask,
                     request_deserializer=mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.CompleteTaskRequest.FromString,
                     response_serializer=mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.CompleteTaskResponse.SerializeToString,
+            ),
+            'GetLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLease,
+                    request_deserializer=mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.GetLeaseRequest.FromString,
+                    response_serializer=mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.GetLeaseResponse.SerializeToString,
             ),
             'GetQueueStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQueueStatus,
@@ -506,6 +523,33 @@ class IngestService:
             '/mlmesh.ingest.v1.IngestService/CompleteTask',
             mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.CompleteTaskRequest.SerializeToString,
             mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.CompleteTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.ingest.v1.IngestService/GetLease',
+            mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.GetLeaseRequest.SerializeToString,
+            mlmesh_dot_ingest_dot_v1_dot_ingest__pb2.GetLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

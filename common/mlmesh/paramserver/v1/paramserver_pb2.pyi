@@ -75,16 +75,18 @@ class OptimizerSpec(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., learning_rate: _Optional[float] = ..., beta_1: _Optional[float] = ..., beta_2: _Optional[float] = ..., epsilon: _Optional[float] = ..., momentum: _Optional[float] = ..., nesterov: _Optional[bool] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("consistency", "staleness", "worker_lease_seconds", "skip_nonfinite_pushes")
+    __slots__ = ("consistency", "staleness", "worker_lease_seconds", "skip_nonfinite_pushes", "exactly_once")
     CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     WORKER_LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SKIP_NONFINITE_PUSHES_FIELD_NUMBER: _ClassVar[int]
+    EXACTLY_ONCE_FIELD_NUMBER: _ClassVar[int]
     consistency: ConsistencyMode
     staleness: int
     worker_lease_seconds: float
     skip_nonfinite_pushes: bool
-    def __init__(self, consistency: _Optional[_Union[ConsistencyMode, str]] = ..., staleness: _Optional[int] = ..., worker_lease_seconds: _Optional[float] = ..., skip_nonfinite_pushes: _Optional[bool] = ...) -> None: ...
+    exactly_once: bool
+    def __init__(self, consistency: _Optional[_Union[ConsistencyMode, str]] = ..., staleness: _Optional[int] = ..., worker_lease_seconds: _Optional[float] = ..., skip_nonfinite_pushes: _Optional[bool] = ..., exactly_once: _Optional[bool] = ...) -> None: ...
 
 class RegisterVariablesRequest(_message.Message):
     __slots__ = ("job_id", "variables", "optimizer", "config")
@@ -180,7 +182,7 @@ class PullResponse(_message.Message):
     def __init__(self, dense: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., rows: _Optional[_Iterable[_Union[RowSlice, _Mapping]]] = ..., version: _Optional[int] = ..., clock: _Optional[int] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("job_id", "worker_id", "step", "dense_grads", "row_grads")
+    __slots__ = ("job_id", "worker_id", "step", "dense_grads", "row_grads", "lease_id", "task_id")
     class DenseGradsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -193,12 +195,16 @@ class PushRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     DENSE_GRADS_FIELD_NUMBER: _ClassVar[int]
     ROW_GRADS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: str
     step: int
     dense_grads: _containers.MessageMap[str, _tensor_pb2.Tensor]
     row_grads: _containers.RepeatedCompositeFieldContainer[RowSlice]
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., step: _Optional[int] = ..., dense_grads: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., row_grads: _Optional[_Iterable[_Union[RowSlice, _Mapping]]] = ...) -> None: ...
+    lease_id: str
+    task_id: str
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., step: _Optional[int] = ..., dense_grads: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., row_grads: _Optional[_Iterable[_Union[RowSlice, _Mapping]]] = ..., lease_id: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class PullChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -255,8 +261,15 @@ class GetShardInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "config", "optimizer", "clock", "version", "workers", "lost_steps", "checkpoints")
+    __slots__ = ("job_id", "config", "optimizer", "clock", "version", "workers", "lost_steps", "checkpoints", "staged", "applied_pushes_by_task", "leases_committed", "leases_aborted")
     class WorkersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class AppliedPushesByTaskEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +284,10 @@ class JobInfo(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     LOST_STEPS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    STAGED_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_PUSHES_BY_TASK_FIELD_NUMBER: _ClassVar[int]
+    LEASES_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    LEASES_ABORTED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     config: JobConfig
     optimizer: OptimizerSpec
@@ -279,7 +296,61 @@ class JobInfo(_message.Message):
     workers: _containers.ScalarMap[str, int]
     lost_steps: int
     checkpoints: _containers.RepeatedCompositeFieldContainer[CheckpointInfo]
-    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., clock: _Optional[int] = ..., version: _Optional[int] = ..., workers: _Optional[_Mapping[str, int]] = ..., lost_steps: _Optional[int] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ...) -> None: ...
+    staged: _containers.RepeatedCompositeFieldContainer[StagedLease]
+    applied_pushes_by_task: _containers.ScalarMap[str, int]
+    leases_committed: int
+    leases_aborted: int
+    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., clock: _Optional[int] = ..., version: _Optional[int] = ..., workers: _Optional[_Mapping[str, int]] = ..., lost_steps: _Optional[int] = ..., checkpoints: _Optional[_Iterable[_Union[CheckpointInfo, _Mapping]]] = ..., staged: _Optional[_Iterable[_Union[StagedLease, _Mapping]]] = ..., applied_pushes_by_task: _Optional[_Mapping[str, int]] = ..., leases_committed: _Optional[int] = ..., leases_aborted: _Optional[int] = ...) -> None: ...
+
+class StagedLease(_message.Message):
+    __slots__ = ("lease_id", "task_id", "worker_id", "pushes", "bytes", "age_seconds")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    task_id: str
+    worker_id: str
+    pushes: int
+    bytes: int
+    age_seconds: float
+    def __init__(self, lease_id: _Optional[str] = ..., task_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., pushes: _Optional[int] = ..., bytes: _Optional[int] = ..., age_seconds: _Optional[float] = ...) -> None: ...
+
+class CommitLeaseRequest(_message.Message):
+    __slots__ = ("job_id", "lease_id", "task_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    lease_id: str
+    task_id: str
+    def __init__(self, job_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
+
+class CommitLeaseResponse(_message.Message):
+    __slots__ = ("applied_pushes", "already_committed", "version")
+    APPLIED_PUSHES_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    applied_pushes: int
+    already_committed: bool
+    version: int
+    def __init__(self, applied_pushes: _Optional[int] = ..., already_committed: _Optional[bool] = ..., version: _Optional[int] = ...) -> None: ...
+
+class AbortLeaseRequest(_message.Message):
+    __slots__ = ("job_id", "lease_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    lease_id: str
+    def __init__(self, job_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
+
+class AbortLeaseResponse(_message.Message):
+    __slots__ = ("discarded_pushes",)
+    DISCARDED_PUSHES_FIELD_NUMBER: _ClassVar[int]
+    discarded_pushes: int
+    def __init__(self, discarded_pushes: _Optional[int] = ...) -> None: ...
 
 class CheckpointInfo(_message.Message):
     __slots__ = ("path", "version", "clock")

@@ -84,6 +84,16 @@ class ParameterServerServiceStub:
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushChunk.SerializeToString,
                 response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushResponse.FromString,
                 _registered_method=True)
+        self.CommitLease = channel.unary_unary(
+                '/mlmesh.paramserver.v1.ParameterServerService/CommitLease',
+                request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.CommitLeaseRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.CommitLeaseResponse.FromString,
+                _registered_method=True)
+        self.AbortLease = channel.unary_unary(
+                '/mlmesh.paramserver.v1.ParameterServerService/AbortLease',
+                request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.AbortLeaseRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.AbortLeaseResponse.FromString,
+                _registered_method=True)
         self.SaveCheckpoint = channel.unary_unary(
                 '/mlmesh.paramserver.v1.ParameterServerService/SaveCheckpoint',
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.SaveCheckpointRequest.SerializeToString,
@@ -179,6 +189,22 @@ class ParameterServerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommitLease(self, request, context):
+        """Exactly-once jobs: a partition's pushes are staged under its task lease
+        and applied, in order, when the worker (or the coordinator, settling for
+        a worker that died) commits the lease after ingest completed its task;
+        an aborted lease's pushes are discarded. Both are idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortLease(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SaveCheckpoint(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -234,6 +260,16 @@ def add_ParameterServerServiceServicer_to_server(servicer, server):
                     servicer.PushStream,
                     request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushChunk.FromString,
                     response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushResponse.SerializeToString,
+            ),
+            'CommitLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitLease,
+                    request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.CommitLeaseRequest.FromString,
+                    response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.CommitLeaseResponse.SerializeToString,
+            ),
+            'AbortLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortLease,
+                    request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.AbortLeaseRequest.FromString,
+                    response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.AbortLeaseResponse.SerializeToString,
             ),
             'SaveCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.SaveCheckpoint,
@@ -455,6 +491,60 @@ class ParameterServerService:
             '/mlmesh.paramserver.v1.ParameterServerService/PushStream',
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushChunk.SerializeToString,
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.PushResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.paramserver.v1.ParameterServerService/CommitLease',
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.CommitLeaseRequest.SerializeToString,
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.CommitLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.paramserver.v1.ParameterServerService/AbortLease',
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.AbortLeaseRequest.SerializeToString,
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.AbortLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

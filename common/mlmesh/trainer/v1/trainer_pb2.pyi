@@ -28,7 +28,7 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("model", "model_args", "train_dataset", "eval_dataset", "epochs", "batch_size", "optimizer", "model_name", "seed", "eval_max_records", "consistency", "worker_lease_seconds", "skip_nonfinite_pushes", "continuous", "window_hours")
+    __slots__ = ("model", "model_args", "train_dataset", "eval_dataset", "epochs", "batch_size", "optimizer", "model_name", "seed", "eval_max_records", "consistency", "worker_lease_seconds", "skip_nonfinite_pushes", "continuous", "window_hours", "exactly_once")
     class ModelArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class JobSpec(_message.Message):
     SKIP_NONFINITE_PUSHES_FIELD_NUMBER: _ClassVar[int]
     CONTINUOUS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_HOURS_FIELD_NUMBER: _ClassVar[int]
+    EXACTLY_ONCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_args: _containers.ScalarMap[str, str]
     train_dataset: str
@@ -66,7 +67,8 @@ class JobSpec(_message.Message):
     skip_nonfinite_pushes: bool
     continuous: bool
     window_hours: float
-    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[_Mapping[str, str]] = ..., train_dataset: _Optional[str] = ..., eval_dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[_paramserver_pb2.OptimizerSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., seed: _Optional[int] = ..., eval_max_records: _Optional[int] = ..., consistency: _Optional[str] = ..., worker_lease_seconds: _Optional[float] = ..., skip_nonfinite_pushes: _Optional[bool] = ..., continuous: _Optional[bool] = ..., window_hours: _Optional[float] = ...) -> None: ...
+    exactly_once: bool
+    def __init__(self, model: _Optional[str] = ..., model_args: _Optional[_Mapping[str, str]] = ..., train_dataset: _Optional[str] = ..., eval_dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[_paramserver_pb2.OptimizerSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., seed: _Optional[int] = ..., eval_max_records: _Optional[int] = ..., consistency: _Optional[str] = ..., worker_lease_seconds: _Optional[float] = ..., skip_nonfinite_pushes: _Optional[bool] = ..., continuous: _Optional[bool] = ..., window_hours: _Optional[float] = ..., exactly_once: _Optional[bool] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("job_id", "spec", "state", "steps", "examples", "loss", "examples_per_second", "tasks_total", "tasks_completed", "eval_metrics", "export_path", "model_version", "error", "created_unix", "started_unix", "finished_unix", "active_workers", "train_seconds", "epochs_completed")
