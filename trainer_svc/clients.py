@@ -226,6 +226,14 @@ class IngestClient:
         )
         return resp.lease_deadline_unix
 
+    async def lease_state(self, lease_id: str) -> str:
+        """ "active", "expired" or "completed"."""
+        req = ingest_pb2.GetLeaseRequest(lease_id=lease_id)
+        resp = await self.policy.call(
+            "ingest GetLease", lambda: self.stub.GetLease(req, timeout=self.policy.timeout)
+        )
+        return ingest_pb2.LeaseState.Name(resp.state).removeprefix("LEASE_STATE_").lower()
+
     async def complete_task(self, lease_id: str) -> QueueInfo:
         req = ingest_pb2.CompleteTaskRequest(lease_id=lease_id)
         resp = await self.policy.call(
@@ -314,6 +322,7 @@ class ParamClient:
                 staleness=options.consistency.staleness,
                 worker_lease_seconds=options.worker_lease_seconds,
                 skip_nonfinite_pushes=options.skip_nonfinite,
+                exactly_once=options.exactly_once,
             ),
             variables=[
                 paramserver_pb2.VariableSpec(
@@ -427,12 +436,15 @@ class ParamClient:
         step: int,
         dense_grads: Mapping[str, np.ndarray],
         row_grads: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        lease: tuple[str, str] = ("", ""),
     ) -> bool:
         def req() -> paramserver_pb2.PushRequest:
             return paramserver_pb2.PushRequest(
                 job_id=job_id,
                 worker_id=worker_id,
                 step=step,
+                lease_id=lease[0],
+                task_id=lease[1],
                 dense_grads=tensor.map_to_proto(dense_grads),
                 row_grads=[
                     paramserver_pb2.RowSlice(name=n, rows=r.tolist(), values=tensor.to_proto(v))
@@ -445,7 +457,7 @@ class ParamClient:
         if nbytes >= self.policy.stream_bytes:
             resp = await self.policy.call(
                 f"shard {shard} PushStream({job_id!r}, step {step})",
-                lambda: self._push_stream(shard, job_id, worker_id, step, dense_grads, row_grads),
+                lambda: self._push_stream(shard, job_id, worker_id, step, dense_grads, row_grads, lease),
             )
         else:
             resp = await self.policy.call(
@@ -462,12 +474,15 @@ class ParamClient:
         step: int,
         dense_grads: Mapping[str, np.ndarray],
         row_grads: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        lease: tuple[str, str] = ("", ""),
     ) -> paramserver_pb2.PushResponse:
         names = sorted(dense_grads)
         head = paramserver_pb2.PushRequest(
             job_id=job_id,
             worker_id=worker_id,
             step=step,
+            lease_id=lease[0],
+            task_id=lease[1],
             dense_grads={n: tensor.header(dense_grads[n]) for n in names},
             row_grads=[
                 paramserver_pb2.RowSlice(name=n, rows=r.tolist(), values=tensor.header(v))
@@ -481,6 +496,23 @@ class ParamClient:
             yield from tensor.data_frames(arrays)
 
         return await self._push_streams[shard](messages(), timeout=self.policy.timeout)  # type: ignore[no-any-return]
+
+    async def commit_lease(self, shard: int, job_id: str, lease_id: str, task_id: str) -> int:
+        """Exactly-once jobs: apply the lease's staged pushes on the shard; the count applied."""
+        req = paramserver_pb2.CommitLeaseRequest(job_id=job_id, lease_id=lease_id, task_id=task_id)
+        resp = await self.policy.call(
+            f"shard {shard} CommitLease({task_id!r})",
+            lambda: self.stubs[shard].CommitLease(req, timeout=self.policy.timeout),
+        )
+        return int(resp.applied_pushes)
+
+    async def abort_lease(self, shard: int, job_id: str, lease_id: str) -> int:
+        req = paramserver_pb2.AbortLeaseRequest(job_id=job_id, lease_id=lease_id)
+        resp = await self.policy.call(
+            f"shard {shard} AbortLease({lease_id!r})",
+            lambda: self.stubs[shard].AbortLease(req, timeout=self.policy.timeout),
+        )
+        return int(resp.discarded_pushes)
 
     async def save_checkpoint(self, shard: int, job_id: str) -> None:
         req = paramserver_pb2.SaveCheckpointRequest(job_id=job_id)
@@ -516,6 +548,8 @@ class ParamClient:
                     j.version,
                     j.lost_steps,
                     [ShardCheckpoint(c.path, c.version, c.clock) for c in j.checkpoints],
+                    {st.lease_id: st.task_id for st in j.staged},
+                    dict(j.applied_pushes_by_task),
                 )
                 for j in resp.jobs
             },

@@ -61,6 +61,7 @@ def spec_from_proto(pb: trainer_pb2.JobSpec) -> JobSpec:
         skip_nonfinite_pushes=pb.skip_nonfinite_pushes,
         continuous=pb.continuous,
         window_hours=pb.window_hours,
+        exactly_once=pb.exactly_once,
     )
 
 
@@ -81,6 +82,7 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
         skip_nonfinite_pushes=spec.skip_nonfinite_pushes,
         continuous=spec.continuous,
         window_hours=spec.window_hours,
+        exactly_once=spec.exactly_once,
     )
 
 

@@ -270,6 +270,7 @@ def job_spec(
     skip_nonfinite_pushes: bool = False,
     continuous: bool = False,
     window_hours: float = 0.0,
+    exactly_once: bool = False,
 ) -> trainer_pb2.JobSpec:
     return trainer_pb2.JobSpec(
         model=model,
@@ -288,6 +289,7 @@ def job_spec(
         skip_nonfinite_pushes=skip_nonfinite_pushes,
         continuous=continuous,
         window_hours=window_hours,
+        exactly_once=exactly_once,
     )
 
 

@@ -233,6 +233,8 @@ class Coordinator:
             if job.job_id not in self._registered:
                 await self._start(job)  # coordinator restarted: re-register (idempotent)
             if job.state == JobState.RUNNING and job.job_id in self._registered:
+                if job.spec.exactly_once:
+                    await self._settle_leases(job)
                 await self._poll_queue(job)
                 await self._maybe_checkpoint(job, now)
         elif job.job_id not in self._finalizing:
@@ -324,6 +326,38 @@ class Coordinator:
             job.train_seconds = time.time() - job.started_unix
             self._transition(job, JobState.EVALUATING)
             self._begin_finalize(job)
+
+    async def _settle_leases(self, job: Job) -> int:
+        """Exactly-once jobs: settle the leases the shards hold pushes for whose worker will not:
+        commit those ingest completed (the worker died after completing), abort those that
+        expired (it died, or lost the lease, mid-task). Returns how many stay staged."""
+        n = self.params.num_shards
+        try:
+            infos = await asyncio.gather(*(self.params.shard_info(s) for s in range(n)))
+            staged: dict[str, str] = {}
+            for info in infos:
+                shard_job = info.jobs.get(job.job_id)
+                if shard_job is not None:
+                    staged.update(shard_job.staged)
+            waiting = 0
+            for lease_id, task_id in staged.items():
+                state = await self.ingest.lease_state(lease_id)
+                if state == "completed":
+                    await asyncio.gather(
+                        *(self.params.commit_lease(s, job.job_id, lease_id, task_id) for s in range(n))
+                    )
+                    log.info("lease committed for its worker", job_id=job.job_id, task=task_id)
+                elif state == "expired":
+                    await asyncio.gather(
+                        *(self.params.abort_lease(s, job.job_id, lease_id) for s in range(n))
+                    )
+                    log.info("expired lease aborted", job_id=job.job_id, task=task_id)
+                else:
+                    waiting += 1
+            return waiting
+        except MlmeshError as e:
+            log.warning("leases not settled yet", job_id=job.job_id, error=e.message)
+            return -1
 
     async def _advance_continuous(self, job: Job, queue: QueueInfo) -> QueueInfo:
         """Enqueue the next epoch once the last one has nothing left to hand out, over the
@@ -432,6 +466,12 @@ class Coordinator:
         try:
             if job.job_id in self._exporting:  # a continuous job's last version export
                 await asyncio.gather(self._exporting[job.job_id], return_exceptions=True)
+            if job.spec.exactly_once:
+                # Every task is complete; wait (bounded) until the shards applied all of them.
+                for _ in range(120):
+                    if await self._settle_leases(job) == 0:
+                        break
+                    await asyncio.sleep(0.5)
             if job.state not in (JobState.EVALUATING, JobState.EXPORTING):
                 return
             evaluate = job.state == JobState.EVALUATING

@@ -55,6 +55,10 @@ class IngestPort(Protocol):
 
     async def complete_task(self, lease_id: str) -> QueueInfo: ...
 
+    async def lease_state(self, lease_id: str) -> str:
+        """ "active", "expired" or "completed"."""
+        ...
+
 
 class ParamPort(Protocol):
     """The shards of one job's parameter server, addressed by shard index."""
@@ -100,9 +104,15 @@ class ParamPort(Protocol):
         step: int,
         dense_grads: Mapping[str, np.ndarray],
         row_grads: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        lease: tuple[str, str] = ("", ""),
     ) -> bool:
-        """Returns whether the shard applied it (False: a duplicate step)."""
+        """Returns whether the shard took it (False: a duplicate step). An exactly-once job's
+        push names its task's (lease id, task id)."""
         ...
+
+    async def commit_lease(self, shard: int, job_id: str, lease_id: str, task_id: str) -> int: ...
+
+    async def abort_lease(self, shard: int, job_id: str, lease_id: str) -> int: ...
 
     async def save_checkpoint(self, shard: int, job_id: str) -> None: ...
 

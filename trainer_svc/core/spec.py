@@ -49,6 +49,7 @@ class JobSpec:
     # Growing datasets: epochs enqueued one at a time, a version exported after each.
     continuous: bool = False
     window_hours: float = 0.0  # with continuous: only partitions this recent (0 = all)
+    exactly_once: bool = False  # ASYNC: a partition's updates applied once, when its task completes
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +57,10 @@ class JobSpec:
     def options(self) -> JobOptions:
         """The shards' part of the spec (the spec must be validated)."""
         return JobOptions(
-            Consistency.parse(self.consistency), self.worker_lease_seconds, self.skip_nonfinite_pushes
+            Consistency.parse(self.consistency),
+            self.worker_lease_seconds,
+            self.skip_nonfinite_pushes,
+            self.exactly_once,
         )
 
     @classmethod
@@ -159,6 +163,11 @@ def validate_spec(spec: JobSpec) -> JobSpec:
     if not (math.isfinite(spec.window_hours) and 0 <= spec.window_hours <= MAX_WINDOW_HOURS):
         raise InvalidArgument(
             f"spec.window_hours must be in [0, {MAX_WINDOW_HOURS:g}] (0 = all data), got {spec.window_hours}"
+        )
+    if spec.exactly_once and consistency.mode != "async":
+        raise InvalidArgument(
+            f"spec.exactly_once needs async consistency, not {spec.consistency!r}: "
+            "sync and bounded apply steps, exactly-once applies whole partitions"
         )
     if spec.window_hours and not spec.continuous:
         raise InvalidArgument("spec.window_hours needs spec.continuous: a fixed job trains on all its data")

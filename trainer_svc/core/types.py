@@ -153,6 +153,8 @@ class ShardJob:
     version: int
     lost_steps: int
     checkpoints: list[ShardCheckpoint] = field(default_factory=list)  # newest first
+    staged: dict[str, str] = field(default_factory=dict)  # exactly-once: lease id -> task id
+    applied_by_task: dict[str, int] = field(default_factory=dict)  # exactly-once: pushes committed
 
 
 @dataclass(frozen=True)
@@ -170,3 +172,4 @@ class JobOptions:
     consistency: Consistency = field(default_factory=Consistency)
     worker_lease_seconds: float = 0.0
     skip_nonfinite: bool = False
+    exactly_once: bool = False

@@ -232,6 +232,9 @@ class _JobRun:
         self.clock = 0  # the step computed next (from JoinJob)
         self.acked = 0  # steps whose pushes every shard acknowledged
         self.joined = False
+        # Exactly-once jobs: the (lease id, task id) of the partition training now.
+        self.exactly_once = a.spec.exactly_once
+        self.lease: tuple[str, str] = ("", "")
         # Shards whose last answer was big enough to be worth a chunked stream (PullStream).
         self._stream = [False] * self.n
         self.progress = _Progress()
@@ -304,6 +307,8 @@ class _JobRun:
         spec = self.a.spec
         task: TaskInfo = item.task
         columns = item.data or {}
+        if self.exactly_once:
+            self.lease = (task.lease_id, task.task_id)
         needed = [*self.runner.features, self.runner.label]
         missing = [c for c in needed if c not in columns]
         if missing and task.num_records > 0:
@@ -336,6 +341,7 @@ class _JobRun:
                     metrics.TASKS.labels("lease_lost").inc()
                     log.warning("lease lost; task abandoned", partition=task.partition_id)
                     feed.drop(item)
+                    await self.settle(task, commit=False)
                     return
                 assert prepared is not None
                 x, y, rows = prepared
@@ -412,10 +418,36 @@ class _JobRun:
             await feed.complete(item)
             metrics.TASKS.labels("completed").inc()
         except LeaseLost as e:
-            # The lease expired and the task went back to the queue: another
-            # worker will train it; our pushes were still useful updates.
+            # The lease expired and the task went back to the queue: another worker will
+            # train it. Our pushes were still useful updates, unless the job is exactly-once:
+            # then the shards drop them.
             metrics.TASKS.labels("lease_lost").inc()
             log.warning("task completion refused (lease expired)", partition=task.partition_id, error=str(e))
+            await self.settle(task, commit=False)
+            return
+        await self.settle(task, commit=True)
+
+    async def settle(self, task: TaskInfo, commit: bool) -> None:
+        """Exactly-once jobs: after ingest completed the task (the commit point), apply its
+        staged pushes on every shard; after the lease was lost, drop them. Should this worker
+        die in between, the coordinator settles the lease by asking ingest what became of it."""
+        if not self.exactly_once:
+            return
+        self.lease = ("", "")
+        job_id = self.a.job_id
+        if commit:
+            applied = await asyncio.gather(
+                *(self.params.commit_lease(s, job_id, task.lease_id, task.task_id) for s in range(self.n))
+            )
+            log.debug("task committed", task=task.task_id, pushes=applied)
+        else:
+            results = await asyncio.gather(
+                *(self.params.abort_lease(s, job_id, task.lease_id) for s in range(self.n)),
+                return_exceptions=True,
+            )
+            failed = [str(r) for r in results if isinstance(r, BaseException)]
+            if failed:  # the coordinator aborts it once ingest says the lease expired
+                log.warning("abort failed on some shards", task=task.task_id, errors=failed)
 
     def record(self, examples: int, loss: float) -> None:
         self.progress.steps += 1
@@ -494,7 +526,9 @@ class _JobRun:
                     rows[name] = (global_rows, row_grads[name][1][pos])
             if not dense and not rows and not self.every_shard:
                 return
-            applied = await self.params.push(shard, self.a.job_id, self.cfg.worker_id, step, dense, rows)
+            applied = await self.params.push(
+                shard, self.a.job_id, self.cfg.worker_id, step, dense, rows, self.lease
+            )
             if not applied and result is not None:
                 metrics.PUSHES_IGNORED.inc()
 

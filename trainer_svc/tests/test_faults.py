@@ -167,3 +167,41 @@ def test_ingest_killed_mid_epoch_loses_no_partition_and_workers_reconnect(cluste
     for spans in by_task.values():  # a task's leases never overlap in time
         for (_, end), (start, _) in itertools.pairwise(spans):
             assert start >= end
+
+
+def test_exactly_once_a_worker_killed_mid_partition_leaves_every_partition_applied_once(
+    cluster: Cluster,
+) -> None:
+    """An exactly-once job; a worker is killed (SIGKILL) in the middle of a partition. Its
+    staged pushes are aborted once its lease expires, another worker trains the partition
+    again, and by the shards' own count every task of every epoch had its gradients
+    applied once: as many pushes as the partition has batches, on every shard."""
+    trainer = cluster.trainer()
+    epochs, batch = 3, 32
+    spec = fashion_spec(epochs=epochs, model_name="fashion-once", batch_size=batch, exactly_once=True)
+    trainer.CreateJob(trainer_pb2.CreateJobRequest(spec=spec, job_id="once"), timeout=120)
+    wait_steps(cluster, "once", 15)
+    victim = cluster.workers["w1"]
+    while metric(victim, "mlmesh_trainer_worker_steps_total") < 3:
+        time.sleep(0.05)
+    victim.kill()  # mid-partition: some of its pushes are staged under a live lease
+    cluster.start_worker("w1")
+    job = wait_job(trainer, "once", timeout=240)
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.tasks_completed == job.tasks_total == 10 * epochs
+    assert job.eval_metrics["accuracy"] > 0.4
+
+    from mlmesh.ingest.v1 import ingest_pb2
+
+    parts = cluster.ingest_stub().ListPartitions(
+        ingest_pb2.ListPartitionsRequest(dataset="fashion-small-train")
+    )
+    batches = {p.partition_id: -(-p.num_records // batch) for p in parts.partitions}
+    want = {f"once/e{e}/p{p}": n for e in range(epochs) for p, n in batches.items()}
+    aborted = 0
+    for s in range(2):
+        info = shard_job(cluster, s, "once")
+        assert dict(info.applied_pushes_by_task) == want  # each task once, all of its batches
+        assert not info.staged
+        aborted += info.leases_aborted
+    assert aborted >= 1  # the killed worker's partial partition was thrown away, not applied

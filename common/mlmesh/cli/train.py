@@ -197,6 +197,14 @@ def train(
             "(data that arrives joins the next epoch) and a model version is exported after each.",
         ),
     ] = False,
+    exactly_once: Annotated[
+        bool,
+        typer.Option(
+            "--exactly-once",
+            help="Async only: apply each partition's updates once, when its task completes, however "
+            "workers fail (updates become visible a partition at a time).",
+        ),
+    ] = False,
     window_hours: Annotated[
         float,
         typer.Option(min=0.0, help="With --continuous: each epoch only the partitions of the last N hours."),
@@ -277,6 +285,7 @@ def train(
         skip_nonfinite_pushes=skip_nonfinite_pushes,
         continuous=continuous,
         window_hours=window_hours,
+        exactly_once=exactly_once,
     )
     if window_hours and not continuous:
         fail("--window-hours needs --continuous")
@@ -288,6 +297,7 @@ def train(
         "learning_rate": opts["lr"],
         "consistency": consistency,
         "continuous": continuous,
+        "exactly_once": exactly_once,
         "model_args": model_args,
         "seed": seed,
         "load_average_before": load_average(),
