@@ -163,6 +163,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self, request_iterator: AsyncIterator[ingest_pb2.AppendRequest], context: grpc.aio.ServicerContext
     ) -> ingest_pb2.AppendResponse:
         session: AppendSession | None = None
+        on_commit = None
         reason = "error"
         try:
             index = 0
@@ -171,6 +172,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     if not request.dataset:
                         raise InvalidArgument("the first Append message must name the dataset")
                     session = await asyncio.to_thread(self._core.open_append, request.dataset)
+                    if request.complete_lease_id:  # a task's output: commit and complete as one
+                        on_commit = await asyncio.to_thread(
+                            self._core.queue.output_commit, request.complete_lease_id
+                        )
+                elif request.complete_lease_id:
+                    raise InvalidArgument(f"Append message {index}: only the first may set complete_lease_id")
                 elif request.dataset and request.dataset != session.dataset.name:
                     raise InvalidArgument(
                         f"Append message {index} names dataset {request.dataset!r} but the stream "
@@ -193,7 +200,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             if context.cancelled():
                 # A cancelled call can end the request stream like a clean half-close would.
                 raise asyncio.CancelledError
-            parts = await asyncio.to_thread(session.finish)
+            parts = await asyncio.to_thread(session.finish, on_commit)
             reason = ""
         except MlmeshError:
             reason = "rejected"
@@ -211,11 +218,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         log.info(
             "append committed", dataset=session.dataset.name, records=session.records, partitions=len(parts)
         )
-        return ingest_pb2.AppendResponse(
+        response = ingest_pb2.AppendResponse(
             dataset=session.dataset.name,
             records_appended=session.records,
             partitions=[partition_to_proto(p) for p in parts],
         )
+        if session.committed_with is not None:
+            response.status.CopyFrom(status_to_proto(session.committed_with))
+        return response
 
     @grpc_errors
     async def ListPartitions(
@@ -288,6 +298,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             request.shuffle,
             request.seed,
             request.since_unix,
+            request.from_partition_id,
         )
         return ingest_pb2.EnqueueEpochResponse(tasks_enqueued=n, status=status_to_proto(status))
 

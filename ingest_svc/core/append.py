@@ -8,7 +8,8 @@ import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 from mlmesh.errors import InvalidArgument, ResourceExhausted
@@ -53,6 +54,7 @@ class AppendSession:
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_records = 0
         self._staged: list[StagedPartition] = []
+        self.committed_with: Any = None  # what finish's on_commit returned
         self._lock = threading.Lock()
         self._state = "open"  # open -> committing -> committed | aborted
         self.records = 0
@@ -79,8 +81,9 @@ class AppendSession:
         while self._pending_records >= self._per_partition:
             self._write(self._per_partition)
 
-    def finish(self) -> list[PartitionInfo]:
-        """Write the remainder and commit the stream's partitions (blocking I/O)."""
+    def finish(self, on_commit: Callable[[sqlite3.Connection], Any] | None = None) -> list[PartitionInfo]:
+        """Write the remainder and commit the stream's partitions (blocking I/O); `on_commit`
+        runs in the commit's transaction, and its result is kept in `committed_with`."""
         self.flush()
         if self._pending_records:
             self._write(self._pending_records)
@@ -90,7 +93,7 @@ class AppendSession:
             self._state = "committing"
             staged = list(self._staged)
         try:
-            parts = self._catalog.commit_partitions(self.dataset.name, staged)
+            parts, self.committed_with = self._catalog.commit_partitions(self.dataset.name, staged, on_commit)
         except BaseException as e:
             with self._lock:
                 self._state = "open"

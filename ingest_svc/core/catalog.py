@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlmesh.errors import AlreadyExists, InvalidArgument, NotFound
 from mlmesh.files import fsync_dir
@@ -195,8 +197,15 @@ class Catalog:
         metrics.BYTES_READ.inc(info.num_bytes)
         return dataset, data
 
-    def commit_partitions(self, name: str, staged: list[StagedPartition]) -> list[PartitionInfo]:
-        """Make staged files committed partitions, all or none, with fresh ids.
+    def commit_partitions(
+        self,
+        name: str,
+        staged: list[StagedPartition],
+        on_commit: Callable[[sqlite3.Connection], Any] | None = None,
+    ) -> tuple[list[PartitionInfo], Any]:
+        """Make staged files committed partitions, all or none, with fresh ids; `on_commit`
+        runs inside the same transaction (a task's completion: the output and the task's
+        end are one commit). Returns the partitions and what `on_commit` returned.
 
         Ids are allocated here, under the store's write lock, so concurrent
         streams to one dataset never collide. On failure every renamed file is
@@ -231,11 +240,12 @@ class Catalog:
                     "num_bytes = num_bytes + ? WHERE name = ?",
                     (sum(p.num_records for p in out), len(out), sum(p.num_bytes for p in out), name),
                 )
+                hooked = on_commit(conn) if on_commit is not None else None
         except BaseException:
             for path in renamed:
                 path.unlink(missing_ok=True)
             raise
-        return out
+        return out, hooked
 
     # -- start-up -------------------------------------------------------------
 

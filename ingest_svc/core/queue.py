@@ -124,7 +124,14 @@ class TaskQueue:
         self._clock = clock
 
     def enqueue_epoch(
-        self, job_id: str, dataset: str, epoch: int, shuffle: bool, seed: int, since_unix: float = 0.0
+        self,
+        job_id: str,
+        dataset: str,
+        epoch: int,
+        shuffle: bool,
+        seed: int,
+        since_unix: float = 0.0,
+        from_partition_id: int = 0,
     ) -> tuple[int, QueueStatus]:
         """Create one pending task per partition of `dataset` (as it is now; with
         `since_unix`, only those that arrived at or after it) for (job_id, epoch),
@@ -138,6 +145,8 @@ class TaskQueue:
         validate_dataset_name(dataset)
         if epoch < 0:
             raise InvalidArgument(f"epoch is {epoch}; expected >= 0")
+        if from_partition_id < 0:
+            raise InvalidArgument(f"from_partition_id is {from_partition_id}; expected >= 0")
         if not math.isfinite(since_unix) or since_unix < 0:
             raise InvalidArgument(f"since_unix is {since_unix}; expected 0 (every partition) or a unix time")
         now = self._clock()
@@ -159,10 +168,14 @@ class TaskQueue:
                 return 0, self._status(conn, job_id)
             parts = conn.execute(
                 "SELECT partition_id, num_records FROM partitions WHERE dataset = ? AND created_unix >= ? "
-                "ORDER BY partition_id",
-                (dataset, since_unix),
+                "AND partition_id >= ? ORDER BY partition_id",
+                (dataset, since_unix, from_partition_id),
             ).fetchall()
             if not parts:
+                if from_partition_id:
+                    raise FailedPrecondition(
+                        f"dataset {dataset!r} has no partition with an id of {from_partition_id} or more yet"
+                    )
                 if since_unix:
                     raise FailedPrecondition(
                         f"dataset {dataset!r} has no partitions that arrived since {_iso(since_unix)}"
@@ -271,20 +284,7 @@ class TaskQueue:
         self._expire_due(now)
 
         def complete(conn: sqlite3.Connection) -> tuple[QueueStatus, bool]:
-            job_id, epoch, partition_id, state = self._active_lease(conn, lease_id, "complete")
-            if state == "active":
-                conn.execute(
-                    "UPDATE leases SET state = 'completed', ended_unix = ? WHERE lease_id = ?",
-                    (now, lease_id),
-                )
-                conn.execute(
-                    "UPDATE tasks SET state = 'completed', completed_by = "
-                    "(SELECT worker_id FROM leases WHERE lease_id = ?) "
-                    "WHERE job_id = ? AND epoch = ? AND partition_id = ?",
-                    (lease_id, job_id, epoch, partition_id),
-                )
-                self._update_gauges(conn)
-            return self._status(conn, job_id), state == "active"
+            return self.complete_in(conn, lease_id, now)
 
         status, first = self._db.write(complete)
         if first:
@@ -305,6 +305,51 @@ class TaskQueue:
             raise NotFound(f"lease {lease_id!r} not found")
         job_id, epoch, partition_id, worker_id, state, deadline = row
         return LeaseInfo(lease_id, task_id(job_id, epoch, partition_id), worker_id, state, deadline)
+
+    def complete_in(self, conn: sqlite3.Connection, lease_id: str, now: float) -> tuple[QueueStatus, bool]:
+        """`complete` inside the caller's transaction: (status, whether this call completed it)."""
+        job_id, epoch, partition_id, state = self._active_lease(conn, lease_id, "complete")
+        if state == "active":
+            conn.execute(
+                "UPDATE leases SET state = 'completed', ended_unix = ? WHERE lease_id = ?", (now, lease_id)
+            )
+            conn.execute(
+                "UPDATE tasks SET state = 'completed', completed_by = "
+                "(SELECT worker_id FROM leases WHERE lease_id = ?) "
+                "WHERE job_id = ? AND epoch = ? AND partition_id = ?",
+                (lease_id, job_id, epoch, partition_id),
+            )
+            self._update_gauges(conn)
+        return self._status(conn, job_id), state == "active"
+
+    def output_commit(self, lease_id: str) -> Callable[[sqlite3.Connection], QueueStatus]:
+        """For an Append that is a task's output: checks now that the lease is active (so a
+        doomed stream fails before it sends its data) and returns the step that completes the
+        task inside the Append's commit. ALREADY_EXISTS if the task already completed under
+        this lease (its output landed), FAILED_PRECONDITION if the lease lapsed."""
+        _validate_id("complete_lease_id", lease_id)
+        self._expire_due(self._clock())
+
+        def check(conn: sqlite3.Connection, at: float) -> None:
+            job_id, epoch, partition_id, state = self._active_lease(conn, lease_id, "complete")
+            if state == "completed":
+                raise AlreadyExists(
+                    f"lease {lease_id!r} already completed task {task_id(job_id, epoch, partition_id)}: "
+                    "its output was committed then; nothing of this stream was kept"
+                )
+
+        with self._db.read() as conn:
+            check(conn, self._clock())
+
+        def commit(conn: sqlite3.Connection) -> QueueStatus:
+            now = self._clock()
+            self._expire(conn, now)  # a lease that lapsed while the stream was sent cannot commit
+            check(conn, now)
+            status, _ = self.complete_in(conn, lease_id, now)
+            metrics.TASKS_COMPLETED.inc()
+            return status
+
+        return commit
 
     def completions(self, job_id: str) -> list[Completion]:
         """Every completed task of the job: which lease, worker and attempt won it."""

@@ -427,3 +427,80 @@ def test_get_lease_says_what_became_of_it(stub, ds) -> None:
     assert err.code() == grpc.StatusCode.NOT_FOUND
     err = rpc_error(stub.GetLease, ingest_pb2.GetLeaseRequest(lease_id=""))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- a task's output appended and the task completed in one commit ------------------------------
+
+
+def output(stub, lease_id: str, n: int = 3, dataset: str = "out", slow: float = 0.0):  # type: ignore[no-untyped-def]
+    data = mnist_like(n)
+
+    def requests():  # type: ignore[no-untyped-def]
+        first = True
+        for req in append_requests(dataset, data, per_message=1):
+            if first:
+                req.complete_lease_id = lease_id
+                first = False
+            time.sleep(slow)
+            yield req
+
+    return stub.Append(requests(), timeout=30)
+
+
+def partitions_of(stub, dataset: str = "out") -> int:
+    return len(stub.ListPartitions(ingest_pb2.ListPartitionsRequest(dataset=dataset), timeout=30).partitions)
+
+
+def test_a_tasks_output_lands_with_its_completion_exactly_once(stub, ds) -> None:
+    create_mnist(stub, "out")
+    enqueue(stub)
+    t = lease(stub).tasks[0]
+    resp = output(stub, t.lease_id)
+    assert resp.records_appended == 3 and resp.status.completed == 1
+    got = stub.GetLease(ingest_pb2.GetLeaseRequest(lease_id=t.lease_id), timeout=30)
+    assert got.state == ingest_pb2.LEASE_STATE_COMPLETED
+    # The same output sent again (a retry after a lost answer) is refused, nothing written.
+    err = rpc_error(lambda r, timeout: output(stub, t.lease_id), None)
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "its output was committed then" in err.details()
+    assert partitions_of(stub) == 1
+
+
+def test_the_output_of_a_lapsed_lease_is_refused_and_nothing_is_written(stub, ds) -> None:
+    create_mnist(stub, "out")
+    enqueue(stub)
+    t = lease(stub, seconds=SHORT).tasks[0]
+    time.sleep(SHORT + 0.1)
+    err = rpc_error(lambda r, timeout: output(stub, t.lease_id), None)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "expired" in err.details()
+    # A lease that lapses while its output streams in is refused at the commit.
+    t2 = lease(stub, seconds=SHORT).tasks[0]
+    err = rpc_error(lambda r, timeout: output(stub, t2.lease_id, n=4, slow=SHORT / 2), None)
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert partitions_of(stub) == 0
+    status = stub.GetQueueStatus(ingest_pb2.GetQueueStatusRequest(job_id="job"), timeout=30).status
+    assert status.completed == 0
+
+
+def test_complete_lease_id_belongs_in_the_first_message(stub, ds) -> None:
+    create_mnist(stub, "out")
+    enqueue(stub)
+    t = lease(stub).tasks[0]
+    reqs = list(append_requests("out", mnist_like(2), per_message=1))
+    reqs[1].complete_lease_id = t.lease_id
+    err = rpc_error(stub.Append, iter(reqs))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "only the first" in err.details()
+    err = rpc_error(lambda r, timeout: output(stub, "no-such-lease"), None)
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_epoch_from_a_partition_id_takes_the_newer_ones(stub, ds) -> None:
+    resp = stub.EnqueueEpoch(
+        ingest_pb2.EnqueueEpochRequest(job_id="f", dataset="ds", epoch=0, from_partition_id=6), timeout=30
+    )
+    assert resp.tasks_enqueued == 2
+    err = rpc_error(
+        stub.EnqueueEpoch,
+        ingest_pb2.EnqueueEpochRequest(job_id="f2", dataset="ds", epoch=0, from_partition_id=8),
+    )
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "id of 8 or more" in err.details()

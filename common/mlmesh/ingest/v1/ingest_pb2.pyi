@@ -121,22 +121,26 @@ class ListDatasetsResponse(_message.Message):
     def __init__(self, datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ...) -> None: ...
 
 class AppendRequest(_message.Message):
-    __slots__ = ("dataset", "batch")
+    __slots__ = ("dataset", "batch", "complete_lease_id")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     batch: RecordBatch
-    def __init__(self, dataset: _Optional[str] = ..., batch: _Optional[_Union[RecordBatch, _Mapping]] = ...) -> None: ...
+    complete_lease_id: str
+    def __init__(self, dataset: _Optional[str] = ..., batch: _Optional[_Union[RecordBatch, _Mapping]] = ..., complete_lease_id: _Optional[str] = ...) -> None: ...
 
 class AppendResponse(_message.Message):
-    __slots__ = ("dataset", "records_appended", "partitions")
+    __slots__ = ("dataset", "records_appended", "partitions", "status")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     RECORDS_APPENDED_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     records_appended: int
     partitions: _containers.RepeatedCompositeFieldContainer[Partition]
-    def __init__(self, dataset: _Optional[str] = ..., records_appended: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[Partition, _Mapping]]] = ...) -> None: ...
+    status: QueueStatus
+    def __init__(self, dataset: _Optional[str] = ..., records_appended: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[Partition, _Mapping]]] = ..., status: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
 
 class ListPartitionsRequest(_message.Message):
     __slots__ = ("dataset",)
@@ -221,20 +225,22 @@ class EpochProgress(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., pending: _Optional[int] = ..., leased: _Optional[int] = ..., completed: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class EnqueueEpochRequest(_message.Message):
-    __slots__ = ("job_id", "dataset", "epoch", "shuffle", "seed", "since_unix")
+    __slots__ = ("job_id", "dataset", "epoch", "shuffle", "seed", "since_unix", "from_partition_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SHUFFLE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    FROM_PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dataset: str
     epoch: int
     shuffle: bool
     seed: int
     since_unix: float
-    def __init__(self, job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., epoch: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., since_unix: _Optional[float] = ...) -> None: ...
+    from_partition_id: int
+    def __init__(self, job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., epoch: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., since_unix: _Optional[float] = ..., from_partition_id: _Optional[int] = ...) -> None: ...
 
 class EnqueueEpochResponse(_message.Message):
     __slots__ = ("tasks_enqueued", "status")
