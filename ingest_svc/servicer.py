@@ -299,6 +299,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             request.seed,
             request.since_unix,
             request.from_partition_id,
+            request.to_partition_id,
         )
         return ingest_pb2.EnqueueEpochResponse(tasks_enqueued=n, status=status_to_proto(status))
 

@@ -9,29 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import grpc
 import numpy as np
 from mlmesh import records, tensor
 from mlmesh.channels import aio_channel
 from mlmesh.errors import (
-    Aborted,
-    AlreadyExists,
-    FailedPrecondition,
-    InvalidArgument,
-    MlmeshError,
-    NotFound,
-    ResourceExhausted,
     Unavailable,
 )
 from mlmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from mlmesh.logging import get_logger
 from mlmesh.paramserver.v1 import paramserver_pb2, paramserver_pb2_grpc
+from mlmesh.retry import Retry
 from mlmesh.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 from trainer_svc import convert
@@ -55,53 +46,16 @@ from trainer_svc.core.worker import Assignment
 log = get_logger(__name__)
 T = TypeVar("T")
 
-_ERRORS: dict[grpc.StatusCode, type[MlmeshError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.ABORTED: Aborted,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
-}
-
-
-def domain_error(e: grpc.aio.AioRpcError, what: str) -> MlmeshError:
-    cls = _ERRORS.get(e.code(), MlmeshError)
-    return cls(f"{what}: {e.code().name}: {e.details()}")
-
 
 @dataclass(frozen=True)
-class CallPolicy:
-    """Per-call deadline, and how long UNAVAILABLE is retried (exponential backoff with jitter)."""
+class CallPolicy(Retry):
+    """`mlmesh.retry.Retry`, and what the trainer's calls to the shards need besides."""
 
-    timeout: float = 30.0
-    stream_timeout: float = 300.0
     # Tensors of at least this many bytes in one push travel as a stream of ~1 MiB chunks.
     stream_bytes: int = tensor.STREAM_BYTES
     # A worker's pull may wait at a SYNC barrier or staleness bound; a dead peer leaves it
     # within its lease (10 s by default), so this only bounds a wait that never ends.
     barrier_timeout: float = 120.0
-    retry_seconds: float = 60.0
-    initial_backoff: float = 0.1
-    max_backoff: float = 2.0
-    max_message_bytes: int = 64 * 1024 * 1024
-
-    async def call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run `fn` (one RPC), retrying UNAVAILABLE until `retry_seconds` have passed."""
-        started = time.monotonic()
-        delay = self.initial_backoff
-        while True:
-            try:
-                return await fn()
-            except grpc.aio.AioRpcError as e:
-                retry = e.code() == grpc.StatusCode.UNAVAILABLE
-                if not retry or time.monotonic() - started + delay > self.retry_seconds:
-                    raise domain_error(e, what) from None
-                log.debug("retrying", what=what, code=e.code().name, delay=round(delay, 3))
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self.max_backoff)
 
 
 _MODES = {
@@ -169,7 +123,7 @@ class IngestClient:
                 ingest_pb2.ReadPartitionRequest(dataset=dataset, partition_id=partition_id),
                 timeout=self.policy.stream_timeout,
             )
-            return await gather_columns(call, num_records, f"partition {partition_id} of {dataset!r}")
+            return await records.gather(call, num_records, f"partition {partition_id} of {dataset!r}")
 
         return await self.policy.call(f"ingest ReadPartition({dataset!r}, {partition_id})", read)
 
@@ -240,36 +194,6 @@ class IngestClient:
             "ingest CompleteTask", lambda: self.stub.CompleteTask(req, timeout=self.policy.timeout)
         )
         return _queue(resp.status)
-
-
-async def gather_columns(call: AsyncIterator[bytes], num_records: int, what: str) -> dict[str, np.ndarray]:
-    """The columns of a ReadPartition stream (raw messages), whole. InvalidArgument if
-    the batches disagree with each other or with `num_records` (when >= 0)."""
-    if num_records < 0:
-        parts: dict[str, list[np.ndarray]] = {}
-        async for message in call:
-            for name, col in records.decode(message).items():
-                parts.setdefault(name, []).append(col)
-        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
-    out: dict[str, np.ndarray] = {}
-    filled = 0
-    async for message in call:
-        batch = records.decode(message)
-        n = len(next(iter(batch.values()))) if batch else 0
-        if filled + n > num_records:
-            raise InvalidArgument(f"{what} streamed more than the {num_records} records it holds")
-        if not out:
-            out = {name: np.empty((num_records, *c.shape[1:]), dtype=c.dtype) for name, c in batch.items()}
-        elif batch.keys() != out.keys():
-            raise InvalidArgument(f"{what}: a batch holds features {sorted(batch)}, not {sorted(out)}")
-        for name, col in batch.items():
-            if len(col) != n or col.shape[1:] != out[name].shape[1:]:
-                raise InvalidArgument(f"{what}: feature {name!r} has a batch of shape {col.shape}")
-            out[name][filled : filled + n] = col
-        filled += n
-    if filled != num_records:
-        raise InvalidArgument(f"{what} streamed {filled} records; its task says {num_records}")
-    return out
 
 
 def _queue(s: ingest_pb2.QueueStatus) -> QueueInfo:

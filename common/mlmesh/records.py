@@ -10,7 +10,7 @@ standard encoding, so any protobuf client reads them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
@@ -94,3 +94,34 @@ def _decode_tensor(buf: memoryview, name: str) -> np.ndarray:
             f"({count * dt.itemsize} expected)"
         )
     return np.frombuffer(content, dtype=dt, count=count).reshape(shape)
+
+
+async def gather(call: AsyncIterator[bytes], num_records: int, what: str) -> dict[str, np.ndarray]:
+    """The columns of a ReadPartition stream (raw messages), whole. With `num_records`
+    known (>= 0), each batch is copied once into columns allocated up front. InvalidArgument
+    if the batches disagree with each other or with `num_records`."""
+    if num_records < 0:
+        parts: dict[str, list[np.ndarray]] = {}
+        async for message in call:
+            for name, col in decode(message).items():
+                parts.setdefault(name, []).append(col)
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    out: dict[str, np.ndarray] = {}
+    filled = 0
+    async for message in call:
+        batch = decode(message)
+        n = len(next(iter(batch.values()))) if batch else 0
+        if filled + n > num_records:
+            raise InvalidArgument(f"{what} streamed more than the {num_records} records it holds")
+        if not out:
+            out = {name: np.empty((num_records, *c.shape[1:]), dtype=c.dtype) for name, c in batch.items()}
+        elif batch.keys() != out.keys():
+            raise InvalidArgument(f"{what}: a batch holds features {sorted(batch)}, not {sorted(out)}")
+        for name, col in batch.items():
+            if len(col) != n or col.shape[1:] != out[name].shape[1:]:
+                raise InvalidArgument(f"{what}: feature {name!r} has a batch of shape {col.shape}")
+            out[name][filled : filled + n] = col
+        filled += n
+    if filled != num_records:
+        raise InvalidArgument(f"{what} streamed {filled} records; its task says {num_records}")
+    return out

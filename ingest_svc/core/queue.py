@@ -132,6 +132,7 @@ class TaskQueue:
         seed: int,
         since_unix: float = 0.0,
         from_partition_id: int = 0,
+        to_partition_id: int = 0,
     ) -> tuple[int, QueueStatus]:
         """Create one pending task per partition of `dataset` (as it is now; with
         `since_unix`, only those that arrived at or after it) for (job_id, epoch),
@@ -145,8 +146,11 @@ class TaskQueue:
         validate_dataset_name(dataset)
         if epoch < 0:
             raise InvalidArgument(f"epoch is {epoch}; expected >= 0")
-        if from_partition_id < 0:
-            raise InvalidArgument(f"from_partition_id is {from_partition_id}; expected >= 0")
+        if from_partition_id < 0 or to_partition_id < 0:
+            raise InvalidArgument(
+                f"from_partition_id {from_partition_id} and to_partition_id {to_partition_id} must be >= 0"
+            )
+        upper = to_partition_id or (1 << 62)
         if not math.isfinite(since_unix) or since_unix < 0:
             raise InvalidArgument(f"since_unix is {since_unix}; expected 0 (every partition) or a unix time")
         now = self._clock()
@@ -168,13 +172,14 @@ class TaskQueue:
                 return 0, self._status(conn, job_id)
             parts = conn.execute(
                 "SELECT partition_id, num_records FROM partitions WHERE dataset = ? AND created_unix >= ? "
-                "AND partition_id >= ? ORDER BY partition_id",
-                (dataset, since_unix, from_partition_id),
+                "AND partition_id >= ? AND partition_id < ? ORDER BY partition_id",
+                (dataset, since_unix, from_partition_id, upper),
             ).fetchall()
             if not parts:
-                if from_partition_id:
+                if from_partition_id or to_partition_id:
                     raise FailedPrecondition(
-                        f"dataset {dataset!r} has no partition with an id of {from_partition_id} or more yet"
+                        f"dataset {dataset!r} has no partition with an id in [{from_partition_id}, "
+                        f"{to_partition_id or 'end'})"
                     )
                 if since_unix:
                     raise FailedPrecondition(

@@ -503,4 +503,14 @@ def test_an_epoch_from_a_partition_id_takes_the_newer_ones(stub, ds) -> None:
         stub.EnqueueEpoch,
         ingest_pb2.EnqueueEpochRequest(job_id="f2", dataset="ds", epoch=0, from_partition_id=8),
     )
-    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "id of 8 or more" in err.details()
+    assert (
+        err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        and "no partition with an id in [8, end)" in err.details()
+    )
+    resp = stub.EnqueueEpoch(
+        ingest_pb2.EnqueueEpochRequest(
+            job_id="f3", dataset="ds", epoch=0, from_partition_id=2, to_partition_id=4
+        ),
+        timeout=30,
+    )
+    assert resp.tasks_enqueued == 2

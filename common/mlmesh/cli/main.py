@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlmesh.cli import ingest
+from mlmesh.cli import ingest, transform
 from mlmesh.cli.demo import demo
 from mlmesh.cli.predict import predict
 from mlmesh.cli.service import service
@@ -36,6 +36,7 @@ def _main(
 app.command()(up)
 app.command()(demo)
 app.add_typer(ingest.app, name="ingest")
+app.add_typer(transform.app, name="transform")
 app.command()(train)
 app.command()(predict)
 app.command()(status)

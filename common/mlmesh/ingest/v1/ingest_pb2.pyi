@@ -225,7 +225,7 @@ class EpochProgress(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., pending: _Optional[int] = ..., leased: _Optional[int] = ..., completed: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class EnqueueEpochRequest(_message.Message):
-    __slots__ = ("job_id", "dataset", "epoch", "shuffle", "seed", "since_unix", "from_partition_id")
+    __slots__ = ("job_id", "dataset", "epoch", "shuffle", "seed", "since_unix", "from_partition_id", "to_partition_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +233,7 @@ class EnqueueEpochRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
     FROM_PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_PARTITION_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     dataset: str
     epoch: int
@@ -240,7 +241,8 @@ class EnqueueEpochRequest(_message.Message):
     seed: int
     since_unix: float
     from_partition_id: int
-    def __init__(self, job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., epoch: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., since_unix: _Optional[float] = ..., from_partition_id: _Optional[int] = ...) -> None: ...
+    to_partition_id: int
+    def __init__(self, job_id: _Optional[str] = ..., dataset: _Optional[str] = ..., epoch: _Optional[int] = ..., shuffle: _Optional[bool] = ..., seed: _Optional[int] = ..., since_unix: _Optional[float] = ..., from_partition_id: _Optional[int] = ..., to_partition_id: _Optional[int] = ...) -> None: ...
 
 class EnqueueEpochResponse(_message.Message):
     __slots__ = ("tasks_enqueued", "status")
