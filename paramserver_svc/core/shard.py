@@ -27,6 +27,7 @@ from mlmesh.logging import get_logger
 
 from paramserver_svc.core import checkpoint, metrics
 from paramserver_svc.core.consistency import Admission, Barrier
+from paramserver_svc.core.finite import all_finite
 from paramserver_svc.core.initializers import initial_value
 from paramserver_svc.core.specs import (
     InitSpec,
@@ -307,7 +308,7 @@ class Shard:
             started = time.perf_counter()
             with job.lock:
                 updates = self._validate_push(job, dense, rows)
-                bad = next((u for u in updates if not np.isfinite(u.grad).all()), None)
+                bad = next((u for u in updates if not all_finite(u.grad)), None)
                 if bad is not None and not job.config.skip_nonfinite:
                     raise InvalidArgument(
                         f"gradient of variable {bad.var.spec.name!r} contains NaN or Inf; "

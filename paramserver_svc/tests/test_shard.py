@@ -121,6 +121,17 @@ def test_nan_in_any_gradient_applies_nothing(tmp_path: Path) -> None:
     assert shard.push("j", "w", 0, {"a": good, "b": good}, []).applied  # step 0 was not consumed
 
 
+def test_a_finite_gradient_whose_sum_of_squares_overflows_is_applied(tmp_path: Path) -> None:
+    """The NaN/Inf check's fast path overflows here; its exact fallback must accept."""
+    shard = Shard(0, 1, tmp_path)
+    shard.register(
+        "j", [(VarSpec("w", F32, (1000,)), InitSpec("zeros"))], OptimizerConfig.parse("sgd", 1e-30)
+    )
+    grad = np.full(1000, 3e38, dtype=np.float32)
+    assert shard.push("j", "w", 0, {"w": grad}, []).applied
+    np.testing.assert_allclose(shard.pull("j", ["w"], []).dense["w"], -3e8, rtol=1e-5)
+
+
 def test_reregistration_rules(tmp_path: Path) -> None:
     shard = Shard(0, 1, tmp_path)
     spec = VarSpec("w", F32, (3,))
