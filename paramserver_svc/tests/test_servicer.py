@@ -580,6 +580,24 @@ def register_big(client: ShardClient) -> None:
     )
 
 
+def test_a_pull_streaming_while_a_push_is_applied_answers_the_old_value_whole(client: ShardClient) -> None:
+    register_big(client)
+    stream = client.stub.PullStream(pb.PullRequest(job_id="big", dense=["w"]), timeout=30)
+    head = next(stream).header
+    first = next(stream)  # the answer is on its way; most of it is not sent yet
+    grad = {"w": np.ones(BIG, F32)}
+    assert push_stream(client.stub, stream_of(0, grad, tensor.CHUNK_BYTES, "big")).applied
+    asm = tensor.Assembler([("w", head.dense["w"])], 1 << 30)
+    asm.feed(first.data)
+    for chunk in stream:
+        asm.feed(chunk.data)
+    (old,) = asm.finish()
+    assert head.version == 0
+    np.testing.assert_array_equal(old, 1.0)  # not one element of the update
+    new = client.stub.Pull(pb.PullRequest(job_id="big", dense=["w"]), timeout=30)
+    assert new.version == 1
+
+
 @pytest.mark.parametrize("where", [0, BIG // 2 + 3, BIG - 1])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_a_nan_or_inf_anywhere_in_a_streamed_push_is_refused_naming_the_variable(
