@@ -217,7 +217,10 @@ class Assembler:
         if total > max_bytes:
             raise ResourceExhausted(f"the stream's tensors need {total} bytes; at most {max_bytes} allowed")
         self.total = total
-        self._buf = bytearray(total)
+        # Not zeroed (finish() refuses a buffer with bytes left unwritten), and written through
+        # a memoryview: a bytearray slice assignment from a view copies the data twice.
+        self._buf = np.empty(total, dtype=np.uint8)
+        self._view = memoryview(self._buf)
         self._filled = 0
 
     def feed(self, data: bytes | memoryview) -> None:
@@ -226,7 +229,7 @@ class Assembler:
             raise InvalidArgument(
                 f"the stream carried more tensor bytes than its header's tensors need ({self.total})"
             )
-        self._buf[self._filled : end] = data
+        self._view[self._filled : end] = data
         self._filled = end
 
     def finish(self) -> list[np.ndarray]:
@@ -238,5 +241,5 @@ class Assembler:
         out = []
         for _, dt, shape, offset in self._layout:
             count = int(np.prod(shape, dtype=np.int64))
-            out.append(np.frombuffer(self._buf, dtype=dt, count=count, offset=offset).reshape(shape))
+            out.append(self._buf[offset : offset + count * dt.itemsize].view(dt).reshape(shape))
         return out

@@ -8,10 +8,13 @@ job's consistency model (`consistency.Clocks`).
 Thread-safety: every method may be called from any thread, concurrently.
 A request's validation and effect happen under its job's lock, so a pull
 never sees half an update, and a push is applied wholly or (on any bad
-input) not at all. Methods block on NumPy work: call them from a thread
-pool, not from the event loop. Nothing here blocks waiting for other
-workers: `pull` answers None when the consistency model says "not yet",
-and the caller waits (asynchronously) and asks again.
+input) not at all. A pull's dense values are the variables' own arrays,
+copy-on-write (`store.Variable`): an update never writes into an array a
+pull returned, so the caller may read it after the lock is gone. Methods
+block on NumPy work: call them from a thread pool, not from the event loop.
+Nothing here blocks waiting for other workers: `pull` answers None when the
+consistency model says "not yet", and the caller waits (asynchronously) and
+asks again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from mlmesh.logging import get_logger
 
 from paramserver_svc.core import checkpoint, metrics
 from paramserver_svc.core.consistency import Admission, Barrier
+from paramserver_svc.core.finite import all_finite
 from paramserver_svc.core.initializers import initial_value
 from paramserver_svc.core.specs import (
     InitSpec,
@@ -266,8 +270,9 @@ class Shard:
         clock: int = 0,
         pushed: int | None = None,
     ) -> PullResult | None:
-        """Copies of the named variables and rows, all taken at one version; None when the
-        job's consistency model says the worker at `clock` must wait (ask again later).
+        """The named variables (read-only arrays that no later update changes) and rows, all
+        taken at one version; None when the job's consistency model says the worker at
+        `clock` must wait (ask again later).
 
         An empty `worker_id` is an observer (the coordinator's evaluation): it never waits.
         `pushed` (default `clock`) is how many of the worker's steps were acknowledged.
@@ -292,7 +297,7 @@ class Shard:
                     ready = job.clocks.pull_ready(worker_id, clock, done, now)
                 if not ready:
                     return None
-            out_dense = {name: var.value.copy() for name, var in dense_vars}
+            out_dense = {name: var.read() for name, var in dense_vars}
             out_rows = [RowValues(req.name, req.rows, var.value[local]) for req, var, local in row_reqs]
             version = job.version
             answered = job.clocks.response_clock(worker_id)
@@ -333,7 +338,7 @@ class Shard:
                         f"job {job_id!r} is not exactly-once; its pushes carry no lease_id or task_id"
                     )
                 updates = self._validate_push(job, dense, rows)
-                bad = next((u for u in updates if not np.isfinite(u.grad).all()), None)
+                bad = next((u for u in updates if not all_finite(u.grad)), None)
                 if bad is not None and not job.config.skip_nonfinite:
                     raise InvalidArgument(
                         f"gradient of variable {bad.var.spec.name!r} contains NaN or Inf; "
@@ -478,9 +483,9 @@ class Shard:
         for up in updates:
             up.var.updates += 1
             if up.idx is None:
-                job.rule.apply_dense(up.var.value, up.var.slots, up.grad, up.var.updates)
+                up.var.replace(job.rule.apply_dense(up.var.value, up.var.slots, up.grad, up.var.updates))
             else:
-                job.rule.apply_rows(up.var.value, up.var.slots, up.idx, up.grad, up.var.updates)
+                job.rule.apply_rows(up.var.writable(), up.var.slots, up.idx, up.grad, up.var.updates)
         job.version += 1
         job.generation += 1
 

@@ -4,6 +4,10 @@ Ownership and locking: the `Store` owns its jobs; its map is guarded by its
 own lock. Each `Job` owns its variables, slots, clocks and counters, all
 guarded by `Job.lock`: whoever reads or writes them holds it, so a pull sees
 a push either wholly applied or not at all.
+
+Values are copy-on-write (`Variable.read`, `Variable.writable`): a pull or a
+snapshot takes the value array itself, not a copy, and reads it after the
+lock is released; an array once handed out is never written again.
 """
 
 from __future__ import annotations
@@ -23,13 +27,42 @@ from paramserver_svc.core.update_rules import Slots, UpdateRule, make_rule
 @dataclass
 class Variable:
     """This shard's part of one variable: all of a dense one, the owned rows
-    (in local order, global row r at r // num_shards) of a row-sharded one."""
+    (in local order, global row r at r // num_shards) of a row-sharded one.
+
+    `value` is replaced, not written, by a whole-array update (`replace`), so
+    readers holding the old array keep a consistent copy at no cost; a row
+    update writes in place, into `writable()`. Slots are private: always
+    written in place, copied by snapshots. Call every method with the job's
+    lock held.
+    """
 
     spec: VarSpec
     value: np.ndarray
     slots: Slots
     # Updates applied to this variable: Adam's bias-correction step.
     updates: int = 0
+    # Whether `value` may be held by a reader (a pull answer, a snapshot): then it must
+    # never be written again.
+    shared: bool = False
+
+    def read(self) -> np.ndarray:
+        """The value, read-only, valid after the lock is released: later updates never
+        change it (they replace it, or copy it before writing)."""
+        self.shared = True
+        view = self.value.view()
+        view.flags.writeable = False
+        return view
+
+    def replace(self, value: np.ndarray) -> None:
+        """Make `value` (a new array nobody else holds) the current value."""
+        self.value = value
+        self.shared = False
+
+    def writable(self) -> np.ndarray:
+        """The value, to be written in place: copied first if a reader may hold it."""
+        if self.shared:
+            self.replace(self.value.copy())
+        return self.value
 
     @property
     def nbytes(self) -> int:
@@ -120,7 +153,8 @@ class Job:
         return sum(v.nbytes for v in self.variables.values())
 
     def snapshot(self) -> JobSnapshot:
-        """Deep copy; call with the lock held."""
+        """A copy that later changes of the job do not touch (values shared copy-on-write,
+        everything else copied); call with the lock held."""
         b = self.clocks.barrier
         return JobSnapshot(
             job_id=self.job_id,
@@ -129,7 +163,7 @@ class Job:
             version=self.version,
             clocks=self.clocks.state(),
             variables=[
-                Variable(v.spec, v.value.copy(), {k: s.copy() for k, s in v.slots.items()}, v.updates)
+                Variable(v.spec, v.read(), {k: s.copy() for k, s in v.slots.items()}, v.updates, shared=True)
                 for v in self.variables.values()
             ],
             barrier=Barrier(

@@ -50,12 +50,16 @@ class UpdateRule(ABC):
 
     @abstractmethod
     def _delta(self, slots: Slots, grad: np.ndarray, t: int) -> np.ndarray:
-        """Update `slots` in place and return what to subtract from the variable."""
+        """Update `slots` in place and return what to subtract from the variable, in a new
+        array of the caller's to overwrite."""
 
-    def apply_dense(self, value: np.ndarray, slots: Slots, grad: np.ndarray, t: int) -> None:
-        """value -= delta, in place; grad has value's shape."""
+    def apply_dense(self, value: np.ndarray, slots: Slots, grad: np.ndarray, t: int) -> np.ndarray:
+        """value - delta as a new array; `value` itself is not written (readers may hold it,
+        see `store.Variable`). grad has value's shape."""
         delta = self._delta(slots, grad.astype(work_dtype(value.dtype), copy=False), t)
-        np.subtract(value, delta, out=value, casting="unsafe")
+        # The new value goes into delta's own array when the dtypes allow: no temporary.
+        out = delta if delta.dtype == value.dtype else np.empty_like(value)
+        return np.subtract(value, delta, out=out, casting="unsafe")
 
     def apply_rows(self, value: np.ndarray, slots: Slots, idx: np.ndarray, grad: np.ndarray, t: int) -> None:
         """Update rows `idx` (unique local indices) of value and slots; grad is [len(idx), ...]."""

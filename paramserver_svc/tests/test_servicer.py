@@ -506,9 +506,11 @@ def push_stream(stub, messages: list[pb.PushChunk]) -> pb.PushResponse:
     return stub.PushStream(iter(messages), timeout=10)
 
 
-def stream_of(step: int, dense: dict[str, np.ndarray], size: int = 7) -> list[pb.PushChunk]:
+def stream_of(
+    step: int, dense: dict[str, np.ndarray], size: int = 7, job_id: str = "j"
+) -> list[pb.PushChunk]:
     names = sorted(dense)
-    head = pb.PushRequest(job_id="j", worker_id="w0", step=step)
+    head = pb.PushRequest(job_id=job_id, worker_id="w0", step=step)
     for n in names:
         head.dense_grads[n].CopyFrom(tensor.header(dense[n]))
     return [pb.PushChunk(header=head)] + [
@@ -564,3 +566,53 @@ def test_push_stream_header_with_content_is_invalid(job: ShardClient) -> None:
         IA, lambda req, timeout: job.stub.PushStream(iter(req), timeout=timeout), [pb.PushChunk(header=head)],
         "'w' in a stream header carries 24 bytes of content",
     )  # fmt: skip
+
+
+BIG = 4 << 20  # float32 elements: 16 MiB, many 1 MiB chunks
+
+
+def register_big(client: ShardClient) -> None:
+    client.stub.RegisterVariables(
+        pb.RegisterVariablesRequest(
+            job_id="big", variables=[var("w", [BIG], kind="ones")], optimizer=sgd(0.5)
+        ),
+        timeout=10,
+    )
+
+
+def test_a_pull_streaming_while_a_push_is_applied_answers_the_old_value_whole(client: ShardClient) -> None:
+    register_big(client)
+    stream = client.stub.PullStream(pb.PullRequest(job_id="big", dense=["w"]), timeout=30)
+    head = next(stream).header
+    first = next(stream)  # the answer is on its way; most of it is not sent yet
+    grad = {"w": np.ones(BIG, F32)}
+    assert push_stream(client.stub, stream_of(0, grad, tensor.CHUNK_BYTES, "big")).applied
+    asm = tensor.Assembler([("w", head.dense["w"])], 1 << 30)
+    asm.feed(first.data)
+    for chunk in stream:
+        asm.feed(chunk.data)
+    (old,) = asm.finish()
+    assert head.version == 0
+    np.testing.assert_array_equal(old, 1.0)  # not one element of the update
+    new = client.stub.Pull(pb.PullRequest(job_id="big", dense=["w"]), timeout=30)
+    assert new.version == 1
+
+
+@pytest.mark.parametrize("where", [0, BIG // 2 + 3, BIG - 1])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_nan_or_inf_anywhere_in_a_streamed_push_is_refused_naming_the_variable(
+    client: ShardClient, where: int, bad: float
+) -> None:
+    register_big(client)
+    grad = np.full(BIG, 1e-3, F32)
+    grad[where] = bad
+    messages = stream_of(0, {"w": grad}, tensor.CHUNK_BYTES, "big")
+    expect_status(
+        IA,
+        lambda req, timeout: client.stub.PushStream(iter(req), timeout=timeout),
+        messages,
+        "'w'",
+        "NaN or Inf",
+    )
+    after = list(client.stub.PullStream(pb.PullRequest(job_id="big", dense=["w"]), timeout=30))
+    assert after[0].header.version == 0  # nothing applied

@@ -121,6 +121,59 @@ def test_nan_in_any_gradient_applies_nothing(tmp_path: Path) -> None:
     assert shard.push("j", "w", 0, {"a": good, "b": good}, []).applied  # step 0 was not consumed
 
 
+def test_a_finite_gradient_whose_sum_of_squares_overflows_is_applied(tmp_path: Path) -> None:
+    """The NaN/Inf check's fast path overflows here; its exact fallback must accept."""
+    shard = Shard(0, 1, tmp_path)
+    shard.register(
+        "j", [(VarSpec("w", F32, (1000,)), InitSpec("zeros"))], OptimizerConfig.parse("sgd", 1e-30)
+    )
+    grad = np.full(1000, 3e38, dtype=np.float32)
+    assert shard.push("j", "w", 0, {"w": grad}, []).applied
+    np.testing.assert_allclose(shard.pull("j", ["w"], []).dense["w"], -3e8, rtol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", [SGD1, ADAM], ids=["sgd", "adam"])
+def test_values_a_pull_or_a_snapshot_took_are_never_changed_by_later_pushes(
+    tmp_path: Path, optimizer: OptimizerConfig
+) -> None:
+    """Copy-on-write: readers hold the variables' own arrays after the lock is released."""
+    shard = Shard(0, 1, tmp_path)
+    shard.register(
+        "j",
+        [
+            (VarSpec("w", F32, (4, 3)), InitSpec("ones")),
+            (VarSpec("emb", F32, (6, 2), True), InitSpec("ones")),
+        ],
+        optimizer,
+    )
+    pulled = shard.pull("j", ["w", "emb"], [])  # the row-sharded table whole: this shard's part
+    job = shard.store.get("j")
+    with job.lock:
+        snap = job.snapshot()
+    for step in range(3):
+        shard.push(
+            "j",
+            "a",
+            step,
+            {"w": np.ones((4, 3), F32)},
+            [RowValues("emb", np.array([1, 4]), np.ones((2, 2), F32))],
+        )
+    for name in ("w", "emb"):
+        np.testing.assert_array_equal(pulled.dense[name], 1.0)
+        with pytest.raises(ValueError, match="read-only"):
+            pulled.dense[name][0] = 5.0
+    assert [v.updates for v in snap.variables] == [0, 0]
+    for v in snap.variables:
+        np.testing.assert_array_equal(v.value, 1.0)
+        for slot in v.slots.values():  # Adam's m and v start at 0; SGD has none
+            np.testing.assert_array_equal(slot, 0.0)
+    now = shard.pull("j", ["w"], [RowValues("emb", np.array([0, 1, 4]))])
+    assert now.version == 3 and np.all(now.dense["w"] < 1.0)
+    emb = now.rows[0].values
+    np.testing.assert_array_equal(emb[0], 1.0)
+    assert np.all(emb[1:] < 1.0)
+
+
 def test_reregistration_rules(tmp_path: Path) -> None:
     shard = Shard(0, 1, tmp_path)
     spec = VarSpec("w", F32, (3,))

@@ -37,7 +37,7 @@ def reference(kind: str, lr: float, w: list[float], grads: list[list[float]]) ->
 def test_sgd_subtracts_learning_rate_times_gradient() -> None:
     rule = make_rule(OptimizerConfig.parse("sgd", 0.1))
     w = np.array([1.0, 2.0], dtype=np.float32)
-    rule.apply_dense(w, rule.init_slots(w), np.array([0.5, -1.0], dtype=np.float32), 1)
+    w = rule.apply_dense(w, rule.init_slots(w), np.array([0.5, -1.0], dtype=np.float32), 1)
     np.testing.assert_allclose(w, [0.95, 2.1], rtol=1e-6)
 
 
@@ -45,7 +45,7 @@ def test_adagrad_first_step_by_hand() -> None:
     rule = make_rule(OptimizerConfig.parse("adagrad", 0.1))
     w = np.array([1.0], dtype=np.float32)
     slots = rule.init_slots(w)
-    rule.apply_dense(w, slots, np.array([1.0], dtype=np.float32), 1)
+    w = rule.apply_dense(w, slots, np.array([1.0], dtype=np.float32), 1)
     # accumulator 0.1 + 1 = 1.1; step 0.1 * 1 / sqrt(1.1)
     np.testing.assert_allclose(slots["accumulator"], [1.1], rtol=1e-6)
     np.testing.assert_allclose(w, [1.0 - 0.1 / math.sqrt(1.1 + 1e-7)], rtol=1e-6)
@@ -55,7 +55,7 @@ def test_adam_first_step_moves_by_learning_rate_times_sign() -> None:
     rule = make_rule(OptimizerConfig.parse("adam", 0.01))
     w = np.array([1.0, 1.0], dtype=np.float32)
     slots = rule.init_slots(w)
-    rule.apply_dense(w, slots, np.array([3.0, -0.5], dtype=np.float32), 1)
+    w = rule.apply_dense(w, slots, np.array([3.0, -0.5], dtype=np.float32), 1)
     # t=1: m = 0.1 g, v = 0.001 g^2, alpha = lr*sqrt(0.001)/0.1, so the step is lr * g/|g| (up to eps)
     np.testing.assert_allclose(slots["m"], [0.3, -0.05], rtol=1e-6)
     np.testing.assert_allclose(slots["v"], [0.009, 0.00025], rtol=1e-5)
@@ -71,7 +71,7 @@ def test_dense_updates_match_reference_over_several_steps(kind: str) -> None:
     w = w0.astype(np.float64)
     slots = rule.init_slots(w)
     for t, g in enumerate(grads, start=1):
-        rule.apply_dense(w, slots, g, t)
+        w = rule.apply_dense(w, slots, g, t)
     np.testing.assert_allclose(w, reference(kind, 0.05, list(w0), grads.tolist()), rtol=1e-10)
 
 
@@ -100,7 +100,7 @@ def test_float16_variables_compute_in_float32_and_keep_their_dtype() -> None:
     w = np.ones(3, dtype=np.float16)
     slots = rule.init_slots(w)
     assert slots["m"].dtype == np.float32
-    rule.apply_dense(w, slots, np.full(3, 0.5, dtype=np.float16), 1)
+    w = rule.apply_dense(w, slots, np.full(3, 0.5, dtype=np.float16), 1)
     assert w.dtype == np.float16
     np.testing.assert_allclose(w, 0.99, rtol=1e-3)
 
@@ -134,7 +134,7 @@ def test_dense_updates_match_keras_optimizers_within_1e_5(case: str) -> None:
     w = w0.copy()
     slots = rule.init_slots(w)
     for t, g in enumerate(grads, start=1):
-        rule.apply_dense(w, slots, g, t)
+        w = rule.apply_dense(w, slots, g, t)
     assert not np.allclose(w, w0, rtol=1e-3)  # the sequence moved the weights
     np.testing.assert_allclose(w, tf_var.numpy(), rtol=1e-5, atol=1e-7)
 
@@ -149,6 +149,17 @@ def test_momentum_rows_are_lazy_and_match_dense_on_the_rows_touched() -> None:
         rule.apply_rows(table, slots, np.array([2]), g, t)
         full = np.zeros((4, 2))
         full[2] = g
-        rule.apply_dense(dense, dslots, full, t)
+        dense = rule.apply_dense(dense, dslots, full, t)
     np.testing.assert_allclose(table[2], dense[2])
     np.testing.assert_array_equal(table[[0, 1, 3]], 1.0)
+
+
+@pytest.mark.parametrize(("kind", "dtype"), [("sgd", np.float32), ("adam", np.float32), ("adam", np.float16)])
+def test_dense_updates_return_a_new_array_and_leave_the_old_value_untouched(kind: str, dtype: type) -> None:
+    rule = make_rule(OptimizerConfig.parse(kind, 0.1))
+    w = np.ones(4, dtype=dtype)
+    w.flags.writeable = False  # what a reader holds (store.Variable.read): never written
+    new = rule.apply_dense(w, rule.init_slots(w), np.full(4, 0.5, dtype=dtype), 1)
+    assert new.dtype == dtype and new.shape == w.shape and new.flags.writeable
+    np.testing.assert_array_equal(w, 1.0)
+    assert np.all(new < 1.0)
