@@ -182,9 +182,15 @@ def test_exactly_once_a_worker_killed_mid_partition_leaves_every_partition_appli
     trainer.CreateJob(trainer_pb2.CreateJobRequest(spec=spec, job_id="once"), timeout=120)
     wait_steps(cluster, "once", 15)
     victim = cluster.workers["w1"]
-    while metric(victim, "mlmesh_trainer_worker_steps_total") < 3:
+    staged: list[str] = []
+    for _ in range(1200):  # until w1 is early in a partition (of 10 batches): some pushes staged
+        info = shard_job(cluster, 0, "once")
+        staged = [st.lease_id for st in info.staged if st.worker_id == "w1" and 1 <= st.pushes <= 3]
+        if staged:
+            break
         time.sleep(0.05)
-    victim.kill()  # mid-partition: some of its pushes are staged under a live lease
+    assert staged, "w1 never had pushes staged"
+    victim.kill()  # its staged pushes wait under a lease nobody will complete
     cluster.start_worker("w1")
     job = wait_job(trainer, "once", timeout=240)
     assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
@@ -204,4 +210,6 @@ def test_exactly_once_a_worker_killed_mid_partition_leaves_every_partition_appli
         assert dict(info.applied_pushes_by_task) == want  # each task once, all of its batches
         assert not info.staged
         aborted += info.leases_aborted
-    assert aborted >= 1  # the killed worker's partial partition was thrown away, not applied
+    state = cluster.ingest_stub().GetLease(ingest_pb2.GetLeaseRequest(lease_id=staged[0]), timeout=10).state
+    assert state == ingest_pb2.LEASE_STATE_EXPIRED  # its task went to another worker ...
+    assert aborted >= 1  # ... and its partial partition was thrown away, not applied
