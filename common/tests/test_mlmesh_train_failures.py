@@ -1,5 +1,5 @@
-"""The seed's scenario pieces: the synthetic fleet (mlmesh.data.train_failures) and the windows
-transform (mlmesh.transforms.windows)."""
+"""The seed's scenario pieces: the synthetic fleet (mlmesh.data.train_failures), the windows
+transform (mlmesh.transforms.windows) and the failure predictor (mlmesh.models.failure_mlp)."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
 # -- the fleet ----------------------------------------------------------------------------
 
 
-def test_importing_the_data_and_transform_modules_does_not_load_tensorflow() -> None:
+def test_importing_the_data_transform_and_model_modules_does_not_load_tensorflow() -> None:
     code = (
-        "import sys, mlmesh.data.train_failures, mlmesh.transforms.windows; "
+        "import sys, mlmesh.data.train_failures, mlmesh.transforms.windows, mlmesh.models.failure_mlp; "
         "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
@@ -188,3 +188,49 @@ def test_feature_scaling_brings_features_to_order_one() -> None:
     offset, scale = win.feature_scaling()
     z = (out["features"] - offset) / scale
     assert np.all(np.abs(z.mean(axis=0)) < 3) and np.all(z.std(axis=0) < 4)
+
+
+# -- the model ----------------------------------------------------------------------------
+
+
+def test_the_model_takes_features_and_returns_one_probability_per_window() -> None:
+    from mlmesh.models import failure_mlp
+
+    spec = failure_mlp.build(hidden="16")
+    assert (list(spec.features), spec.label) == (["features"], "label")
+    assert spec.model.output_names == ["probability"]
+    assert [m().name for m in spec.metrics] == ["precision", "recall", "auc"]
+    p = np.asarray(spec.model(np.zeros((3, 42), np.float32)))
+    assert p.shape == (3,) and np.all((p > 0) & (p < 1))
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [({"hidden": "x"}, "not an integer"), ({"pos_weight": "0"}, "outside"), ({"depth": "2"}, "unknown")],
+)
+def test_bad_model_args_are_refused_by_name(args: dict[str, str], match: str) -> None:
+    from mlmesh.models import failure_mlp
+
+    with pytest.raises(ValueError, match=match):
+        failure_mlp.parse_args(args)
+
+
+def test_a_few_hundred_steps_predict_failures_well_above_chance() -> None:
+    import keras
+    from mlmesh.models import failure_mlp
+
+    sim = tf_data.FleetSimulator(seed=0)
+    train = [win.window_features(sim.next_chunk(120)) for _ in range(2)]
+    x = np.concatenate([p["features"] for p in train])
+    y = np.concatenate([p["label"] for p in train])
+    sim.next_chunk(120)
+    test = win.window_features(sim.next_chunk(240))
+    keras.utils.set_random_seed(0)
+    spec = failure_mlp.build()
+    spec.model.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss=spec.loss, metrics=[m() for m in spec.metrics]
+    )
+    spec.model.fit(x, y, batch_size=256, epochs=3, verbose=0)  # ~540 steps
+    got = spec.model.evaluate(test["features"], test["label"], batch_size=4096, verbose=0, return_dict=True)
+    # Chance: precision = the positive rate (~0.03), recall = the share predicted positive.
+    assert got["precision"] > 0.3 and got["recall"] > 0.3 and got["auc"] > 0.8, got
