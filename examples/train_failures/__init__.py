@@ -1,0 +1,1 @@
+"""The seed's scenario (train components failing within the hour), offline checks."""
