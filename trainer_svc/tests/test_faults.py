@@ -4,6 +4,7 @@ restarted. The job still completes every task and succeeds."""
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from mlmesh.paramserver.v1 import paramserver_pb2
 from mlmesh.trainer.v1 import trainer_pb2
 
 from trainer_svc.tests.cluster import Cluster, fashion_spec, metric, wait_job
+from trainer_svc.tests.procs import Proc
 
 pytestmark = pytest.mark.faults
 
@@ -28,6 +30,14 @@ def wait_steps(c: Cluster, job_id: str, steps: int) -> trainer_pb2.JobStatus:
     raise TimeoutError(f"job {job_id} did not reach {steps} steps")
 
 
+def wait_metric(proc: Proc, name: str, at_least: float, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while metric(proc, name) < at_least:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{proc.name}: {name} stayed below {at_least} for {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def test_worker_killed_mid_task_is_replaced_and_the_job_completes(cluster: Cluster) -> None:
     trainer = cluster.trainer()
     trainer.CreateJob(
@@ -38,15 +48,25 @@ def test_worker_killed_mid_task_is_replaced_and_the_job_completes(cluster: Clust
     )
     job = wait_steps(cluster, "fault-w", 40)
     assert job.state == trainer_pb2.JOB_STATE_RUNNING
-    cluster.workers["w1"].kill()  # SIGKILL: its lease is abandoned, not completed
-    # The same identity comes back: its pushes must still be applied (steps keep rising).
-    replacement = cluster.start_worker("w1")
+    # w0 stalls (SIGSTOP, as in a long GC pause or a frozen VM) while w1 dies
+    # (SIGKILL: its leases are abandoned, not completed). Without the stall w0
+    # finishes the job before a replacement has imported TensorFlow.
+    survivor = cluster.workers["w0"]
+    survivor.popen.send_signal(signal.SIGSTOP)
+    try:
+        cluster.workers["w1"].kill()
+        # The same identity comes back: its pushes must still be applied
+        # although its earlier incarnation pushed higher step counts.
+        replacement = cluster.start_worker("w1")
+        wait_metric(replacement, 'mlmesh_trainer_worker_tasks_total{outcome="completed"}', 1, timeout=90)
+    finally:
+        survivor.popen.send_signal(signal.SIGCONT)
+    # w0's leases lapsed while it was stopped: its completions are refused and
+    # those partitions are trained again, so the job still completes each task once.
     job = wait_job(trainer, "fault-w", timeout=150)
     assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
     assert job.tasks_completed == job.tasks_total == 50
     assert job.eval_metrics["accuracy"] > 0.5
-    # The replacement trained, and the shards applied its pushes although its
-    # id's earlier incarnation had pushed higher step counts than it started from.
     assert metric(replacement, 'mlmesh_trainer_worker_tasks_total{outcome="completed"}') > 0
     assert metric(replacement, "mlmesh_trainer_worker_pushes_ignored_total") == 0
 
