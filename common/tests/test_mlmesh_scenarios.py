@@ -228,3 +228,12 @@ def test_the_command_refuses_bad_input_clearly_and_starts_nothing(
     assert result.exit_code == 1, result.output
     assert message in " ".join(result.output.split())
     assert not root.exists()  # no suite was started, nothing was written
+
+
+def test_the_command_is_listed_with_its_options() -> None:
+    result = runner.invoke(app, ["scenario", "--help"])
+    assert result.exit_code == 0 and "train-failures" in result.output
+    result = runner.invoke(app, ["scenario", "train-failures", "--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("--minutes", "--speedup", "--summary", "--root", "SYNTHETIC"):
+        assert option in result.output
