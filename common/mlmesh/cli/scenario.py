@@ -67,6 +67,10 @@ class ScenarioError(RuntimeError):
     """A part of the scenario failed; the message says which and why."""
 
 
+class EarlierRunError(ScenarioError):
+    """The suite holds an earlier run's data under the same --name: nothing was done."""
+
+
 class TrainFailuresRun:
     """One run against a running suite: stream, transform, train, evaluate until `deadline`.
 
@@ -124,7 +128,7 @@ class TrainFailuresRun:
             for name in (cfg.raw_dataset, cfg.features_dataset):
                 ds = client.get_dataset(name)
                 if ds is not None and ds.num_records > 0:
-                    raise ScenarioError(
+                    raise EarlierRunError(
                         f"dataset {name!r} already holds {ds.num_records:,} records (an earlier run under "
                         f"{self.addrs.root}?): pass another --name or a fresh --root"
                     )
@@ -133,7 +137,7 @@ class TrainFailuresRun:
             )
         for addr, versions in replica_version_states(self.addrs.serving, cfg.name).items():
             if not isinstance(versions, str) and versions:
-                raise ScenarioError(
+                raise EarlierRunError(
                     f"replica {addr} already serves model {cfg.name!r} (versions "
                     f"{sorted(v.version for v in versions)}): pass another --name or a fresh --root"
                 )
@@ -582,18 +586,19 @@ def train_failures(
         else:
             _run_on_own_suite(root, cfg, held, started, ready_timeout, log_level, report)
         report["ok"] = True
+    except EarlierRunError as e:
+        fail(f"{e}\n(nothing was run; {summary_path} is left as it was)")
     except KeyboardInterrupt:
         error, code = "interrupted", 130
     except (ScenarioError, SupervisorError, TimeoutError) as e:
         error, code = str(e), 1
     except grpc.RpcError as e:
         error, code = f"a call failed: {rpc_error_text(e)}", 1
-    finally:
-        report["total_seconds"] = round(time.monotonic() - started, 3)
-        report["load_average_end"] = load_average()
-        if error is not None:
-            report["error"] = error
-        atomic_write_json(summary_path, report)
+    report["total_seconds"] = round(time.monotonic() - started, 3)
+    report["load_average_end"] = load_average()
+    if error is not None:
+        report["error"] = error
+    atomic_write_json(summary_path, report)
     console.print(versions_table(report))
     _print_verdict(report)
     console.print(f"summary written to {summary_path}")
