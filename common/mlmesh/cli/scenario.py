@@ -31,7 +31,12 @@ from rich.text import Text
 from mlmesh.cli.common import DEFAULT_ROOT, SuiteAddresses, console, err_console, fail
 from mlmesh.cli.demo import replica_version_states
 from mlmesh.cli.suite import SuiteConfig, make_supervisor, start_suite
-from mlmesh.cli.train import CREATE_JOB_TIMEOUT_SECONDS, live_suite, load_average
+from mlmesh.cli.train import (
+    CREATE_JOB_TIMEOUT_SECONDS,
+    UNAVAILABLE_PATIENCE_SECONDS,
+    live_suite,
+    load_average,
+)
 from mlmesh.cli.up import check_log_level, remove_suite_file
 from mlmesh.clients import (
     IngestClient,
@@ -61,6 +66,7 @@ PREDICT_BATCH = 1024  # serving's default max_request_examples
 STATUS_LINE_SECONDS = 20.0  # without a terminal: a progress line this often
 TRANSFORM_STOP_SECONDS = 40.0
 MAX_EPOCHS = 1000  # the coordinator's bound; the run ends long before
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class ScenarioError(RuntimeError):
@@ -104,37 +110,51 @@ class TrainFailuresRun:
         self.features_records = 0
         self.features_partitions = 0
         self.load_max = 0.0
+        self.note = ""  # shown in the progress display
         self.log_dir = addrs.root / "run" / "logs"
 
     # -- the run -----------------------------------------------------------------------
 
     def execute(self) -> None:
+        self.ingest = IngestClient(self.addrs.ingest)
+        self.trainer = TrainerClient(self.addrs.coordinator)
         try:
             self._prepare()
             self._prime_stream()
             self._start_transform()
             with self._display() as show:
+                failing_since: float | None = None
                 while time.monotonic() < self.deadline:
-                    self._tick()
+                    try:
+                        self._tick()
+                        failing_since = None
+                    except grpc.RpcError as e:
+                        # A service the supervisor restarts comes back on its port: wait a while.
+                        failing_since = failing_since or time.monotonic()
+                        waited = time.monotonic() - failing_since
+                        if e.code() not in RETRIED or waited > UNAVAILABLE_PATIENCE_SECONDS:  # type: ignore[attr-defined]
+                            raise
+                        self.note = f"retrying: {rpc_error_text(e)}"
                     show()
                     time.sleep(TICK_SECONDS)
         finally:
             self._shutdown()
+            self.ingest.close()
+            self.trainer.close()
 
     def _prepare(self) -> None:
         """Refuse to mix with an earlier run's data; create the raw dataset."""
         cfg = self.cfg
-        with IngestClient(self.addrs.ingest) as client:
-            for name in (cfg.raw_dataset, cfg.features_dataset):
-                ds = client.get_dataset(name)
-                if ds is not None and ds.num_records > 0:
-                    raise EarlierRunError(
-                        f"dataset {name!r} already holds {ds.num_records:,} records (an earlier run under "
-                        f"{self.addrs.root}?): pass another --name or a fresh --root"
-                    )
-            client.create_dataset(
-                cfg.raw_dataset, raw_schema(), partition_bytes_for_chunk(cfg.components, cfg.chunk_minutes)
-            )
+        for name in (cfg.raw_dataset, cfg.features_dataset):
+            ds = self.ingest.get_dataset(name)
+            if ds is not None and ds.num_records > 0:
+                raise EarlierRunError(
+                    f"dataset {name!r} already holds {ds.num_records:,} records (an earlier run under "
+                    f"{self.addrs.root}?): pass another --name or a fresh --root"
+                )
+        self.ingest.create_dataset(
+            cfg.raw_dataset, raw_schema(), partition_bytes_for_chunk(cfg.components, cfg.chunk_minutes)
+        )
         for addr, versions in replica_version_states(self.addrs.serving, cfg.name).items():
             if not isinstance(versions, str) and versions:
                 raise EarlierRunError(
@@ -189,15 +209,15 @@ class TrainFailuresRun:
                 f"see {self.report['transform_log']}"
             )
         self.load_max = max(self.load_max, os.getloadavg()[0])
-        with IngestClient(self.addrs.ingest) as ingest:
-            parts = self._feature_partitions(ingest)
-            self.features_partitions = len(parts)
-            self.features_records = sum(p.num_records for p in parts)
-            if not self.job_id:
-                if parts:  # a continuous job needs data to enqueue its first epoch over
-                    self._create_job()
-                return
-            self._poll_job(ingest, parts)
+        self.note = ""
+        parts = self._feature_partitions()
+        self.features_partitions = len(parts)
+        self.features_records = sum(p.num_records for p in parts)
+        if not self.job_id:
+            if parts:  # a continuous job needs data to enqueue its first epoch over
+                self._create_job()
+            return
+        self._poll_job(parts)
         if (
             not self.streamer.ident
             and self.job is not None
@@ -207,7 +227,8 @@ class TrainFailuresRun:
             self.report["stream_clock_started_after_s"] = round(time.monotonic() - self.started, 3)
         self._evaluate_served()
 
-    def _feature_partitions(self, ingest: IngestClient) -> list[ingest_pb2.Partition]:
+    def _feature_partitions(self) -> list[ingest_pb2.Partition]:
+        ingest = self.ingest
         if ingest.get_dataset(self.cfg.features_dataset) is None:  # the transform creates it
             return []
         req = ingest_pb2.ListPartitionsRequest(dataset=self.cfg.features_dataset)
@@ -238,9 +259,8 @@ class TrainFailuresRun:
             f"(batch {cfg.batch_size}, adam lr {cfg.learning_rate:g}), a version per epoch"
         )
 
-    def _poll_job(self, ingest: IngestClient, parts: list[ingest_pb2.Partition]) -> None:
-        with TrainerClient(self.addrs.coordinator) as client:
-            job = client.get_job(self.job_id)
+    def _poll_job(self, parts: list[ingest_pb2.Partition]) -> None:
+        job = self.trainer.get_job(self.job_id)
         self.job = job
         if job.state in (trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED):
             raise ScenarioError(f"job {self.job_id} ended {job_state_name(job.state)}: {job.error or '-'}")
@@ -250,8 +270,8 @@ class TrainFailuresRun:
         # The version was snapshotted after `epochs_exported` epochs; each epoch covered every
         # partition present when it was enqueued, so the last of them covered the first N by id.
         epochs = int(job.epochs_exported)
-        queue = ingest.stub.GetQueueStatus(
-            ingest_pb2.GetQueueStatusRequest(job_id=self.job_id), timeout=ingest.timeout
+        queue = self.ingest.stub.GetQueueStatus(
+            ingest_pb2.GetQueueStatusRequest(job_id=self.job_id), timeout=self.ingest.timeout
         ).status
         covered = int(queue.epochs[epochs - 1].total) if 0 < epochs <= len(queue.epochs) else 0
         records = sum(p.num_records for p in parts[:covered])
@@ -396,6 +416,8 @@ class TrainFailuresRun:
         scored = [r for r in self.results if r.metrics is not None]
         waiting = ", ".join(str(r.version) for r in self.pending) or "-"
         lines.append(f"serving   {len(scored)} versions evaluated through the gateway; loading: {waiting}")
+        if self.note:
+            lines.append(f"[yellow]{self.note}[/]")
         return Group(*(Text.from_markup(line) for line in lines))
 
     def _display(self) -> _Display:
