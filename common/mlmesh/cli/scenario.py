@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from mlmesh import tensor
 from mlmesh.cli.common import DEFAULT_ROOT, SuiteAddresses, console, err_console, fail
 from mlmesh.cli.demo import replica_version_states
 from mlmesh.cli.suite import SuiteConfig, make_supervisor, start_suite
@@ -56,12 +57,13 @@ from mlmesh.scenarios import train_failures as tf_scenario
 from mlmesh.scenarios.metrics import binary_metrics
 from mlmesh.scenarios.stream import FleetStreamer, partition_bytes_for_chunk, raw_schema
 from mlmesh.scenarios.train_failures import HeldOut, ScenarioConfig, VersionResult, improvement
+from mlmesh.serving.v1 import serving_pb2
 from mlmesh.supervisor import SupervisorError, terminate_on_signals
 from mlmesh.trainer.v1 import trainer_pb2
 
 app = typer.Typer(help="Run a scenario end to end on the local suite.", no_args_is_help=True)
 
-TICK_SECONDS = 0.5
+TICK_SECONDS = 0.25  # a version may be served for only a second or two early on
 PREDICT_BATCH = 1024  # serving's default max_request_examples
 STATUS_LINE_SECONDS = 20.0  # without a terminal: a progress line this often
 TRANSFORM_STOP_SECONDS = 40.0
@@ -111,6 +113,11 @@ class TrainFailuresRun:
         self.features_partitions = 0
         self.load_max = 0.0
         self.note = ""  # shown in the progress display
+        # The held-out span as request inputs, encoded once for every version.
+        self.held_requests = [
+            tensor.map_to_proto({"features": held.features[i : i + PREDICT_BATCH]})
+            for i in range(0, len(held.features), PREDICT_BATCH)
+        ]
         self.log_dir = addrs.root / "run" / "logs"
 
     # -- the run -----------------------------------------------------------------------
@@ -316,25 +323,37 @@ class TrainFailuresRun:
             console.print(version_line(result))
 
     def _evaluate(self, result: VersionResult) -> None:
-        """Score `result.version` on the held-out span through the gateway (gRPC, via Envoy)."""
-        x, y = self.held.features, self.held.labels
+        """Score `result.version` on the held-out span through the gateway (gRPC, via Envoy).
+
+        Every request is in flight at once: a replica drops a version soon after it loads the
+        next one, and the first versions come a second or two apart."""
         t = time.perf_counter()
         scores = []
         try:
             with ServingClient(self.addrs.gateway_grpc, timeout=30.0) as client:
-                for start in range(0, len(x), PREDICT_BATCH):
-                    batch = {"features": x[start : start + PREDICT_BATCH]}
-                    version, outputs = client.predict(self.cfg.name, batch, version=result.version)
-                    if version != result.version:
-                        raise ScenarioError(f"asked for version {result.version}, version {version} answered")
-                    scores.append(first_output(outputs).reshape(-1))
+                futures = [
+                    client.stub.Predict.future(
+                        serving_pb2.PredictRequest(
+                            model_name=self.cfg.name, version=result.version, inputs=inputs
+                        ),
+                        timeout=30.0,
+                    )
+                    for inputs in self.held_requests
+                ]
+                for future in futures:
+                    resp = future.result()
+                    if resp.version != result.version:
+                        raise ScenarioError(
+                            f"asked for version {result.version}, version {resp.version} answered"
+                        )
+                    scores.append(first_output(tensor.map_from_proto(resp.outputs)).reshape(-1))
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
                 result.skipped = "superseded while it was evaluated"
                 return
             raise
         result.eval_seconds = time.perf_counter() - t
-        result.metrics = binary_metrics(y, np.concatenate(scores), self.cfg.threshold)
+        result.metrics = binary_metrics(self.held.labels, np.concatenate(scores), self.cfg.threshold)
 
     def _shutdown(self) -> None:
         self.stop.set()
