@@ -134,6 +134,27 @@ def test_following_a_growing_source_transforms_what_arrives(ingest: IngestProces
     assert sorted(ids.tolist()) == list(range(0, 11 * PER_PARTITION, 2))
 
 
+def test_following_a_source_with_no_partition_yet_waits_for_the_first(ingest: IngestProcess) -> None:
+    add_records(ingest.addr, 0, 0, create=True)  # the dataset exists, empty
+    run = subprocess.Popen(
+        mlmesh("run", "--ingest-addr", ingest.addr, "--source", "raw", "--target", "cooked",
+               "--transform", AFFINE, "--arg", "every=2", "--workers", "1", "--follow",
+               "--poll-seconds", "0.2", "--until-idle", "3"),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        time.sleep(2.0)
+        assert run.poll() is None, "the driver gave up on a source with nothing in it yet"
+        add_records(ingest.addr, 0, 2 * PER_PARTITION)
+        out, _ = run.communicate(timeout=120)
+        assert run.returncode == 0, out.decode(errors="replace")
+    finally:
+        if run.poll() is None:
+            run.kill()
+    ids, _ = target_ids(ingest.addr)
+    assert sorted(ids.tolist()) == list(range(0, 2 * PER_PARTITION, 2))
+
+
 def test_a_transform_that_does_not_fit_the_source_fails_clearly(ingest: IngestProcess) -> None:
     add_records(ingest.addr, 0, PER_PARTITION, create=True)
     res = subprocess.run(

@@ -107,4 +107,5 @@ def job_to_proto(job: Job) -> trainer_pb2.JobStatus:
         active_workers=job.active_workers,
         train_seconds=job.train_seconds,
         epochs_completed=job.epochs_completed,
+        epochs_exported=job.epochs_exported,
     )

@@ -490,6 +490,7 @@ class Coordinator:
                 JobState.SUCCEEDED,
                 export_path=str(path),
                 model_version=version,
+                epochs_exported=job.epochs_completed,
                 finished_unix=time.time(),
             )
             log.info("job succeeded", job_id=job.job_id, export_path=str(path), version=version)

@@ -186,6 +186,7 @@ def test_a_continuous_job_takes_in_data_that_arrives_and_exports_a_version_per_e
     job = wait_job(trainer, "growing-1", timeout=240)
     assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
     assert job.epochs_completed == 3
+    assert job.epochs_exported == 3  # the last version has seen every epoch
     # Epoch 0 had the first partitions only; the last epoch all of them.
     assert before * 3 < job.tasks_total <= before + 2 * after
     assert job.examples > 3 * 1000

@@ -31,6 +31,7 @@ from mlmesh.clients import (
     job_spec,
     job_state_name,
     rpc_error_text,
+    version_state_name,
 )
 from mlmesh.files import atomic_write_json
 from mlmesh.serving.v1 import serving_pb2
@@ -75,33 +76,42 @@ def _ingest(
     return results
 
 
+def replica_version_states(
+    replicas: list[str], model_name: str, timeout: float = 5.0
+) -> dict[str, list[serving_pb2.ModelVersionStatus] | str]:
+    """Each replica's versions of `model_name` (GetModelStatus), or the failed call's text."""
+    out: dict[str, list[serving_pb2.ModelVersionStatus] | str] = {}
+    for addr in replicas:
+        with ServingClient(addr, timeout=timeout) as client:
+            try:
+                out[addr] = client.model_status(model_name)
+            except grpc.RpcError as e:
+                out[addr] = rpc_error_text(e)
+    return out
+
+
+def version_state(versions: list[serving_pb2.ModelVersionStatus] | str, version: int) -> str:
+    """'AVAILABLE', 'LOADING', ... of `version` on one replica; 'NOT LOADED' when the replica
+    does not list it; the call's error text when the replica did not answer."""
+    if isinstance(versions, str):
+        return versions
+    match = [v for v in versions if v.version == version]
+    return version_state_name(match[0].state) if match else "NOT LOADED"
+
+
 def _wait_available(replicas: list[str], model_name: str, version: int, timeout: float) -> dict[str, str]:
     """Block until every replica reports `version` AVAILABLE; the final state per replica."""
     deadline = time.monotonic() + timeout
     states = dict.fromkeys(replicas, "UNKNOWN")
     with console.status(f"waiting for {len(replicas)} serving replicas to load version {version}"):
         while True:
-            for addr in replicas:
-                if states[addr] == "AVAILABLE":
-                    continue
-                with ServingClient(addr, timeout=5.0) as client:
-                    try:
-                        versions = client.model_status(model_name)
-                    except grpc.RpcError as e:
-                        states[addr] = rpc_error_text(e)
-                        continue
-                match = [v for v in versions if v.version == version]
-                if not match:
-                    states[addr] = "NOT LOADED"
-                    continue
-                v = match[0]
-                states[addr] = serving_pb2.ModelVersionState.Name(v.state).removeprefix(
-                    "MODEL_VERSION_STATE_"
-                )
-                if v.state == serving_pb2.MODEL_VERSION_STATE_FAILED:
-                    raise DemoError(
-                        f"replica {addr} failed to load {model_name} version {version}: {v.error}"
-                    )
+            pending = [addr for addr in replicas if states[addr] != "AVAILABLE"]
+            for addr, versions in replica_version_states(pending, model_name).items():
+                states[addr] = version_state(versions, version)
+                if states[addr] == "FAILED":
+                    assert not isinstance(versions, str)
+                    error = next(v.error for v in versions if v.version == version)
+                    raise DemoError(f"replica {addr} failed to load {model_name} version {version}: {error}")
             if all(s == "AVAILABLE" for s in states.values()):
                 return states
             if time.monotonic() > deadline:

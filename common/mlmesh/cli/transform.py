@@ -93,6 +93,9 @@ def run(
     ingest_addr: IngestOpt = None,
 ) -> None:
     """Run a transform job to its end (or, with --follow, until Ctrl-C / --until-idle)."""
+    from mlmesh.lifeline import die_with_parent
+
+    die_with_parent()  # when a parent (e.g. `mlmesh scenario`) asked for it: never outlive it
     addr = resolve(root, ingest_addr, "ingest", "--ingest-addr")
     args = parse_kv(arg or [], "--arg")
     job = job_id_for(source, target)
@@ -138,7 +141,12 @@ def run(
             ) as progress:
                 bar = progress.add_task("transform", total=None)
                 while not stopping:
-                    q = status(ingest_pb2.GetQueueStatusRequest(job_id=job), timeout=client.timeout).status
+                    if follow:
+                        q = _queue_status(client, job)
+                    else:
+                        q = status(
+                            ingest_pb2.GetQueueStatusRequest(job_id=job), timeout=client.timeout
+                        ).status
                     progress.update(bar, completed=q.completed, total=q.total or None)
                     if follow:
                         n, next_id = enqueue_new(client, job, source, epoch, next_id)
@@ -168,6 +176,18 @@ def run(
         console.print(
             f"[green]done[/green]: {q.completed} partitions of {source!r} -> {target!r} ({records:,} records)"
         )
+
+
+def _queue_status(client: IngestClient, job: str) -> ingest_pb2.QueueStatus:
+    """The job's queue; an empty one while no epoch was ever enqueued (--follow of a source
+    that has no partition yet)."""
+    req = ingest_pb2.GetQueueStatusRequest(job_id=job)
+    try:
+        return client.stub.GetQueueStatus(req, timeout=client.timeout).status
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+            raise
+        return ingest_pb2.QueueStatus(job_id=job)
 
 
 def _spawn_worker(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mlmesh.paramserver.v1 import paramserver_pb2 as mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmlmesh/trainer/v1/trainer.proto\x12\x11mlmesh.trainer.v1\x1a\'mlmesh/paramserver/v1/paramserver.proto\"\xe1\x03\n\x07JobSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12=\n\nmodel_args\x18\x02 \x03(\x0b\x32).mlmesh.trainer.v1.JobSpec.ModelArgsEntry\x12\x15\n\rtrain_dataset\x18\x03 \x01(\t\x12\x14\n\x0c\x65val_dataset\x18\x04 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x05\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x37\n\toptimizer\x18\x07 \x01(\x0b\x32$.mlmesh.paramserver.v1.OptimizerSpec\x12\x12\n\nmodel_name\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x18\n\x10\x65val_max_records\x18\n \x01(\x03\x12\x13\n\x0b\x63onsistency\x18\x0b \x01(\t\x12\x1c\n\x14worker_lease_seconds\x18\x0c \x01(\x01\x12\x1d\n\x15skip_nonfinite_pushes\x18\r \x01(\x08\x12\x12\n\ncontinuous\x18\x0e \x01(\x08\x12\x14\n\x0cwindow_hours\x18\x0f \x01(\x01\x12\x14\n\x0c\x65xactly_once\x18\x10 \x01(\x08\x1a\x30\n\x0eModelArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x04\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.mlmesh.trainer.v1.JobSpec\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.mlmesh.trainer.v1.JobState\x12\r\n\x05steps\x18\x04 \x01(\x03\x12\x10\n\x08\x65xamples\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x1b\n\x13\x65xamples_per_second\x18\x07 \x01(\x01\x12\x13\n\x0btasks_total\x18\x08 \x01(\x03\x12\x17\n\x0ftasks_completed\x18\t \x01(\x03\x12\x43\n\x0c\x65val_metrics\x18\n \x03(\x0b\x32-.mlmesh.trainer.v1.JobStatus.EvalMetricsEntry\x12\x13\n\x0b\x65xport_path\x18\x0b \x01(\t\x12\x15\n\rmodel_version\x18\x0c \x01(\x03\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x0e \x01(\x01\x12\x14\n\x0cstarted_unix\x18\x0f \x01(\x01\x12\x15\n\rfinished_unix\x18\x10 \x01(\x01\x12\x16\n\x0e\x61\x63tive_workers\x18\x11 \x01(\x05\x12\x15\n\rtrain_seconds\x18\x12 \x01(\x01\x12\x18\n\x10\x65pochs_completed\x18\x13 \x01(\x05\x1a\x32\n\x10\x45valMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"L\n\x10\x43reateJobRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.mlmesh.trainer.v1.JobSpec\x12\x0e\n\x06job_id\x18\x02 \x01(\t\">\n\x11\x43reateJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.mlmesh.trainer.v1.JobStatus\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\";\n\x0eGetJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.mlmesh.trainer.v1.JobStatus\"\x11\n\x0fListJobsRequest\">\n\x10ListJobsResponse\x12*\n\x04jobs\x18\x01 \x03(\x0b\x32\x1c.mlmesh.trainer.v1.JobStatus\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x11\x43\x61ncelJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.mlmesh.trainer.v1.JobStatus\"7\n\x12\x41\x63quireWorkRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"\x88\x01\n\x13\x41\x63quireWorkResponse\x12\x10\n\x08has_work\x18\x01 \x01(\x08\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.mlmesh.trainer.v1.JobSpec\x12\x13\n\x0bingest_addr\x18\x04 \x01(\t\x12\x10\n\x08ps_addrs\x18\x05 \x03(\t\"m\n\x15ReportProgressRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x01(\x03\x12\x10\n\x08\x65xamples\x18\x04 \x01(\x03\x12\x10\n\x08loss_sum\x18\x05 \x01(\x01\"D\n\x16ReportProgressResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.mlmesh.trainer.v1.JobState*\xce\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x18\n\x14JOB_STATE_EVALUATING\x10\x03\x12\x17\n\x13JOB_STATE_EXPORTING\x10\x04\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x32\xa9\x04\n\x0eTrainerService\x12V\n\tCreateJob\x12#.mlmesh.trainer.v1.CreateJobRequest\x1a$.mlmesh.trainer.v1.CreateJobResponse\x12M\n\x06GetJob\x12 .mlmesh.trainer.v1.GetJobRequest\x1a!.mlmesh.trainer.v1.GetJobResponse\x12S\n\x08ListJobs\x12\".mlmesh.trainer.v1.ListJobsRequest\x1a#.mlmesh.trainer.v1.ListJobsResponse\x12V\n\tCancelJob\x12#.mlmesh.trainer.v1.CancelJobRequest\x1a$.mlmesh.trainer.v1.CancelJobResponse\x12\\\n\x0b\x41\x63quireWork\x12%.mlmesh.trainer.v1.AcquireWorkRequest\x1a&.mlmesh.trainer.v1.AcquireWorkResponse\x12\x65\n\x0eReportProgress\x12(.mlmesh.trainer.v1.ReportProgressRequest\x1a).mlmesh.trainer.v1.ReportProgressResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmlmesh/trainer/v1/trainer.proto\x12\x11mlmesh.trainer.v1\x1a\'mlmesh/paramserver/v1/paramserver.proto\"\xe1\x03\n\x07JobSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12=\n\nmodel_args\x18\x02 \x03(\x0b\x32).mlmesh.trainer.v1.JobSpec.ModelArgsEntry\x12\x15\n\rtrain_dataset\x18\x03 \x01(\t\x12\x14\n\x0c\x65val_dataset\x18\x04 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x05\x12\x12\n\nbatch_size\x18\x06 \x01(\x05\x12\x37\n\toptimizer\x18\x07 \x01(\x0b\x32$.mlmesh.paramserver.v1.OptimizerSpec\x12\x12\n\nmodel_name\x18\x08 \x01(\t\x12\x0c\n\x04seed\x18\t \x01(\x03\x12\x18\n\x10\x65val_max_records\x18\n \x01(\x03\x12\x13\n\x0b\x63onsistency\x18\x0b \x01(\t\x12\x1c\n\x14worker_lease_seconds\x18\x0c \x01(\x01\x12\x1d\n\x15skip_nonfinite_pushes\x18\r \x01(\x08\x12\x12\n\ncontinuous\x18\x0e \x01(\x08\x12\x14\n\x0cwindow_hours\x18\x0f \x01(\x01\x12\x14\n\x0c\x65xactly_once\x18\x10 \x01(\x08\x1a\x30\n\x0eModelArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc4\x04\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12(\n\x04spec\x18\x02 \x01(\x0b\x32\x1a.mlmesh.trainer.v1.JobSpec\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.mlmesh.trainer.v1.JobState\x12\r\n\x05steps\x18\x04 \x01(\x03\x12\x10\n\x08\x65xamples\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x01\x12\x1b\n\x13\x65xamples_per_second\x18\x07 \x01(\x01\x12\x13\n\x0btasks_total\x18\x08 \x01(\x03\x12\x17\n\x0ftasks_completed\x18\t \x01(\x03\x12\x43\n\x0c\x65val_metrics\x18\n \x03(\x0b\x32-.mlmesh.trainer.v1.JobStatus.EvalMetricsEntry\x12\x13\n\x0b\x65xport_path\x18\x0b \x01(\t\x12\x15\n\rmodel_version\x18\x0c \x01(\x03\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x0e \x01(\x01\x12\x14\n\x0cstarted_unix\x18\x0f \x01(\x01\x12\x15\n\rfinished_unix\x18\x10 \x01(\x01\x12\x16\n\x0e\x61\x63tive_workers\x18\x11 \x01(\x05\x12\x15\n\rtrain_seconds\x18\x12 \x01(\x01\x12\x18\n\x10\x65pochs_completed\x18\x13 \x01(\x05\x12\x17\n\x0f\x65pochs_exported\x18\x14 \x01(\x05\x1a\x32\n\x10\x45valMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"L\n\x10\x43reateJobRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x1a.mlmesh.trainer.v1.JobSpec\x12\x0e\n\x06job_id\x18\x02 \x01(\t\">\n\x11\x43reateJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.mlmesh.trainer.v1.JobStatus\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\";\n\x0eGetJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.mlmesh.trainer.v1.JobStatus\"\x11\n\x0fListJobsRequest\">\n\x10ListJobsResponse\x12*\n\x04jobs\x18\x01 \x03(\x0b\x32\x1c.mlmesh.trainer.v1.JobStatus\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x11\x43\x61ncelJobResponse\x12)\n\x03job\x18\x01 \x01(\x0b\x32\x1c.mlmesh.trainer.v1.JobStatus\"7\n\x12\x41\x63quireWorkRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"\x88\x01\n\x13\x41\x63quireWorkResponse\x12\x10\n\x08has_work\x18\x01 \x01(\x08\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.mlmesh.trainer.v1.JobSpec\x12\x13\n\x0bingest_addr\x18\x04 \x01(\t\x12\x10\n\x08ps_addrs\x18\x05 \x03(\t\"m\n\x15ReportProgressRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x01(\x03\x12\x10\n\x08\x65xamples\x18\x04 \x01(\x03\x12\x10\n\x08loss_sum\x18\x05 \x01(\x01\"D\n\x16ReportProgressResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.mlmesh.trainer.v1.JobState*\xce\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x18\n\x14JOB_STATE_EVALUATING\x10\x03\x12\x17\n\x13JOB_STATE_EXPORTING\x10\x04\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x05\x12\x14\n\x10JOB_STATE_FAILED\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x32\xa9\x04\n\x0eTrainerService\x12V\n\tCreateJob\x12#.mlmesh.trainer.v1.CreateJobRequest\x1a$.mlmesh.trainer.v1.CreateJobResponse\x12M\n\x06GetJob\x12 .mlmesh.trainer.v1.GetJobRequest\x1a!.mlmesh.trainer.v1.GetJobResponse\x12S\n\x08ListJobs\x12\".mlmesh.trainer.v1.ListJobsRequest\x1a#.mlmesh.trainer.v1.ListJobsResponse\x12V\n\tCancelJob\x12#.mlmesh.trainer.v1.CancelJobRequest\x1a$.mlmesh.trainer.v1.CancelJobResponse\x12\\\n\x0b\x41\x63quireWork\x12%.mlmesh.trainer.v1.AcquireWorkRequest\x1a&.mlmesh.trainer.v1.AcquireWorkResponse\x12\x65\n\x0eReportProgress\x12(.mlmesh.trainer.v1.ReportProgressRequest\x1a).mlmesh.trainer.v1.ReportProgressResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,40 +36,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSPEC_MODELARGSENTRY']._serialized_options = b'8\001'
   _globals['_JOBSTATUS_EVALMETRICSENTRY']._loaded_options = None
   _globals['_JOBSTATUS_EVALMETRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=1934
-  _globals['_JOBSTATE']._serialized_end=2140
+  _globals['_JOBSTATE']._serialized_start=1959
+  _globals['_JOBSTATE']._serialized_end=2165
   _globals['_JOBSPEC']._serialized_start=96
   _globals['_JOBSPEC']._serialized_end=577
   _globals['_JOBSPEC_MODELARGSENTRY']._serialized_start=529
   _globals['_JOBSPEC_MODELARGSENTRY']._serialized_end=577
   _globals['_JOBSTATUS']._serialized_start=580
-  _globals['_JOBSTATUS']._serialized_end=1135
-  _globals['_JOBSTATUS_EVALMETRICSENTRY']._serialized_start=1085
-  _globals['_JOBSTATUS_EVALMETRICSENTRY']._serialized_end=1135
-  _globals['_CREATEJOBREQUEST']._serialized_start=1137
-  _globals['_CREATEJOBREQUEST']._serialized_end=1213
-  _globals['_CREATEJOBRESPONSE']._serialized_start=1215
-  _globals['_CREATEJOBRESPONSE']._serialized_end=1277
-  _globals['_GETJOBREQUEST']._serialized_start=1279
-  _globals['_GETJOBREQUEST']._serialized_end=1310
-  _globals['_GETJOBRESPONSE']._serialized_start=1312
-  _globals['_GETJOBRESPONSE']._serialized_end=1371
-  _globals['_LISTJOBSREQUEST']._serialized_start=1373
-  _globals['_LISTJOBSREQUEST']._serialized_end=1390
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1392
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1454
-  _globals['_CANCELJOBREQUEST']._serialized_start=1456
-  _globals['_CANCELJOBREQUEST']._serialized_end=1490
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1492
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1554
-  _globals['_ACQUIREWORKREQUEST']._serialized_start=1556
-  _globals['_ACQUIREWORKREQUEST']._serialized_end=1611
-  _globals['_ACQUIREWORKRESPONSE']._serialized_start=1614
-  _globals['_ACQUIREWORKRESPONSE']._serialized_end=1750
-  _globals['_REPORTPROGRESSREQUEST']._serialized_start=1752
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1861
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1863
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1931
-  _globals['_TRAINERSERVICE']._serialized_start=2143
-  _globals['_TRAINERSERVICE']._serialized_end=2696
+  _globals['_JOBSTATUS']._serialized_end=1160
+  _globals['_JOBSTATUS_EVALMETRICSENTRY']._serialized_start=1110
+  _globals['_JOBSTATUS_EVALMETRICSENTRY']._serialized_end=1160
+  _globals['_CREATEJOBREQUEST']._serialized_start=1162
+  _globals['_CREATEJOBREQUEST']._serialized_end=1238
+  _globals['_CREATEJOBRESPONSE']._serialized_start=1240
+  _globals['_CREATEJOBRESPONSE']._serialized_end=1302
+  _globals['_GETJOBREQUEST']._serialized_start=1304
+  _globals['_GETJOBREQUEST']._serialized_end=1335
+  _globals['_GETJOBRESPONSE']._serialized_start=1337
+  _globals['_GETJOBRESPONSE']._serialized_end=1396
+  _globals['_LISTJOBSREQUEST']._serialized_start=1398
+  _globals['_LISTJOBSREQUEST']._serialized_end=1415
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1417
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1479
+  _globals['_CANCELJOBREQUEST']._serialized_start=1481
+  _globals['_CANCELJOBREQUEST']._serialized_end=1515
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1517
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1579
+  _globals['_ACQUIREWORKREQUEST']._serialized_start=1581
+  _globals['_ACQUIREWORKREQUEST']._serialized_end=1636
+  _globals['_ACQUIREWORKRESPONSE']._serialized_start=1639
+  _globals['_ACQUIREWORKRESPONSE']._serialized_end=1775
+  _globals['_REPORTPROGRESSREQUEST']._serialized_start=1777
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=1886
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=1888
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=1956
+  _globals['_TRAINERSERVICE']._serialized_start=2168
+  _globals['_TRAINERSERVICE']._serialized_end=2721
 # @@protoc_insertion_point(module_scope)

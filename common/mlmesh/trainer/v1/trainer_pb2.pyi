@@ -71,7 +71,7 @@ class JobSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_args: _Optional[_Mapping[str, str]] = ..., train_dataset: _Optional[str] = ..., eval_dataset: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[_Union[_paramserver_pb2.OptimizerSpec, _Mapping]] = ..., model_name: _Optional[str] = ..., seed: _Optional[int] = ..., eval_max_records: _Optional[int] = ..., consistency: _Optional[str] = ..., worker_lease_seconds: _Optional[float] = ..., skip_nonfinite_pushes: _Optional[bool] = ..., continuous: _Optional[bool] = ..., window_hours: _Optional[float] = ..., exactly_once: _Optional[bool] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "spec", "state", "steps", "examples", "loss", "examples_per_second", "tasks_total", "tasks_completed", "eval_metrics", "export_path", "model_version", "error", "created_unix", "started_unix", "finished_unix", "active_workers", "train_seconds", "epochs_completed")
+    __slots__ = ("job_id", "spec", "state", "steps", "examples", "loss", "examples_per_second", "tasks_total", "tasks_completed", "eval_metrics", "export_path", "model_version", "error", "created_unix", "started_unix", "finished_unix", "active_workers", "train_seconds", "epochs_completed", "epochs_exported")
     class EvalMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +98,7 @@ class JobStatus(_message.Message):
     ACTIVE_WORKERS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_EXPORTED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     spec: JobSpec
     state: JobState
@@ -117,7 +118,8 @@ class JobStatus(_message.Message):
     active_workers: int
     train_seconds: float
     epochs_completed: int
-    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., steps: _Optional[int] = ..., examples: _Optional[int] = ..., loss: _Optional[float] = ..., examples_per_second: _Optional[float] = ..., tasks_total: _Optional[int] = ..., tasks_completed: _Optional[int] = ..., eval_metrics: _Optional[_Mapping[str, float]] = ..., export_path: _Optional[str] = ..., model_version: _Optional[int] = ..., error: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., active_workers: _Optional[int] = ..., train_seconds: _Optional[float] = ..., epochs_completed: _Optional[int] = ...) -> None: ...
+    epochs_exported: int
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., state: _Optional[_Union[JobState, str]] = ..., steps: _Optional[int] = ..., examples: _Optional[int] = ..., loss: _Optional[float] = ..., examples_per_second: _Optional[float] = ..., tasks_total: _Optional[int] = ..., tasks_completed: _Optional[int] = ..., eval_metrics: _Optional[_Mapping[str, float]] = ..., export_path: _Optional[str] = ..., model_version: _Optional[int] = ..., error: _Optional[str] = ..., created_unix: _Optional[float] = ..., started_unix: _Optional[float] = ..., finished_unix: _Optional[float] = ..., active_workers: _Optional[int] = ..., train_seconds: _Optional[float] = ..., epochs_completed: _Optional[int] = ..., epochs_exported: _Optional[int] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec", "job_id")
