@@ -279,13 +279,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if request.batch_size < 0:
             raise InvalidArgument(f"batch_size is {request.batch_size}; expected 0 (about 1 MiB) or more")
         try:
-            dataset, data = await asyncio.to_thread(
+            data = await asyncio.to_thread(
                 self._core.catalog.load_partition, request.dataset, request.partition_id
             )
         except CorruptPartition as e:
             await self._data_loss(context, request, e)
             return
-        record_bytes = max(dataset.schema.record_bytes, 1)
+        record_bytes = max(data.schema.record_bytes, 1)
         fits = max(1, self._message_budget() // record_bytes)  # records per message the limit allows
         if request.batch_size == 0:
             size = min(fits, max(1, READ_BATCH_BYTES // record_bytes))
@@ -297,7 +297,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
         else:
             size = request.batch_size
-        features = [(f.name, codec.dtype_from_name(f.dtype), f.shape) for f in dataset.schema.features]
+        features = [(f.name, codec.dtype_from_name(f.dtype), f.shape) for f in data.schema.features]
         for start in range(0, data.num_records, size):
             stop = min(start + size, data.num_records)
             try:

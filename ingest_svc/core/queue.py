@@ -387,7 +387,14 @@ class TaskQueue:
 
     def _expire_due(self, now: float) -> int:
         """Expire overdue leases in a piece of work of their own, so an error in the
-        caller's (which rolls back) does not undo the expiry."""
+        caller's (which rolls back) does not undo the expiry. Nothing is written (no
+        commit to wait for) when no lease is overdue, which is the common case."""
+        with self._db.read() as conn:
+            overdue = conn.execute(
+                "SELECT 1 FROM leases WHERE state = 'active' AND deadline_unix <= ? LIMIT 1", (now,)
+            ).fetchone()
+        if overdue is None:
+            return 0
 
         def expire(conn: sqlite3.Connection) -> int:
             n = self._expire(conn, now)
