@@ -187,6 +187,11 @@ class IdLog:
 def role_reader(args: argparse.Namespace) -> None:
     """One pass per {"cmd": "read", "job", "epochs", ...}; answers records, label sum, start
     and end (monotonic). With "ids", appends every label it receives to that file."""
+    from mlmesh.memory import keep_large_blocks
+
+    # As a trainer worker process does (mlmesh.server.run_service), for every system alike:
+    # with glibc's defaults each received MiB-sized buffer is a fresh mmap that faults in.
+    keep_large_blocks()
     batch = args.batch
     if args.system == "mlmesh":
         from mlmesh.feed import IDLE, PartitionFeed
@@ -302,7 +307,7 @@ def role_plain_server(args: argparse.Namespace) -> None:
     from mlmesh.memory import keep_large_blocks
     from mlmesh.server import write_port_file
 
-    keep_large_blocks(512)
+    keep_large_blocks()
     source = np.random.default_rng(0).integers(0, 256, size=64 << 20, dtype=np.uint8).tobytes()
     view = memoryview(source)
 
@@ -335,7 +340,7 @@ def role_stream_reader(args: argparse.Namespace) -> None:
     from mlmesh.ingest.v1 import ingest_pb2
     from mlmesh.memory import keep_large_blocks
 
-    keep_large_blocks(512)
+    keep_large_blocks()
     loop = asyncio.new_event_loop()
 
     async def ingest_pass(msg: dict[str, Any]) -> dict[str, Any]:
