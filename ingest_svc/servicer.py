@@ -348,6 +348,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             request.worker_id,
             request.lease_seconds,
             request.max_tasks,
+            list(request.complete_lease_ids),
         )
         return ingest_pb2.LeaseTaskResponse(
             tasks=[
