@@ -279,9 +279,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if request.batch_size < 0:
             raise InvalidArgument(f"batch_size is {request.batch_size}; expected 0 (about 1 MiB) or more")
         try:
-            data = await asyncio.to_thread(
-                self._core.catalog.load_partition, request.dataset, request.partition_id
-            )
+            catalog = self._core.catalog
+            # A partition still mapped is served without a hop to a worker thread.
+            data = catalog.mapped_partition(request.dataset, request.partition_id)
+            if data is None:
+                data = await asyncio.to_thread(catalog.load_partition, request.dataset, request.partition_id)
         except CorruptPartition as e:
             await self._data_loss(context, request, e)
             return

@@ -72,6 +72,12 @@ class StagedPartition:
     num_bytes: int
 
 
+def _counted(data: PartitionData) -> PartitionData:
+    metrics.PARTITIONS_READ.inc()
+    metrics.BYTES_READ.inc(data.num_records * data.schema.record_bytes)
+    return data
+
+
 def partition_filename(partition_id: int) -> str:
     return f"part-{partition_id:08d}.bin"
 
@@ -189,9 +195,14 @@ class Catalog:
         data = self.mapped.get((name, partition_id), path)
         if data is None:
             data = self._map_partition(name, partition_id, path)
-        metrics.PARTITIONS_READ.inc()
-        metrics.BYTES_READ.inc(data.num_records * data.schema.record_bytes)
-        return data
+        return _counted(data)
+
+    def mapped_partition(self, name: str, partition_id: int) -> PartitionData | None:
+        """`load_partition` when the partition is still mapped (it costs a `stat`, cheap
+        enough for an event loop); None when it has to be loaded."""
+        path = self.dataset_dir(name) / partition_filename(partition_id)
+        data = self.mapped.get((name, partition_id), path)
+        return None if data is None else _counted(data)
 
     def _map_partition(self, name: str, partition_id: int, path: Path) -> PartitionData:
         dataset = self.get_dataset(name)

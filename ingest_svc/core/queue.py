@@ -274,7 +274,7 @@ class TaskQueue:
                     )
                 )
             status = self._status(conn, job_id)
-            if tasks or complete:
+            if tasks:  # (complete_in updated them for the completions)
                 self._update_gauges(conn)
             return tasks, status
 
