@@ -279,3 +279,29 @@ def read_with(client: IngestClient):  # type: ignore[no-untyped-def]
         return await client.read_partition(t.dataset, t.partition_id, t.num_records)
 
     return read
+
+
+def test_a_completion_after_the_feed_closed_goes_alone_and_leases_nothing(ingest: IngestProcess) -> None:
+    enqueue(ingest.addr, "late")
+
+    async def main() -> tuple[int, int, int]:
+        client = IngestClient(ingest.addr, CallPolicy())
+        leases: list[int] = []
+        lease_tasks = client.lease_tasks
+
+        async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            leases.append(1)
+            return await lease_tasks(*args, **kwargs)
+
+        client.lease_tasks = counted  # type: ignore[method-assign]
+        try:
+            async with PartitionFeed(client, "late", "w", load=read_with(client), depth=2) as feed:
+                item = await feed.__aiter__().__anext__()
+            before = len(leases)
+            status = await feed.complete(item)
+            return before, len(leases), status.completed
+        finally:
+            await client.close()
+
+    before, after, completed = run(main())
+    assert after == before and completed == 1

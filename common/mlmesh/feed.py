@@ -113,6 +113,7 @@ class PartitionFeed(Generic[T]):
         # Completions waiting for the next LeaseTask: (lease id, its caller's future).
         self._completing: list[tuple[str, asyncio.Future[Any]]] = []
         self._done = False
+        self._closed = False  # after close(): no more leases; a completion goes alone
 
     async def __aenter__(self) -> PartitionFeed[T]:
         self._heartbeat = asyncio.create_task(self._renew_loop())
@@ -124,6 +125,7 @@ class PartitionFeed(Generic[T]):
     async def close(self) -> None:
         """Stop reading ahead and renewing. Leases still held are left to lapse, so their
         tasks return to the queue for others."""
+        self._closed = True
         if self._filling is not None:
             self._filling.cancel()
             with contextlib.suppress(BaseException):
@@ -203,7 +205,7 @@ class PartitionFeed(Generic[T]):
         try:
             while True:
                 completing, self._completing = self._completing, []
-                want = self.depth - len(self._held)  # the one in the consumer's hands counts
+                want = 0 if self._closed else self.depth - len(self._held)  # in hand counts
                 if want <= 0:
                     if not completing:
                         return
@@ -260,10 +262,12 @@ class PartitionFeed(Generic[T]):
         self._held.pop(item.task.lease_id, None)
         if item.lost:
             raise LeaseLost(f"lease {item.task.lease_id} lapsed before the task completed")
-        waiting: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._completing.append((item.task.lease_id, waiting))
-        self._start_fill()  # a LeaseTask in flight takes it along when it returns
         try:
+            if self._closed:  # nothing more to lease: complete alone
+                return await self.port.complete_task(item.task.lease_id)
+            waiting: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._completing.append((item.task.lease_id, waiting))
+            self._start_fill()  # a LeaseTask in flight takes it along when it returns
             return await waiting
         except (FailedPrecondition, NotFound) as e:
             item.lost = True
