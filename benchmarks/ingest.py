@@ -5,9 +5,9 @@
 Every server, reader and peer is its own process on loopback (ephemeral ports), torn down at
 the end. Cases (value and baseline measured in the same run, medians over repetitions):
 
-- `append`: MB/s of one `IngestClient.append` stream (what `mlmesh ingest` does: ~4 MiB
-  batches, partitions written and fsynced, committed at the end) vs `np.save` + fsync of the
-  same arrays in the same client process.
+- `append`: MB/s of one `IngestClient.append` stream (what `mlmesh ingest` does: ~1 MiB
+  batches framed by hand, 8 MiB partitions written and fsynced as they fill, committed at the
+  end) vs `np.save` + fsync of the same arrays in the same client process.
 - `read_stream`: MB/s of ReadPartition streaming every partition of the float dataset to one
   reader (messages decoded to arrays) vs a plain `grpc.aio` unary-stream of the same number
   of messages of the same size (bytes, nothing decoded).
@@ -24,6 +24,10 @@ the end. Cases (value and baseline measured in the same run, medians over repeti
 - The earlier table (Fashion-MNIST uint8 records, batch 1024): 1 and 2 readers, 5 epochs in
   one job and 1 epoch as a new job, vs tf.data service with a 50 ms client task refresh
   (its public default of 1 s makes every job end ~1 s late), plus a local tf.data floor.
+  Every mlmesh read goes through ingest's ReadPartition (no consumer-side cache).
+
+Every consumer process (both systems) and the plain stream's server keep large malloc blocks
+(`mlmesh.memory.keep_large_blocks`), as every mlmesh service and trainer worker does.
 """
 
 from __future__ import annotations
@@ -187,6 +191,11 @@ class IdLog:
 def role_reader(args: argparse.Namespace) -> None:
     """One pass per {"cmd": "read", "job", "epochs", ...}; answers records, label sum, start
     and end (monotonic). With "ids", appends every label it receives to that file."""
+    from mlmesh.memory import keep_large_blocks
+
+    # As a trainer worker process does (mlmesh.server.run_service), for every system alike:
+    # with glibc's defaults each received MiB-sized buffer is a fresh mmap that faults in.
+    keep_large_blocks()
     batch = args.batch
     if args.system == "mlmesh":
         from mlmesh.feed import IDLE, PartitionFeed
@@ -302,7 +311,7 @@ def role_plain_server(args: argparse.Namespace) -> None:
     from mlmesh.memory import keep_large_blocks
     from mlmesh.server import write_port_file
 
-    keep_large_blocks(512)
+    keep_large_blocks()
     source = np.random.default_rng(0).integers(0, 256, size=64 << 20, dtype=np.uint8).tobytes()
     view = memoryview(source)
 
@@ -335,7 +344,7 @@ def role_stream_reader(args: argparse.Namespace) -> None:
     from mlmesh.ingest.v1 import ingest_pb2
     from mlmesh.memory import keep_large_blocks
 
-    keep_large_blocks(512)
+    keep_large_blocks()
     loop = asyncio.new_event_loop()
 
     async def ingest_pass(msg: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ never stalls the event loop; the core is thread-safe.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -26,6 +27,8 @@ from ingest_svc.core.queue import QueueStatus
 from ingest_svc.core.schema import FeatureSpec, Schema
 
 READ_BATCH_BYTES = 1024 * 1024
+# Partitions of one Append stream written at once (CRC and write release the GIL).
+WRITERS = 2
 # Room for framing around a ReadPartition batch's tensor bytes.
 _MAX_MESSAGE_OVERHEAD = 64 * 1024
 
@@ -92,12 +95,18 @@ def status_to_proto(s: QueueStatus) -> ingest_pb2.QueueStatus:
     )
 
 
-def _records_of(batch: ingest_pb2.RecordBatch, first: int) -> str:
+def _records_of(batch: dict[str, records.RawTensor], first: int) -> str:
     """'records 12..15' (0-based, inclusive) for a batch starting at record `first`."""
-    counts = {t.shape[0] for t in batch.features.values() if len(t.shape)}
+    counts = {t.shape[0] for t in batch.values() if len(t.shape)}
     if len(counts) == 1 and (n := counts.pop()) > 0:
         return f"records {first}..{first + n - 1}"
     return f"records from {first}"
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a background write's outcome as seen (the stream already failed for another reason)."""
+    if not future.cancelled():
+        future.exception()
 
 
 _LEASE_STATES = {
@@ -159,15 +168,27 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.ListDatasetsResponse(datasets=[dataset_to_proto(d) for d in datasets])
 
     @grpc_errors
-    async def Append(
-        self, request_iterator: AsyncIterator[ingest_pb2.AppendRequest], context: grpc.aio.ServicerContext
+    async def Append(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> ingest_pb2.AppendResponse:
+        """Registered with a raw deserializer (`add_to_server`): each AppendRequest is read in
+        place (`records.parse_append`), so its columns view the received bytes until their
+        partition is written from them. Full partitions are written in worker threads while
+        the next messages arrive, at most WRITERS at once, so memory stays bounded by about
+        WRITERS + 1 partitions."""
         session: AppendSession | None = None
         on_commit = None
+        writing: deque[asyncio.Future[None]] = deque()
         reason = "error"
         try:
             index = 0
-            async for request in request_iterator:
+            async for message in request_iterator:
+                try:
+                    request = records.parse_append(message)
+                except InvalidArgument as e:
+                    raise InvalidArgument(
+                        f"Append message {index}: {e.message}; nothing of this stream was kept"
+                    ) from None
                 if session is None:
                     if not request.dataset:
                         raise InvalidArgument("the first Append message must name the dataset")
@@ -183,9 +204,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                         f"Append message {index} names dataset {request.dataset!r} but the stream "
                         f"appends to {session.dataset.name!r}"
                     )
-                if request.HasField("batch") and request.batch.features:
+                if request.batch:
                     try:
-                        full = session.add(codec.map_from_proto(request.batch.features))
+                        full = session.add(
+                            {
+                                n: codec.from_parts(t.dtype, t.shape, t.content, n)
+                                for n, t in request.batch.items()
+                            }
+                        )
                     except InvalidArgument as e:
                         # Tensors are whole columns, so a bad one is located by its batch.
                         raise InvalidArgument(
@@ -193,24 +219,33 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                             f"of the stream: {e.message}; nothing of this stream was kept"
                         ) from None
                     if full:
-                        await asyncio.to_thread(session.flush)
+                        if len(writing) >= WRITERS:
+                            await writing.popleft()  # a write's error, if any, ends the stream here
+                        writing.append(asyncio.ensure_future(asyncio.to_thread(session.flush)))
                 index += 1
             if session is None:
                 raise InvalidArgument("the Append stream was empty; the first message must name the dataset")
+            while writing:
+                await writing.popleft()
             if context.cancelled():
                 # A cancelled call can end the request stream like a clean half-close would.
                 raise asyncio.CancelledError
             parts = await asyncio.to_thread(session.finish, on_commit)
             reason = ""
-        except MlmeshError:
-            reason = "rejected"
-            raise
         except asyncio.CancelledError:
             reason = "cancelled"
+            raise
+        except Exception as e:
+            reason = "rejected" if isinstance(e, MlmeshError) else "error"
+            # Let the writes in flight end first, so that no file of the stream outlives the answer.
+            await asyncio.gather(*writing, return_exceptions=True)
             raise
         finally:
             if reason:
                 metrics.APPEND_FAILURES.labels(reason).inc()
+                for write in writing:
+                    # Cancelled: its thread may still run; abort() below removes what it writes.
+                    write.add_done_callback(_retrieve)
                 if session is not None:
                     # Synchronous on purpose: a cancelled task must not await here.
                     session.abort()
@@ -244,13 +279,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if request.batch_size < 0:
             raise InvalidArgument(f"batch_size is {request.batch_size}; expected 0 (about 1 MiB) or more")
         try:
-            dataset, data = await asyncio.to_thread(
-                self._core.catalog.load_partition, request.dataset, request.partition_id
-            )
+            catalog = self._core.catalog
+            # A partition still mapped is served without a hop to a worker thread.
+            data = catalog.mapped_partition(request.dataset, request.partition_id)
+            if data is None:
+                data = await asyncio.to_thread(catalog.load_partition, request.dataset, request.partition_id)
         except CorruptPartition as e:
             await self._data_loss(context, request, e)
             return
-        record_bytes = max(dataset.schema.record_bytes, 1)
+        record_bytes = max(data.schema.record_bytes, 1)
         fits = max(1, self._message_budget() // record_bytes)  # records per message the limit allows
         if request.batch_size == 0:
             size = min(fits, max(1, READ_BATCH_BYTES // record_bytes))
@@ -262,7 +299,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
         else:
             size = request.batch_size
-        features = [(f.name, codec.dtype_from_name(f.dtype), f.shape) for f in dataset.schema.features]
+        features = [(f.name, codec.dtype_from_name(f.dtype), f.shape) for f in data.schema.features]
         for start in range(0, data.num_records, size):
             stop = min(start + size, data.num_records)
             try:
@@ -313,6 +350,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             request.worker_id,
             request.lease_seconds,
             request.max_tasks,
+            list(request.complete_lease_ids),
         )
         return ingest_pb2.LeaseTaskResponse(
             tasks=[
@@ -371,8 +409,9 @@ SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 
 
 def add_to_server(servicer: IngestServicer, server: grpc.aio.Server) -> None:
-    """Register the service; ReadPartition gives raw bytes (its messages framed by
-    `mlmesh.records`), every other method goes through the generated handlers."""
+    """Register the service; ReadPartition gives and Append takes raw bytes (their messages
+    framed by `mlmesh.records`: the same messages on the wire, fewer copies of every column),
+    every other method goes through the generated handlers."""
     add_service(
         server,
         SERVICE_NAME,
@@ -381,6 +420,9 @@ def add_to_server(servicer: IngestServicer, server: grpc.aio.Server) -> None:
         {
             "ReadPartition": grpc.unary_stream_rpc_method_handler(
                 servicer.ReadPartition, request_deserializer=ingest_pb2.ReadPartitionRequest.FromString
-            )
+            ),
+            "Append": grpc.stream_unary_rpc_method_handler(
+                servicer.Append, response_serializer=ingest_pb2.AppendResponse.SerializeToString
+            ),
         },
     )

@@ -213,3 +213,95 @@ def test_a_feed_is_idle_while_others_hold_the_last_tasks_and_ends_when_done(inge
     idle, total = run(main())
     assert idle > 0
     assert total == PARTITIONS
+
+
+def test_completions_ride_on_the_lease_task_that_asks_for_the_next_partition(ingest: IngestProcess) -> None:
+    enqueue(ingest.addr, "ride")
+
+    async def main() -> tuple[list[int], int, bool]:
+        client = IngestClient(ingest.addr, CallPolicy())
+        carried: list[int] = []
+        alone = 0
+        lease_tasks, complete_task = client.lease_tasks, client.complete_task
+
+        async def counted_lease(*args, **kwargs):  # type: ignore[no-untyped-def]
+            carried.append(len(args[4]) if len(args) > 4 else len(kwargs.get("complete", ())))
+            return await lease_tasks(*args, **kwargs)
+
+        async def counted_complete(lease_id: str):  # type: ignore[no-untyped-def]
+            nonlocal alone
+            alone += 1
+            return await complete_task(lease_id)
+
+        client.lease_tasks = counted_lease  # type: ignore[method-assign]
+        client.complete_task = counted_complete  # type: ignore[method-assign]
+        try:
+            async with PartitionFeed(client, "ride", "w", load=read_with(client), depth=2) as feed:
+                async for item in feed:
+                    status = await feed.complete(item)
+            return carried, alone, bool(status.done)
+        finally:
+            await client.close()
+
+    carried, alone, done = run(main())
+    assert done
+    assert sum(carried) + alone == PARTITIONS  # every completion went through exactly one call
+    assert sum(carried) >= PARTITIONS - 2 and alone <= 2  # ... almost all inside a LeaseTask
+    assert len(carried) <= PARTITIONS + 2  # one queue call per partition, not two
+
+
+def test_a_lapsed_lease_among_completions_sent_together_fails_only_its_own(ingest: IngestProcess) -> None:
+    enqueue(ingest.addr, "mixed")
+
+    async def main() -> tuple[list[object], int]:
+        client = IngestClient(ingest.addr, CallPolicy())
+        try:
+            async with PartitionFeed(client, "mixed", "w", load=read_with(client), depth=2) as feed:
+                it = feed.__aiter__()
+                first, second = await it.__anext__(), await it.__anext__()
+                await client.extend_lease(first.task.lease_id, 0.05)  # lapses before it completes
+                await asyncio.sleep(0.4)
+                outcomes = await asyncio.gather(
+                    feed.complete(first), feed.complete(second), return_exceptions=True
+                )
+            queue = await client.queue_status("mixed")
+            return outcomes, queue.completed
+        finally:
+            await client.close()
+
+    (lost, ok), completed = run(main())
+    assert isinstance(lost, LeaseLost) and "expired" in str(lost)
+    assert not isinstance(ok, BaseException) and completed == 1
+
+
+def read_with(client: IngestClient):  # type: ignore[no-untyped-def]
+    async def read(t):  # type: ignore[no-untyped-def]
+        return await client.read_partition(t.dataset, t.partition_id, t.num_records)
+
+    return read
+
+
+def test_a_completion_after_the_feed_closed_goes_alone_and_leases_nothing(ingest: IngestProcess) -> None:
+    enqueue(ingest.addr, "late")
+
+    async def main() -> tuple[int, int, int]:
+        client = IngestClient(ingest.addr, CallPolicy())
+        leases: list[int] = []
+        lease_tasks = client.lease_tasks
+
+        async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            leases.append(1)
+            return await lease_tasks(*args, **kwargs)
+
+        client.lease_tasks = counted  # type: ignore[method-assign]
+        try:
+            async with PartitionFeed(client, "late", "w", load=read_with(client), depth=2) as feed:
+                item = await feed.__aiter__().__anext__()
+            before = len(leases)
+            status = await feed.complete(item)
+            return before, len(leases), status.completed
+        finally:
+            await client.close()
+
+    before, after, completed = run(main())
+    assert after == before and completed == 1

@@ -149,10 +149,19 @@ class IngestClient:
         return _queue(resp.status)
 
     async def lease_tasks(
-        self, job_id: str, worker_id: str, lease_seconds: float, max_tasks: int = 1
+        self,
+        job_id: str,
+        worker_id: str,
+        lease_seconds: float,
+        max_tasks: int = 1,
+        complete: Sequence[str] = (),
     ) -> tuple[list[TaskInfo], QueueInfo]:
         req = ingest_pb2.LeaseTaskRequest(
-            job_id=job_id, worker_id=worker_id, lease_seconds=lease_seconds, max_tasks=max_tasks
+            job_id=job_id,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            max_tasks=max_tasks,
+            complete_lease_ids=complete,
         )
         resp = await self.policy.call(
             f"ingest LeaseTask({job_id!r})", lambda: self.stub.LeaseTask(req, timeout=self.policy.timeout)

@@ -24,7 +24,7 @@ import numpy as np
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mlmesh import sources, tensor
+from mlmesh import records, sources, tensor
 from mlmesh.channels import sync_channel
 from mlmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from mlmesh.paramserver.v1 import paramserver_pb2
@@ -149,6 +149,13 @@ class IngestClient(_Client):
     def __init__(self, addr: str, timeout: float = 30.0) -> None:
         super().__init__(addr, timeout)
         self.stub = ingest_pb2_grpc.IngestServiceStub(self._channel)
+        # Append's batches are framed by hand (`mlmesh.records.encode_append`): one copy of
+        # each column into the message instead of the generated classes' three.
+        self._append_raw = self._channel.stream_unary(
+            "/mlmesh.ingest.v1.IngestService/Append",
+            request_serializer=None,
+            response_deserializer=ingest_pb2.AppendResponse.FromString,
+        )
 
     def create_dataset(
         self,
@@ -198,9 +205,9 @@ class IngestClient(_Client):
         failure: list[BaseException] = []
         interrupted = threading.Event()
 
-        def requests() -> Iterator[ingest_pb2.AppendRequest]:
+        def requests() -> Iterator[bytes]:
             # The first message names the dataset alone, so an empty source is a valid stream.
-            yield ingest_pb2.AppendRequest(dataset=dataset)
+            yield ingest_pb2.AppendRequest(dataset=dataset).SerializeToString()
             start = 0
             try:
                 for batch in batches:
@@ -210,9 +217,7 @@ class IngestClient(_Client):
                         batch = schema.conform(batch, start)
                     n = num_records(batch) if batch else 0
                     if n:
-                        yield ingest_pb2.AppendRequest(
-                            batch=ingest_pb2.RecordBatch(features=tensor.map_to_proto(batch))
-                        )
+                        yield records.encode_append(batch)
                     start += n
             except GeneratorExit:  # gRPC closes the iterator once the call ended (e.g. NOT_FOUND)
                 raise
@@ -221,9 +226,9 @@ class IngestClient(_Client):
                 # and cancel the call - which the server may read as a clean end of the stream,
                 # and commit. A message the server must refuse makes it abort the stream for sure.
                 failure.append(e)
-                yield ingest_pb2.AppendRequest(dataset=ABORT_DATASET)
+                yield ingest_pb2.AppendRequest(dataset=ABORT_DATASET).SerializeToString()
 
-        future = self.stub.Append.future(requests(), timeout=timeout)
+        future = self._append_raw.future(requests(), timeout=timeout)
         try:
             resp = future.result()
         except KeyboardInterrupt:

@@ -5,7 +5,9 @@ the network idle while it works and the CPU idle while it reads. A feed holds
 up to `depth` leases: the partition in the consumer's hands and the next ones,
 their reads in flight while the consumer works, leases in batches (one LeaseTask for several tasks),
 renews every lease it holds from one heartbeat, and completes off the
-consumer's path. The exactly-once rules are the queue's: a task counts when
+consumer's path: a completion rides on the LeaseTask that asks for the next
+task (`complete_lease_ids`, the same durable commit), so a partition costs one
+queue call, not two. The exactly-once rules are the queue's: a task counts when
 its lease completes, a lease that lapsed cannot complete (the task went back
 to the queue for someone else), so the consumer must check `item.lost` before
 it commits to the work's effects and treat `LeaseLost` as "not mine".
@@ -26,7 +28,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -50,9 +52,11 @@ class LeasedTask(Protocol):
 
 class QueuePort(Protocol):
     async def lease_tasks(
-        self, job_id: str, worker_id: str, lease_seconds: float, max_tasks: int
+        self, job_id: str, worker_id: str, lease_seconds: float, max_tasks: int, complete: Sequence[str] = ()
     ) -> tuple[list[Any], Any]:
-        """(tasks, queue status); the status has a `done` flag."""
+        """(tasks, queue status); the status has a `done` flag. The leases in `complete` are
+        completed first, in the same commit; if one cannot be, the call fails
+        (FailedPrecondition, NotFound) and nothing is completed or leased."""
         ...
 
     async def extend_lease(self, lease_id: str, lease_seconds: float) -> float: ...
@@ -104,8 +108,12 @@ class PartitionFeed(Generic[T]):
         self._ahead: deque[tuple[Item[T], asyncio.Task[T]]] = deque()
         self._held: dict[str, Item[T]] = {}  # lease id -> item, until completed or dropped
         self._heartbeat: asyncio.Task[None] | None = None
-        self._filling: asyncio.Task[None] | None = None  # a LeaseTask in flight
+        self._filling: asyncio.Task[None] | None = None  # the queue calls in flight (`_fill`)
+        self._failed: BaseException | None = None  # what ended the last `_fill`, until raised
+        # Completions waiting for the next LeaseTask: (lease id, its caller's future).
+        self._completing: list[tuple[str, asyncio.Future[Any]]] = []
         self._done = False
+        self._closed = False  # after close(): no more leases; a completion goes alone
 
     async def __aenter__(self) -> PartitionFeed[T]:
         self._heartbeat = asyncio.create_task(self._renew_loop())
@@ -117,11 +125,15 @@ class PartitionFeed(Generic[T]):
     async def close(self) -> None:
         """Stop reading ahead and renewing. Leases still held are left to lapse, so their
         tasks return to the queue for others."""
+        self._closed = True
         if self._filling is not None:
             self._filling.cancel()
             with contextlib.suppress(BaseException):
                 await self._filling
             self._filling = None
+        for _, waiting in self._completing:
+            waiting.cancel()
+        self._completing.clear()
         for _, read in self._ahead:
             read.cancel()
         for _, read in self._ahead:
@@ -166,31 +178,81 @@ class PartitionFeed(Generic[T]):
             yield item
 
     def _refill(self) -> None:
-        """Start a LeaseTask in the background unless one is running; a failed one raises
-        here, so no error is lost."""
-        if self._filling is not None:
-            if not self._filling.done():
-                return
-            filling, self._filling = self._filling, None
-            filling.result()
-        if self.depth - len(self._held) > 0:
+        """Start the queue calls in the background unless they are running; a failed one
+        raises here, so no error is lost."""
+        self._raise_failure()
+        if self.depth - len(self._held) > 0 or self._completing:
+            self._start_fill()
+
+    def _start_fill(self) -> None:
+        if self._filling is None or self._filling.done():
             self._filling = asyncio.create_task(self._fill())
+
+    def _raise_failure(self) -> None:
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
 
     async def _filled(self) -> None:
         if self._filling is not None:
-            filling, self._filling = self._filling, None
-            await filling
+            await self._filling  # it keeps its errors (`_failed`), so this does not raise them
+        self._raise_failure()
 
     async def _fill(self) -> None:
-        want = self.depth - len(self._held)  # the one in the consumer's hands counts
-        if want <= 0:
-            return
-        tasks, status = await self.port.lease_tasks(self.job_id, self.worker_id, self.lease_seconds, want)
-        self._done = not tasks and bool(status.done)
-        for task in tasks:
-            item: Item[T] = Item(task, _renew_at=self._renew_time(task.lease_deadline_unix))
-            self._held[task.lease_id] = item
-            self._ahead.append((item, asyncio.create_task(self.load(task))))
+        """Lease what the depth allows, completing what is waiting in the same call; again
+        while completions arrived meanwhile. Errors are kept for `_refill` to raise (and
+        given to the completions they concern)."""
+        try:
+            while True:
+                completing, self._completing = self._completing, []
+                want = 0 if self._closed else self.depth - len(self._held)  # in hand counts
+                if want <= 0:
+                    if not completing:
+                        return
+                    await self._complete_each(completing)  # nothing to lease: complete alone
+                    continue
+                ids = [lease_id for lease_id, _ in completing]
+                try:
+                    tasks, status = await self.port.lease_tasks(
+                        self.job_id, self.worker_id, self.lease_seconds, want, ids
+                    )
+                except (FailedPrecondition, NotFound):
+                    if not completing:
+                        raise
+                    # One of them lapsed (nothing was completed or leased): find out which.
+                    await self._complete_each(completing)
+                    continue
+                except BaseException as e:
+                    _settle(completing, e)
+                    raise
+                for _, waiting in completing:
+                    if not waiting.done():
+                        waiting.set_result(status)
+                self._done = not tasks and bool(status.done)
+                for task in tasks:
+                    item: Item[T] = Item(task, _renew_at=self._renew_time(task.lease_deadline_unix))
+                    self._held[task.lease_id] = item
+                    self._ahead.append((item, asyncio.create_task(self.load(task))))
+                if not self._completing:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._failed = e
+
+    async def _complete_each(self, completing: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        """CompleteTask for each, so each caller learns its own lease's fate."""
+        for i, (lease_id, waiting) in enumerate(completing):
+            try:
+                status = await self.port.complete_task(lease_id)
+            except (FailedPrecondition, NotFound) as e:
+                _settle([(lease_id, waiting)], e)
+            except BaseException as e:
+                _settle(completing[i:], e)
+                raise
+            else:
+                if not waiting.done():
+                    waiting.set_result(status)
 
     # ----- ending a task ----------------------------------------------------------------------
 
@@ -201,7 +263,12 @@ class PartitionFeed(Generic[T]):
         if item.lost:
             raise LeaseLost(f"lease {item.task.lease_id} lapsed before the task completed")
         try:
-            return await self.port.complete_task(item.task.lease_id)
+            if self._closed:  # nothing more to lease: complete alone
+                return await self.port.complete_task(item.task.lease_id)
+            waiting: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._completing.append((item.task.lease_id, waiting))
+            self._start_fill()  # a LeaseTask in flight takes it along when it returns
+            return await waiting
         except (FailedPrecondition, NotFound) as e:
             item.lost = True
             raise LeaseLost(e.message) from e
@@ -233,3 +300,14 @@ class PartitionFeed(Generic[T]):
                     log.warning(
                         "lease renewal failed; retrying", lease_id=item.task.lease_id, error=e.message
                     )
+
+
+def _settle(completing: Sequence[tuple[str, asyncio.Future[Any]]], error: BaseException) -> None:
+    """Tell the callers waiting on these completions that they failed with `error`."""
+    for _, waiting in completing:
+        if waiting.done():
+            continue
+        if isinstance(error, Exception):
+            waiting.set_exception(error)
+        else:
+            waiting.cancel()

@@ -81,19 +81,26 @@ def from_proto(tensor: tensor_pb2.Tensor, name: str = "tensor") -> np.ndarray:
 
     Returns a read-only array that shares the message's bytes.
     """
-    dt = numpy_dtype(tensor.dtype, f"tensor {name!r}")
-    shape = tuple(int(d) for d in tensor.shape)
-    if len(shape) > MAX_DIMS:
-        raise InvalidArgument(f"tensor {name!r} has {len(shape)} dimensions; at most {MAX_DIMS} allowed")
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"tensor {name!r} has a negative dimension in shape {list(shape)}")
-    expected = dt.itemsize * int(np.prod(shape, dtype=np.int64))
-    if len(tensor.content) != expected:
+    return from_parts(tensor.dtype, tensor.shape, tensor.content, name)
+
+
+def from_parts(
+    dtype: int, shape: Sequence[int], content: bytes | memoryview, name: str = "tensor"
+) -> np.ndarray:
+    """`from_proto` for a Tensor's fields read by hand (`mlmesh.records`): the same checks
+    and messages, and an array that views `content` (no copy)."""
+    dt = numpy_dtype(dtype, f"tensor {name!r}")
+    dims = tuple(int(d) for d in shape)
+    if len(dims) > MAX_DIMS:
+        raise InvalidArgument(f"tensor {name!r} has {len(dims)} dimensions; at most {MAX_DIMS} allowed")
+    if any(d < 0 for d in dims):
+        raise InvalidArgument(f"tensor {name!r} has a negative dimension in shape {list(dims)}")
+    expected = dt.itemsize * int(np.prod(dims, dtype=np.int64))
+    if len(content) != expected:
         raise InvalidArgument(
-            f"tensor {name!r} has {len(tensor.content)} bytes but "
-            f"{describe(tensor.dtype, shape)} needs {expected}"
+            f"tensor {name!r} has {len(content)} bytes but {describe(dtype, dims)} needs {expected}"
         )
-    return np.frombuffer(tensor.content, dtype=dt).reshape(shape)
+    return np.frombuffer(content, dtype=dt).reshape(dims)
 
 
 def map_from_proto(tensors: Mapping[str, tensor_pb2.Tensor]) -> dict[str, np.ndarray]:

@@ -35,11 +35,14 @@ class AppendSession:
     stays bounded by about one partition; nothing is visible until `finish()`
     commits every partition of the stream in one transaction.
 
-    Thread-safety: `add`, `flush` and `finish` belong to the stream and are
-    called one at a time (from any thread). `abort` may be called from any
-    thread at any moment - also while a `flush` is writing in another thread -
-    and no file of the session survives it. After a successful `finish`,
-    `abort` does nothing.
+    Thread-safety: `add`, `flush` and `finish` belong to the stream. `add`
+    and any number of `flush`es may run at once in different threads (the
+    stream goes on receiving while partitions are written, each partition by
+    one flush; they keep their arrival order); `finish` runs after every
+    `flush` has returned. `abort` may be called
+    from any thread at any moment - also while a `flush` is writing in another
+    thread - and no file of the session survives it. After a successful
+    `finish`, `abort` does nothing.
     """
 
     def __init__(self, catalog: Catalog, dataset: DatasetInfo) -> None:
@@ -53,9 +56,10 @@ class AppendSession:
         self._seq = 0
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_records = 0
-        self._staged: list[StagedPartition] = []
+        self._staged: dict[int, StagedPartition] = {}  # by sequence number: arrival order
         self.committed_with: Any = None  # what finish's on_commit returned
         self._lock = threading.Lock()
+        self._buffer_lock = threading.Lock()  # _pending: `add` vs a `flush` in another thread
         self._state = "open"  # open -> committing -> committed | aborted
         self.records = 0
 
@@ -71,27 +75,36 @@ class AppendSession:
                 f"({self._schema.describe()}) but its max_partition_bytes is "
                 f"{self.dataset.max_partition_bytes}; a record must fit in one partition"
             )
-        self._pending.append(dict(arrays))
-        self._pending_records += n
-        self.records += n
-        return self._pending_records >= self._per_partition
+        with self._buffer_lock:
+            self._pending.append(dict(arrays))
+            self._pending_records += n
+            self.records += n
+            return self._pending_records >= self._per_partition
 
     def flush(self) -> None:
-        """Write every full partition buffered so far (blocking I/O)."""
-        while self._pending_records >= self._per_partition:
-            self._write(self._per_partition)
+        """Write every full partition buffered so far, including those `add` buffers while
+        this runs (blocking I/O)."""
+        while True:
+            with self._buffer_lock:
+                if self._pending_records < self._per_partition:
+                    return
+                columns, seq = self._take(self._per_partition)
+            self._write(columns, self._per_partition, seq)
 
     def finish(self, on_commit: Callable[[sqlite3.Connection], Any] | None = None) -> list[PartitionInfo]:
         """Write the remainder and commit the stream's partitions (blocking I/O); `on_commit`
         runs in the commit's transaction, and its result is kept in `committed_with`."""
         self.flush()
-        if self._pending_records:
-            self._write(self._pending_records)
+        with self._buffer_lock:
+            rest = self._pending_records
+            columns, seq = self._take(rest)
+        if rest:
+            self._write(columns, rest, seq)
         with self._lock:
             if self._state != "open":
                 raise SessionClosed(f"append session is {self._state}")
             self._state = "committing"
-            staged = list(self._staged)
+            staged = [self._staged[seq] for seq in sorted(self._staged)]
         try:
             parts, self.committed_with = self._catalog.commit_partitions(self.dataset.name, staged, on_commit)
         except BaseException as e:
@@ -105,7 +118,7 @@ class AppendSession:
             raise
         with self._lock:
             self._state = "committed"
-            self._staged = []
+            self._staged = {}
         metrics.RECORDS_APPENDED.inc(self.records)
         metrics.BYTES_APPENDED.inc(sum(p.num_bytes for p in parts))
         metrics.PARTITIONS_WRITTEN.inc(len(parts))
@@ -117,7 +130,7 @@ class AppendSession:
             if self._state in ("committing", "committed"):
                 return
             self._state = "aborted"
-            staged, self._staged = self._staged, []
+            staged, self._staged = list(self._staged.values()), {}
         for st in staged:
             st.path.unlink(missing_ok=True)
 
@@ -131,8 +144,9 @@ class AppendSession:
             "nothing of this Append stream was kept"
         )
 
-    def _take(self, count: int) -> dict[str, list[np.ndarray]]:
-        """Remove the first `count` buffered records, as per-feature lists of views."""
+    def _take(self, count: int) -> tuple[dict[str, list[np.ndarray]], int]:
+        """Remove the first `count` buffered records, as per-feature lists of views, and
+        number them as the next partition (the caller holds `_buffer_lock`)."""
         columns: dict[str, list[np.ndarray]] = {name: [] for name in self._schema.names}
         first = self._schema.names[0]
         need = count
@@ -148,15 +162,14 @@ class AppendSession:
                 self._pending[0] = {name: arr[take:] for name, arr in piece.items()}
             need -= take
         self._pending_records -= count
-        return columns
+        self._seq += 1
+        return columns, self._seq - 1
 
-    def _write(self, count: int) -> None:
-        columns = self._take(count)
+    def _write(self, columns: dict[str, list[np.ndarray]], count: int, seq: int) -> None:
         with self._lock:
             if self._state != "open":
                 raise SessionClosed(f"append session is {self._state}")
-            path = self._dir / f"{TEMP_PREFIX}{self._token}-{self._seq:06d}"
-            self._seq += 1
+        path = self._dir / f"{TEMP_PREFIX}{self._token}-{seq:06d}"
         try:
             nbytes = write_partition(path, self._schema, columns, count)
         except BaseException as e:
@@ -170,4 +183,4 @@ class AppendSession:
                 # abort() ran while we were writing and could not see this file.
                 path.unlink(missing_ok=True)
                 raise SessionClosed("append session was aborted")
-            self._staged.append(StagedPartition(path, count, nbytes))
+            self._staged[seq] = StagedPartition(path, count, nbytes)

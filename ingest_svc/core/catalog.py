@@ -30,6 +30,7 @@ from mlmesh.logging import get_logger
 from ingest_svc.core import metrics
 from ingest_svc.core.db import Database
 from ingest_svc.core.files import CorruptPartition, PartitionData, read_partition
+from ingest_svc.core.mapped import MappedPartitions, identity
 from ingest_svc.core.schema import Schema, validate_dataset_name
 
 MIN_PARTITION_BYTES = 4 * 1024
@@ -71,6 +72,12 @@ class StagedPartition:
     num_bytes: int
 
 
+def _counted(data: PartitionData) -> PartitionData:
+    metrics.PARTITIONS_READ.inc()
+    metrics.BYTES_READ.inc(data.num_records * data.schema.record_bytes)
+    return data
+
+
 def partition_filename(partition_id: int) -> str:
     return f"part-{partition_id:08d}.bin"
 
@@ -81,6 +88,7 @@ class Catalog:
         self._root = data_dir / "datasets"
         self._root.mkdir(parents=True, exist_ok=True)
         self.default_max_partition_bytes = default_max_partition_bytes
+        self.mapped = MappedPartitions()
 
     def dataset_dir(self, name: str) -> Path:
         return self._root / name
@@ -177,15 +185,30 @@ class Catalog:
                 )
         return PartitionInfo(*row)
 
-    def load_partition(self, name: str, partition_id: int) -> tuple[DatasetInfo, PartitionData]:
-        """Read a committed partition into memory (blocking I/O).
-
-        Raises CorruptPartition if the file is missing or disagrees with the metadata.
+    def load_partition(self, name: str, partition_id: int) -> PartitionData:
+        """A committed partition, mapped (blocking I/O on a first read; `data.schema` is its
+        dataset's schema). Its checksums are verified as it is read (`PartitionData.verify`),
+        on every read. Raises CorruptPartition if the file is missing or disagrees with the
+        metadata.
         """
+        path = self.dataset_dir(name) / partition_filename(partition_id)
+        data = self.mapped.get((name, partition_id), path)
+        if data is None:
+            data = self._map_partition(name, partition_id, path)
+        return _counted(data)
+
+    def mapped_partition(self, name: str, partition_id: int) -> PartitionData | None:
+        """`load_partition` when the partition is still mapped (it costs a `stat`, cheap
+        enough for an event loop); None when it has to be loaded."""
+        path = self.dataset_dir(name) / partition_filename(partition_id)
+        data = self.mapped.get((name, partition_id), path)
+        return None if data is None else _counted(data)
+
+    def _map_partition(self, name: str, partition_id: int, path: Path) -> PartitionData:
         dataset = self.get_dataset(name)
         info = self.get_partition(name, partition_id)
-        path = self.dataset_dir(name) / partition_filename(partition_id)
         try:
+            ident = identity(path)  # before mapping: a file replaced meanwhile is a miss next time
             data = read_partition(path, dataset.schema)
         except FileNotFoundError:
             raise CorruptPartition(f"partition file {path} of a committed partition is missing") from None
@@ -193,9 +216,8 @@ class Catalog:
             raise CorruptPartition(
                 f"{path} holds {data.num_records} records but the metadata says {info.num_records}"
             )
-        metrics.PARTITIONS_READ.inc()
-        metrics.BYTES_READ.inc(info.num_bytes)
-        return dataset, data
+        self.mapped.put((name, partition_id), data, ident)
+        return data
 
     def commit_partitions(
         self,

@@ -16,7 +16,7 @@ import math
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -206,24 +206,41 @@ class TaskQueue:
         return len(parts), status
 
     def lease(
-        self, job_id: str, worker_id: str, lease_seconds: float, max_tasks: int = 1
+        self,
+        job_id: str,
+        worker_id: str,
+        lease_seconds: float,
+        max_tasks: int = 1,
+        complete: Sequence[str] = (),
     ) -> tuple[list[Task], QueueStatus]:
         """Lease up to `max_tasks` of the job's pending tasks, in queue order (lowest epoch
-        first, then the epoch's order), each under its own lease, in one commit.
+        first, then the epoch's order), each under its own lease, in one commit - after
+        completing the leases in `complete` (as `complete` does each) in that same commit.
 
         Returns ([], status) when nothing is pending right now. NotFound if
-        nothing was ever enqueued for the job.
+        nothing was ever enqueued for the job. All or nothing: a lease of
+        `complete` that cannot complete (NotFound, FailedPrecondition) fails the
+        call, and nothing is completed or leased.
         """
         _validate_id("job_id", job_id)
         _validate_id("worker_id", worker_id)
         seconds = self._lease_seconds(lease_seconds)
         if not 0 <= max_tasks <= MAX_TASKS_PER_LEASE:
             raise InvalidArgument(f"max_tasks is {max_tasks}; expected 0 (one task) to {MAX_TASKS_PER_LEASE}")
+        if len(complete) > MAX_TASKS_PER_LEASE:
+            raise InvalidArgument(
+                f"complete_lease_ids has {len(complete)} leases; at most {MAX_TASKS_PER_LEASE} per call"
+            )
+        for lease_id in complete:
+            _validate_id("complete_lease_ids entry", lease_id)
         now = self._clock()
         self._expire_due(now)
+        completed = 0
 
         def grant(conn: sqlite3.Connection) -> tuple[list[Task], QueueStatus]:
+            nonlocal completed
             self._require_job(conn, job_id)
+            completed = sum(self.complete_in(conn, lease_id, now)[1] for lease_id in complete)
             rows = conn.execute(
                 "SELECT epoch, partition_id, dataset, num_records, attempt FROM tasks "
                 "WHERE job_id = ? AND state = 'pending' ORDER BY epoch, seq LIMIT ?",
@@ -257,12 +274,14 @@ class TaskQueue:
                     )
                 )
             status = self._status(conn, job_id)
-            if tasks:
+            if tasks:  # (complete_in updated them for the completions)
                 self._update_gauges(conn)
             return tasks, status
 
         tasks, status = self._db.write(grant)
         metrics.TASKS_LEASED.inc(len(tasks))
+        if completed:
+            metrics.TASKS_COMPLETED.inc(completed)
         return tasks, status
 
     def extend(self, lease_id: str, lease_seconds: float) -> float:
@@ -387,7 +406,14 @@ class TaskQueue:
 
     def _expire_due(self, now: float) -> int:
         """Expire overdue leases in a piece of work of their own, so an error in the
-        caller's (which rolls back) does not undo the expiry."""
+        caller's (which rolls back) does not undo the expiry. Nothing is written (no
+        commit to wait for) when no lease is overdue, which is the common case."""
+        with self._db.read() as conn:
+            overdue = conn.execute(
+                "SELECT 1 FROM leases WHERE state = 'active' AND deadline_unix <= ? LIMIT 1", (now,)
+            ).fetchone()
+        if overdue is None:
+            return 0
 
         def expire(conn: sqlite3.Connection) -> int:
             n = self._expire(conn, now)

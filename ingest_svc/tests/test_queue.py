@@ -514,3 +514,86 @@ def test_an_epoch_from_a_partition_id_takes_the_newer_ones(stub, ds) -> None:
         timeout=30,
     )
     assert resp.tasks_enqueued == 2
+
+
+# -- completing through LeaseTask ------------------------------------------------------
+
+
+def lease_completing(
+    stub, done: list[str], max_tasks: int = 1, job: str = "job"
+) -> ingest_pb2.LeaseTaskResponse:
+    return stub.LeaseTask(
+        ingest_pb2.LeaseTaskRequest(job_id=job, worker_id="w0", max_tasks=max_tasks, complete_lease_ids=done),
+        timeout=30,
+    )
+
+
+def test_lease_task_completes_the_given_leases_and_leases_the_next_in_one_call(stub, ds) -> None:
+    enqueue(stub)
+    first = lease(stub).tasks[0]
+    resp = lease_completing(stub, [first.lease_id], max_tasks=2)
+    assert [t.partition_id for t in resp.tasks] == [1, 2]
+    assert (resp.status.completed, resp.status.leased, resp.status.pending) == (1, 2, 5)
+    got = stub.GetLease(ingest_pb2.GetLeaseRequest(lease_id=first.lease_id), timeout=30)
+    assert got.state == ingest_pb2.LEASE_STATE_COMPLETED
+
+
+def test_lease_task_may_complete_the_last_leases_when_nothing_is_left(stub, ds) -> None:
+    enqueue(stub)
+    held = stub.LeaseTask(ingest_pb2.LeaseTaskRequest(job_id="job", worker_id="w0", max_tasks=8), timeout=30)
+    resp = lease_completing(stub, [t.lease_id for t in held.tasks])
+    assert list(resp.tasks) == [] and resp.status.done and resp.status.completed == 8
+
+
+def test_completing_an_already_completed_lease_again_is_ok(stub, ds) -> None:
+    enqueue(stub)
+    first = lease(stub).tasks[0]
+    complete(stub, first.lease_id)
+    resp = lease_completing(stub, [first.lease_id])
+    assert resp.status.completed == 1 and len(resp.tasks) == 1
+
+
+def test_a_lapsed_lease_among_the_completions_fails_the_call_and_nothing_happens(stub, ds) -> None:
+    enqueue(stub)
+    lapsed = lease(stub, seconds=SHORT).tasks[0]
+    kept = lease(stub).tasks[0]
+    time.sleep(SHORT + 0.2)
+    err = rpc_error(
+        stub.LeaseTask,
+        ingest_pb2.LeaseTaskRequest(
+            job_id="job", worker_id="w0", max_tasks=2, complete_lease_ids=[kept.lease_id, lapsed.lease_id]
+        ),
+    )
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"cannot complete lease {lapsed.lease_id!r}: it expired" in err.details()
+    status = stub.GetQueueStatus(ingest_pb2.GetQueueStatusRequest(job_id="job"), timeout=30).status
+    assert (status.completed, status.leased, status.pending) == (0, 1, 7)  # kept: still only leased
+    assert stub.GetLease(ingest_pb2.GetLeaseRequest(lease_id=kept.lease_id), timeout=30).state == (
+        ingest_pb2.LEASE_STATE_ACTIVE
+    )
+
+
+def test_an_unknown_lease_among_the_completions_is_not_found(stub, ds) -> None:
+    enqueue(stub)
+    err = rpc_error(
+        stub.LeaseTask, ingest_pb2.LeaseTaskRequest(job_id="job", worker_id="w0", complete_lease_ids=["nope"])
+    )
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    assert "lease 'nope' not found" in err.details()
+    assert stub.GetQueueStatus(ingest_pb2.GetQueueStatusRequest(job_id="job"), timeout=30).status.leased == 0
+
+
+@pytest.mark.parametrize(
+    ("ids", "expect"),
+    [
+        (["x"] * 65, "complete_lease_ids has 65 leases; at most 64 per call"),
+        ([""], "complete_lease_ids entry"),
+    ],
+)
+def test_bad_completions_are_invalid_argument(stub, ds, ids: list[str], expect: str) -> None:
+    enqueue(stub)
+    err = rpc_error(
+        stub.LeaseTask, ingest_pb2.LeaseTaskRequest(job_id="job", worker_id="w0", complete_lease_ids=ids)
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expect in err.details()

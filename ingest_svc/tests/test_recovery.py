@@ -46,7 +46,7 @@ def test_recover_removes_debris_and_keeps_committed_partitions(data_dir: Path) -
         assert removed == {"temp_files": len(temps), "orphan_partitions": 1, "orphan_dirs": 1}
         assert sorted(p.name for p in ds_dir.iterdir()) == ["part-00000000.bin"]
         assert not (data_dir / "datasets" / "ghost").exists()
-        _, data = core.catalog.load_partition("ds", 0)
+        data = core.catalog.load_partition("ds", 0)
         np.testing.assert_array_equal(data.column("y"), np.arange(10))
         assert core.catalog.get_dataset("ds").num_records == 10
     finally:

@@ -46,9 +46,15 @@ class IngestPort(Protocol):
     async def queue_status(self, job_id: str) -> QueueInfo: ...
 
     async def lease_tasks(
-        self, job_id: str, worker_id: str, lease_seconds: float, max_tasks: int = 1
+        self,
+        job_id: str,
+        worker_id: str,
+        lease_seconds: float,
+        max_tasks: int = 1,
+        complete: Sequence[str] = (),
     ) -> tuple[list[TaskInfo], QueueInfo]:
-        """Up to `max_tasks` tasks, each under its own lease (none when nothing is pending)."""
+        """Up to `max_tasks` tasks, each under its own lease (none when nothing is pending),
+        after completing the leases in `complete` in the same commit (all or nothing)."""
         ...
 
     async def extend_lease(self, lease_id: str, lease_seconds: float) -> float: ...

@@ -3,7 +3,7 @@ partition reads, and appending a task's output together with its completion."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,10 +42,14 @@ class QueueClient:
         await self.channel.close()
 
     async def lease_tasks(
-        self, job_id: str, worker_id: str, lease_seconds: float, max_tasks: int
+        self, job_id: str, worker_id: str, lease_seconds: float, max_tasks: int, complete: Sequence[str] = ()
     ) -> tuple[list[Task], ingest_pb2.QueueStatus]:
         req = ingest_pb2.LeaseTaskRequest(
-            job_id=job_id, worker_id=worker_id, lease_seconds=lease_seconds, max_tasks=max_tasks
+            job_id=job_id,
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            max_tasks=max_tasks,
+            complete_lease_ids=complete,
         )
         resp = await self.retry.call(
             f"ingest LeaseTask({job_id!r})", lambda: self.stub.LeaseTask(req, timeout=self.retry.timeout)

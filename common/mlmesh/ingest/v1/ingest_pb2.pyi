@@ -253,16 +253,18 @@ class EnqueueEpochResponse(_message.Message):
     def __init__(self, tasks_enqueued: _Optional[int] = ..., status: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
 
 class LeaseTaskRequest(_message.Message):
-    __slots__ = ("job_id", "worker_id", "lease_seconds", "max_tasks")
+    __slots__ = ("job_id", "worker_id", "lease_seconds", "max_tasks", "complete_lease_ids")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     worker_id: str
     lease_seconds: float
     max_tasks: int
-    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., max_tasks: _Optional[int] = ...) -> None: ...
+    complete_lease_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., max_tasks: _Optional[int] = ..., complete_lease_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LeaseTaskResponse(_message.Message):
     __slots__ = ("tasks", "status")

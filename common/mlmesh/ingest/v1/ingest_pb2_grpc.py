@@ -156,7 +156,8 @@ class IngestServiceServicer:
     def LeaseTask(self, request, context):
         """Leases up to max_tasks pending tasks of a job (lowest epoch first), each
         under its own lease, in one durable transaction. An expired lease returns
-        its task to the queue.
+        its task to the queue. It may first complete leases the caller is done
+        with (complete_lease_ids), in the same transaction.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
