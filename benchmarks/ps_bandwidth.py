@@ -6,9 +6,10 @@ the trainer's own client, against a plain gRPC byte stream of the same size.
 - mlmesh: one `python -m paramserver_svc --num-shards 1` holding a float32 [1024, 4096] variable
   (4,194,304 floats, 16 MiB) with SGD, driven by `trainer_svc.clients.ParamClient` (grpc.aio)
   from its own process. An iteration is one Push of a 16 MiB gradient (applied: validated,
-  checked for NaN/Inf, SGD - chunk by chunk as the stream arrives) then one Pull of the variable: a worker step of a model that big,
-  without the overlap. Both travel as the worker sends them: chunked streams (PushStream,
-  PullStream) for tensors of several MiB, malloc keeping big blocks in both processes.
+  checked for NaN/Inf, SGD - chunk by chunk as the stream arrives) then one Pull of the
+  variable: a worker step of a model that big, without the overlap. Both travel as the worker
+  sends them: chunked streams (PushStream, PullStream) for tensors of several MiB, malloc
+  keeping big blocks in both processes.
 - baseline: a plain grpc.aio server/client pair moving the same 16 MiB each way as a stream of
   1 MiB raw-bytes messages (no protobuf), the fastest honest configuration on this machine
   (FIELD-NOTES: ~1 GB/s streamed vs ~150 MB/s as one message). The server copies a push into
