@@ -8,7 +8,9 @@ job's consistency model (`consistency.Clocks`).
 Thread-safety: every method may be called from any thread, concurrently.
 A request's validation and effect happen under its job's lock, so a pull
 never sees half an update, and a push is applied wholly or (on any bad
-input) not at all. A pull's dense values are the variables' own arrays,
+input) not at all (a streamed dense push computes its new arrays off the
+lock, as it arrives, and takes the lock only to validate and swap them in:
+`core.streamed_push`). A pull's dense values are the variables' own arrays,
 copy-on-write (`store.Variable`): an update never writes into an array a
 pull returned, so the caller may read it after the lock is gone. Methods
 block on NumPy work: call them from a thread pool, not from the event loop.
