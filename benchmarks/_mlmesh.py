@@ -158,7 +158,9 @@ class MlmeshCluster:
         sampler = _Sampler([w.info["metrics_port"] for w in self.workers])
         sampler.start()
         try:
-            with TrainerClient(self.coordinator.addr) as client:
+            # CreateJob builds the model in the coordinator: on 2 shared cores at load 20+ that
+            # took more than the client's default 30 s.
+            with TrainerClient(self.coordinator.addr, timeout=180.0) as client:
                 job = client.create_job(job_spec(**spec_args))
                 deadline = time.monotonic() + timeout
                 while job.state not in TERMINAL_JOB_STATES:

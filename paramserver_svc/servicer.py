@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from functools import partial
 from typing import TypeVar
 
 import grpc
@@ -30,6 +31,7 @@ from mlmesh.types.v1 import tensor_pb2
 from paramserver_svc.core import metrics
 from paramserver_svc.core.shard import PullResult, RowValues, Shard
 from paramserver_svc.core.specs import InitSpec, JobConfig, Mode, OptimizerConfig, VarSpec
+from paramserver_svc.core.streamed_push import StreamedPush
 
 T = TypeVar("T")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterServerService"].full_name
@@ -273,17 +275,18 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
     ) -> pb.PushResponse:
         # Registered with a raw deserializer (`add_to_server`): a plain data chunk is read in
         # place (a view on the received bytes); anything else is parsed as a PushChunk.
+        # A dense push the shard can take as it arrives goes chunk by chunk into a
+        # `StreamedPush` (the arithmetic overlaps the transfer; it runs here, on the loop, a
+        # chunk at a time); any other is assembled into one buffer and pushed at the end.
         head: pb.PushRequest | None = None
-        assembler: tensor.Assembler | None = None
+        sink: tensor.Assembler | StreamedPush | None = None
         names: list[str] = []
         async for message in request_iterator:
             data = tensor.frame_data(message)
             if data is not None:
-                if assembler is None:
-                    raise InvalidArgument(
-                        "the first PushStream message must carry the header (job, step, tensors)"
-                    )
-                assembler.feed(data)
+                if sink is None:
+                    raise InvalidArgument(_NO_HEADER)
+                sink.feed(data)
                 continue
             chunk = pb.PushChunk.FromString(message)
             if head is None:
@@ -298,15 +301,23 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
                             f"row gradient {rs.name!r} in the PushStream header has no values header"
                         )
                     headers.append((f"{rs.name} rows", rs.values))
-                assembler = tensor.Assembler(headers, self._max_stream_bytes)
+                layout = tensor.StreamLayout(headers, self._max_stream_bytes)
+                if not head.row_grads:
+                    sink = await self._offload(partial(self._open_streamed, head, layout))
+                if sink is None:
+                    sink = tensor.Assembler(layout)
             elif chunk.HasField("header"):
                 raise InvalidArgument("only the first PushStream message may carry a header")
             if chunk.data:
-                assert assembler is not None
-                assembler.feed(chunk.data)
-        if head is None or assembler is None:
+                assert sink is not None
+                sink.feed(memoryview(chunk.data))
+        if head is None or sink is None:
             raise InvalidArgument("PushStream carried no message")
-        request, arrays = head, assembler.finish()
+        if isinstance(sink, StreamedPush):
+            streamed = sink
+            result = await self._offload(lambda: self._shard.finish_streamed_push(streamed))
+            return pb.PushResponse(applied=result.applied, version=result.version)
+        request, arrays = head, sink.finish()
 
         def run() -> pb.PushResponse:
             dense = dict(zip(names, arrays[: len(names)], strict=True))
@@ -317,6 +328,11 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
             return self._push(request, dense, rows)
 
         return await self._offload(run)
+
+    def _open_streamed(self, head: pb.PushRequest, layout: tensor.StreamLayout) -> StreamedPush | None:
+        return self._shard.open_streamed_push(
+            head.job_id, head.worker_id, head.step, layout, head.lease_id, head.task_id
+        )
 
     def _push(
         self, request: pb.PushRequest, dense: dict[str, np.ndarray], rows: list[RowValues]

@@ -197,16 +197,15 @@ def frame_data(message: bytes) -> memoryview | None:
     return memoryview(message)[pos:]
 
 
-class Assembler:
-    """Rebuilds arrays from chunked bytes, given their headers (in the sender's order).
-
-    One buffer holds them all; the arrays it returns are views on it (no copy after the
-    chunks land). Every error names what was wrong: a header with content, an unknown
-    dtype, more or fewer bytes than the headers need, a stream above `max_bytes`.
-    """
+class StreamLayout:
+    """Where each tensor of a chunked stream lies in its concatenated bytes, from the headers
+    (in the sender's order), validated: every error names what was wrong (a header with
+    content, an unknown dtype, a bad shape, a stream above `max_bytes`). `entries` holds
+    (name, dtype, shape, byte offset); `check_feed`/`check_finished` police the byte count
+    for whoever consumes the chunks."""
 
     def __init__(self, headers: Sequence[tuple[str, tensor_pb2.Tensor]], max_bytes: int) -> None:
-        self._layout: list[tuple[str, np.dtype, tuple[int, ...], int]] = []
+        self.entries: list[tuple[str, np.dtype, tuple[int, ...], int]] = []
         total = 0
         for name, t in headers:
             if t.content:
@@ -219,34 +218,55 @@ class Assembler:
             if len(shape) > MAX_DIMS or any(d < 0 for d in shape):
                 raise InvalidArgument(f"tensor {name!r} has an invalid shape {list(shape)}")
             nbytes = dt.itemsize * int(np.prod(shape, dtype=np.int64))
-            self._layout.append((name, dt, shape, total))
+            self.entries.append((name, dt, shape, total))
             total += nbytes
         if total > max_bytes:
             raise ResourceExhausted(f"the stream's tensors need {total} bytes; at most {max_bytes} allowed")
         self.total = total
+
+    def check_feed(self, filled: int, nbytes: int) -> None:
+        """Refuse `nbytes` more after `filled` if they pass the headers' total."""
+        if filled + nbytes > self.total:
+            raise InvalidArgument(
+                f"the stream carried more tensor bytes than its header's tensors need ({self.total})"
+            )
+
+    def check_finished(self, filled: int) -> None:
+        if filled != self.total:
+            raise InvalidArgument(
+                f"the stream carried {filled} bytes of tensor data; its header's tensors need {self.total}"
+            )
+
+
+class Assembler:
+    """Rebuilds arrays from chunked bytes, given their headers (in the sender's order;
+    validated by `StreamLayout`).
+
+    One buffer holds them all; the arrays it returns are views on it (no copy after the
+    chunks land).
+    """
+
+    def __init__(
+        self, headers: Sequence[tuple[str, tensor_pb2.Tensor]] | StreamLayout, max_bytes: int = 0
+    ) -> None:
+        self.layout = headers if isinstance(headers, StreamLayout) else StreamLayout(headers, max_bytes)
+        self.total = self.layout.total
         # Not zeroed (finish() refuses a buffer with bytes left unwritten), and written through
         # a memoryview: a bytearray slice assignment from a view copies the data twice.
-        self._buf = np.empty(total, dtype=np.uint8)
+        self._buf = np.empty(self.total, dtype=np.uint8)
         self._view = memoryview(self._buf)
         self._filled = 0
 
     def feed(self, data: bytes | memoryview) -> None:
+        self.layout.check_feed(self._filled, len(data))
         end = self._filled + len(data)
-        if end > self.total:
-            raise InvalidArgument(
-                f"the stream carried more tensor bytes than its header's tensors need ({self.total})"
-            )
         self._view[self._filled : end] = data
         self._filled = end
 
     def finish(self) -> list[np.ndarray]:
-        if self._filled != self.total:
-            raise InvalidArgument(
-                f"the stream carried {self._filled} bytes of tensor data; "
-                f"its header's tensors need {self.total}"
-            )
+        self.layout.check_finished(self._filled)
         out = []
-        for _, dt, shape, offset in self._layout:
+        for _, dt, shape, offset in self.layout.entries:
             count = int(np.prod(shape, dtype=np.int64))
             out.append(self._buf[offset : offset + count * dt.itemsize].view(dt).reshape(shape))
         return out

@@ -8,7 +8,9 @@ job's consistency model (`consistency.Clocks`).
 Thread-safety: every method may be called from any thread, concurrently.
 A request's validation and effect happen under its job's lock, so a pull
 never sees half an update, and a push is applied wholly or (on any bad
-input) not at all. A pull's dense values are the variables' own arrays,
+input) not at all (a streamed dense push computes its new arrays off the
+lock, as it arrives, and takes the lock only to validate and swap them in:
+`core.streamed_push`). A pull's dense values are the variables' own arrays,
 copy-on-write (`store.Variable`): an update never writes into an array a
 pull returned, so the caller may read it after the lock is gone. Methods
 block on NumPy work: call them from a thread pool, not from the event loop.
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from mlmesh.errors import FailedPrecondition, InvalidArgument, MlmeshError, NotFound, ResourceExhausted
 from mlmesh.logging import get_logger
+from mlmesh.tensor import StreamLayout
 
 from paramserver_svc.core import checkpoint, metrics
 from paramserver_svc.core.consistency import Admission, Barrier
@@ -43,6 +46,7 @@ from paramserver_svc.core.specs import (
     local_shape,
 )
 from paramserver_svc.core.store import Job, JobSnapshot, Staged, Store, Variable
+from paramserver_svc.core.streamed_push import StreamedPush
 
 log = get_logger("paramserver_svc.shard")
 
@@ -102,6 +106,21 @@ class StagedInfo:
     pushes: int
     nbytes: int
     age_seconds: float
+
+
+@dataclass
+class _Prepared:
+    """A push, validated under the job's lock: its updates, or an `install` that applies it
+    (a streamed push, computed as it arrived); the first variable with NaN/Inf, if any."""
+
+    updates: list[_Update]
+    nonfinite: str | None
+    nbytes: int = -1  # bytes of gradient (default: the updates')
+    install: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.nbytes < 0:
+            self.nbytes = sum(u.grad.nbytes for u in self.updates)
 
 
 @dataclass(frozen=True)
@@ -323,6 +342,78 @@ class Shard:
         (names, dtypes, shapes, row ownership, NaN/Inf) before any is applied.
         Duplicate row ids in one push are summed.
         """
+
+        def prepare(job: Job) -> _Prepared:
+            updates = self._validate_push(job, dense, rows)
+            bad = next((u.var.spec.name for u in updates if not all_finite(u.grad)), None)
+            return _Prepared(updates, bad)
+
+        return self._push(job_id, worker_id, step, lease_id, task_id, prepare)
+
+    def open_streamed_push(
+        self,
+        job_id: str,
+        worker_id: str,
+        step: int,
+        layout: StreamLayout,
+        lease_id: str = "",
+        task_id: str = "",
+    ) -> StreamedPush | None:
+        """Start a push of dense gradients (`layout`: the stream's tensors) that is computed
+        chunk by chunk as it arrives (`core.streamed_push`); None when this push does not fit
+        that path (a SYNC or exactly-once job, an update rule that is not element-wise, or a
+        tensor that does not match its variable): the caller then assembles the stream and
+        calls `push`, which applies it or names what is wrong."""
+        if lease_id or task_id or not worker_id or step < 0 or not layout.entries:
+            return None
+        job = self.store.find(job_id)
+        if job is None:
+            return None
+        with job.lock:
+            if job.config.mode is Mode.SYNC or job.config.exactly_once or not job.rule.elementwise:
+                return None
+            variables = []
+            for name, dt, shape, _ in layout.entries:
+                var = job.variables.get(name)
+                if (
+                    var is None
+                    or not var.spec.is_floating
+                    or var.spec.row_sharded
+                    or var.value.dtype != dt
+                    or var.value.shape != shape
+                ):
+                    return None
+                variables.append(var)
+            return StreamedPush(job, worker_id, step, layout, variables)
+
+    def finish_streamed_push(self, streamed: StreamedPush) -> PushResult:
+        """End a push begun by `open_streamed_push` once its stream has ended: apply it (all of
+        it or, on any error, nothing) exactly as `push` would have applied the same gradients."""
+        streamed.check_complete()
+
+        def prepare(job: Job) -> _Prepared:
+            if streamed.nonfinite is not None:
+                return _Prepared([], streamed.nonfinite, streamed.nbytes)
+            if streamed.current(job):
+                return _Prepared([], None, streamed.nbytes, install=lambda: streamed.install(job))
+            # Another update (or a checkpoint load) came first: the computed values are stale.
+            # Rare; apply the received gradients the ordinary way.
+            updates = self._validate_push(job, streamed.gradients(), [])
+            return _Prepared(updates, None)
+
+        return self._push(streamed.job_id, streamed.worker_id, streamed.step, "", "", prepare)
+
+    def _push(
+        self,
+        job_id: str,
+        worker_id: str,
+        step: int,
+        lease_id: str,
+        task_id: str,
+        prepare: Callable[[Job], _Prepared],
+    ) -> PushResult:
+        """The common part of every push: admission by the consistency model, then apply,
+        buffer or stage what `prepare` validated (under the job's lock)."""
         try:
             check_job_id(job_id)
             _check_worker(worker_id)
@@ -337,12 +428,11 @@ class Shard:
                     raise InvalidArgument(
                         f"job {job_id!r} is not exactly-once; its pushes carry no lease_id or task_id"
                     )
-                updates = self._validate_push(job, dense, rows)
-                bad = next((u for u in updates if not all_finite(u.grad)), None)
+                prepared = prepare(job)
+                updates, bad = prepared.updates, prepared.nonfinite
                 if bad is not None and not job.config.skip_nonfinite:
                     raise InvalidArgument(
-                        f"gradient of variable {bad.var.spec.name!r} contains NaN or Inf; "
-                        "nothing of this push was applied"
+                        f"gradient of variable {bad!r} contains NaN or Inf; nothing of this push was applied"
                     )
                 now = self.now()
                 self._expire(job, now)
@@ -358,14 +448,13 @@ class Shard:
                     self._changed(job_id)
                     metrics.PUSHES.labels("nonfinite_skipped").inc()
                     log.warning(
-                        "non-finite push skipped",
-                        job_id=job_id,
-                        worker_id=worker_id,
-                        step=step,
-                        variable=bad.var.spec.name,
+                        "non-finite push skipped", job_id=job_id, worker_id=worker_id, step=step, variable=bad
                     )
                     return PushResult(False, job.version)
-                if not updates:  # a clock tick: the worker's step had nothing to push here
+                if prepared.install is not None:  # computed as it arrived; only ASYNC/BOUNDED
+                    assert admission is Admission.APPLY and not job.config.exactly_once
+                    prepared.install()
+                elif not updates:  # a clock tick: the worker's step had nothing to push here
                     if admission is Admission.BUFFER:
                         job.clocks.barrier.mark(worker_id)
                         self._advance(job)
@@ -388,7 +477,7 @@ class Shard:
             raise
         staged = job.config.exactly_once or admission is not Admission.APPLY
         metrics.PUSHES.labels("buffered" if staged else "applied").inc()
-        metrics.PUSH_BYTES.inc(sum(up.grad.nbytes for up in updates))
+        metrics.PUSH_BYTES.inc(prepared.nbytes)
         return PushResult(True, version)
 
     # -- exactly-once: pushes staged per task lease --------------------------------

@@ -37,6 +37,9 @@ class UpdateRule(ABC):
     """One optimizer. Subclasses define slot names, their start value and `_delta`."""
 
     slot_names: tuple[str, ...] = ()
+    # Whether each element's new value and slots depend on that element alone: then a dense
+    # update may be computed piece by piece (`apply_dense_to`) as a streamed push arrives.
+    elementwise: bool = True
 
     def __init__(self, config: OptimizerConfig) -> None:
         self.config = config
@@ -60,6 +63,17 @@ class UpdateRule(ABC):
         # The new value goes into delta's own array when the dtypes allow: no temporary.
         out = delta if delta.dtype == value.dtype else np.empty_like(value)
         return np.subtract(value, delta, out=out, casting="unsafe")
+
+    def apply_dense_to(
+        self, value: np.ndarray, slots: Slots, grad: np.ndarray, t: int, out: np.ndarray, out_slots: Slots
+    ) -> None:
+        """`apply_dense` into the caller's arrays: the new value into `out`, the new slots into
+        `out_slots`; neither `value` nor `slots` is written. The same arithmetic, so the same
+        bits; on a piece of an array when the rule is `elementwise`."""
+        for name, s in slots.items():
+            np.copyto(out_slots[name], s)
+        delta = self._delta(out_slots, grad.astype(work_dtype(value.dtype), copy=False), t)
+        np.subtract(value, delta, out=out, casting="unsafe")
 
     def apply_rows(self, value: np.ndarray, slots: Slots, idx: np.ndarray, grad: np.ndarray, t: int) -> None:
         """Update rows `idx` (unique local indices) of value and slots; grad is [len(idx), ...]."""

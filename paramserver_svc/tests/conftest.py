@@ -29,6 +29,13 @@ from paramserver_svc.servicer import ParameterServerServicer, add_to_server
 REPO = Path(__file__).resolve().parents[2]
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a child process: this checkout's services and `mlmesh` first (the
+    venv's editable install may point at another checkout), then the caller's PYTHONPATH."""
+    paths = [str(REPO), str(REPO / "common"), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(p for p in paths if p))}
+
+
 class ThreadServer:
     """A grpc.aio server for one shard, on its own event loop in a background thread."""
 
@@ -161,7 +168,7 @@ def start_shard_process(
     """Start `python -m paramserver_svc` and wait for its port file (written once SERVING)."""
     port_file = workdir / f"shard-{index}-{time.monotonic_ns()}.json"
     log_path = port_file.with_suffix(".log")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = child_env()
     cmd = [
         sys.executable, "-m", "paramserver_svc",
         "--port", "0", "--port-file", str(port_file),

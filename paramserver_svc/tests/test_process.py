@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ from mlmesh.channels import sync_channel
 from mlmesh.paramserver.v1 import paramserver_pb2 as pb
 from mlmesh.paramserver.v1 import paramserver_pb2_grpc
 
-from paramserver_svc.tests.conftest import REPO, ShardProcess, rows_slice, stop_process, var
+from paramserver_svc.tests.conftest import REPO, ShardProcess, child_env, rows_slice, stop_process, var
 
 F32 = np.float32
 # The shapes of a small Fashion-MNIST CNN: ~225k float32 parameters (~0.9 MB).
@@ -196,7 +195,7 @@ def test_unreadable_checkpoint_stops_the_shard_with_a_message(tmp_path: Path) ->
     proc = subprocess.run(
         [sys.executable, "-m", "paramserver_svc", "--shard-index", "0", "--num-shards", "1",
          "--checkpoint-dir", str(ckpt), "--port", "0", "--metrics-port", "-1"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 1
     assert "job-broken.0000000001.npz" in proc.stderr and "unreadable" in proc.stderr
@@ -244,7 +243,7 @@ def test_bad_newest_checkpoint_is_refused_and_the_previous_one_resumes(
 def test_bad_settings_exit_2_naming_the_setting(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "paramserver_svc", "--shard-index", "3", "--num-shards", "2"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--shard-index" in proc.stderr and "must be below num_shards 2" in proc.stderr
