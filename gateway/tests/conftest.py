@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from mlmesh.cli.suite import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -66,7 +67,7 @@ class ProcessGroup:
         port_file = self.workdir / f"{name}.ports.json"
         log_path = self.workdir / f"{name}.log"
         port_file.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, **child_env()}
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
                 [sys.executable, *args, "--port-file", str(port_file)],

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 from mlmesh import tensor
+from mlmesh.cli.suite import child_env
 from mlmesh.serving.v1 import serving_pb2
 
 from gateway.tests.conftest import REPO, ProcessGroup, pid_alive, wait_until
@@ -202,7 +203,7 @@ def run_gateway_cli(tmp_path: Path, *args: str, timeout: float = 30) -> subproce
     return subprocess.run(
         [sys.executable, "-m", "gateway", "--work-dir", str(tmp_path / "gw"), *args],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, **child_env()},
         capture_output=True,
         text=True,
         timeout=timeout,

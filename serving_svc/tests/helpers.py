@@ -28,6 +28,7 @@ import grpc
 import keras
 import numpy as np
 import tensorflow as tf
+from mlmesh.cli.suite import child_env
 from mlmesh.server import server_options
 from mlmesh.serving.v1 import serving_pb2_grpc
 
@@ -179,7 +180,7 @@ def serving_process(workdir: Path, *args: str, startup_timeout: float = 90.0) ->
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / "serving.json"
     log_path = workdir / "serving.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, **child_env(), "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [sys.executable, "-m", "serving_svc", "--host", "127.0.0.1", "--port", "0"]
     cmd += ["--port-file", str(port_file), "--log-format", "json", *args]
     with open(log_path, "wb") as log:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mlmesh import tensor
+from mlmesh.cli.suite import child_env
 from mlmesh.serving.v1 import serving_pb2, serving_pb2_grpc
 
 from serving_svc.tests.conftest import Exports
@@ -28,7 +29,7 @@ def request(model: str) -> serving_pb2.PredictRequest:
 
 
 def test_bad_setting_exits_2_naming_flag_and_env(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLMESH_SERVING_MAX_QUEUE": "0"}
+    env = {**os.environ, **child_env(), "MLMESH_SERVING_MAX_QUEUE": "0"}
     result = subprocess.run(
         [sys.executable, "-m", "serving_svc", "--model-repo", str(tmp_path), "--model-names", "a,../b"],
         cwd=ROOT,
