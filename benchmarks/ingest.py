@@ -725,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             "read_stream",
             "MB/s",
             m["read_stream"],
-            "plain grpc.aio bytes stream, same messages",
+            "plain grpc.aio file server, same bytes and message size",
             m["plain_stream"],
         ),
         Case("cached_epoch", "s", m["epoch2"], "epoch 1 load time (ratio = epoch 2 / epoch 1)", m["epoch1"]),
