@@ -7,10 +7,13 @@ the end. Cases (value and baseline measured in the same run, medians over repeti
 
 - `append`: MB/s of one `IngestClient.append` stream (what `mlmesh ingest` does: ~1 MiB
   batches framed by hand, 8 MiB partitions written and fsynced as they fill, committed at the
-  end) vs `np.save` + fsync of the same arrays in the same client process.
+  end) vs `np.save` + fsync of the same arrays in the same client process (files kept, one
+  directory per repetition, as ingest keeps its partitions).
 - `read_stream`: MB/s of ReadPartition streaming every partition of the float dataset to one
-  reader (messages decoded to arrays) vs a plain `grpc.aio` unary-stream of the same number
-  of messages of the same size (bytes, nothing decoded).
+  reader (one call per partition, messages decoded to arrays) vs a plain `grpc.aio` file
+  server streaming the same bytes from the tf.data side's 32 raw files of that dataset (one
+  call per file, each message a `read` of the same size from the page cache, as a plain file
+  server would; nothing decoded, nothing checksummed).
 - `cached_epoch`: a trainer worker's partition loads (`load_partition`: the worker's cache,
   else ingest) over the float dataset, epoch 2 time / epoch 1 time. Goal <= 0.2.
 - `vs_tf_data_service`: records/s delivered to 2 consumers from a ~500 MB dataset of
@@ -306,20 +309,19 @@ async def _async(fn: Any) -> Any:
 
 
 def role_plain_server(args: argparse.Namespace) -> None:
-    """A plain grpc.aio server: Stream(count, size) yields `count` messages of `size` bytes."""
+    """A plain grpc.aio file server: Stream("path,size") yields the file at `path` in messages
+    of `size` bytes, each read from the file (the page cache) into a fresh `bytes`."""
     import grpc
     from mlmesh.memory import keep_large_blocks
     from mlmesh.server import write_port_file
 
     keep_large_blocks()
-    source = np.random.default_rng(0).integers(0, 256, size=64 << 20, dtype=np.uint8).tobytes()
-    view = memoryview(source)
 
     async def stream(request: bytes, context: Any) -> Any:
-        count, size = (int(v) for v in request.decode().split(","))
-        for i in range(count):
-            at = (i * size) % (len(source) - size)
-            yield bytes(view[at : at + size])  # one copy, as ingest copies a batch out of its mmap
+        path, size = request.decode().rsplit(",", 1)
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(int(size)):  # one copy, as ingest copies a batch out of its mmap
+                yield chunk
 
     async def main() -> None:
         server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20)])
@@ -337,7 +339,8 @@ def role_plain_server(args: argparse.Namespace) -> None:
 
 def role_stream_reader(args: argparse.Namespace) -> None:
     """{"cmd": "ingest", "dataset", "partitions"} streams every partition with ReadPartition
-    (decoded); {"cmd": "plain", "count", "size"} reads the plain stream. Answers bytes, seconds."""
+    (decoded); {"cmd": "plain", "paths", "size"} reads each file through the plain server.
+    Answers bytes, seconds."""
     import grpc
     from mlmesh import records
     from mlmesh.channels import aio_channel
@@ -380,8 +383,9 @@ def role_stream_reader(args: argparse.Namespace) -> None:
         call = channel.unary_stream("/plain.Bytes/Stream")
         nbytes = 0
         t0 = time.perf_counter()
-        async for m in call(f"{msg['count']},{msg['size']}".encode(), timeout=PASS_TIMEOUT):
-            nbytes += len(m)
+        for path in msg["paths"]:  # one call per file, as the ingest pass makes one per partition
+            async for m in call(f"{path},{msg['size']}".encode(), timeout=PASS_TIMEOUT):
+                nbytes += len(m)
         seconds = time.perf_counter() - t0
         await channel.close()
         return {"bytes": nbytes, "seconds": seconds}
@@ -420,8 +424,8 @@ def role_appender(args: argparse.Namespace) -> None:
                     f.flush()
                     os.fsync(f.fileno())
             seconds = time.perf_counter() - t0
-            for p in out.iterdir():
-                p.unlink()
+            # Kept, as ingest keeps its partitions: deleting them handed their page-cache pages
+            # to the next repetition, which on this VM made its writes ~4x cheaper.
         return {"bytes": nbytes, "seconds": seconds}
 
     serve_commands(handle)
@@ -603,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         for c in (appender, streamer, loader):
             c.recv(120)
         append_n = min(float_n, 40_000)  # ~126 MB
+        float_files = [str(p) for p in sorted((run / FLOAT).glob("records-*.bin"))]
         for rep in range(-1, reps):
             a = appender.call(
                 {"cmd": "append", "records": append_n, "dataset": f"append-{rep + 1}"}, PASS_TIMEOUT
@@ -612,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             s = streamer.call({"cmd": "ingest", "dataset": FLOAT, "partitions": parts[FLOAT]}, PASS_TIMEOUT)
             q = streamer.call(
-                {"cmd": "plain", "count": s["messages"], "size": s["message_bytes"]}, PASS_TIMEOUT
+                {"cmd": "plain", "paths": float_files, "size": s["message_bytes"]}, PASS_TIMEOUT
             )
             cache_dir = run / f"cache-{rep + 1}"
             e1 = loader.call({"cmd": "epoch", "dataset": FLOAT, "cache": str(cache_dir)}, PASS_TIMEOUT)
@@ -721,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
             "read_stream",
             "MB/s",
             m["read_stream"],
-            "plain grpc.aio bytes stream, same messages",
+            "plain grpc.aio file server, same bytes and message size",
             m["plain_stream"],
         ),
         Case("cached_epoch", "s", m["epoch2"], "epoch 1 load time (ratio = epoch 2 / epoch 1)", m["epoch1"]),

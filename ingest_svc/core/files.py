@@ -22,12 +22,12 @@ import json
 import mmap
 import os
 import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from mlmesh.checksum import crc32
 
 from ingest_svc.core.schema import Schema
 
@@ -59,7 +59,7 @@ def _block_crcs(pieces: Sequence[np.ndarray], block_bytes: int) -> list[int]:
         pos = 0
         while pos < len(view):
             take = min(block_bytes - filled, len(view) - pos)
-            crc = zlib.crc32(view[pos : pos + take], crc)
+            crc = crc32(view[pos : pos + take], crc)
             filled += take
             pos += take
             if filled == block_bytes:
@@ -157,7 +157,7 @@ class PartitionData:
             for f in self.schema.features:
                 if not f.record_bytes:
                     continue
-                if zlib.crc32(self.column_bytes(f.name, lo, hi)) != self.crcs[f.name][block]:
+                if crc32(self.column_bytes(f.name, lo, hi)) != self.crcs[f.name][block]:
                     raise CorruptPartition(
                         f"{self.path}: checksum mismatch in feature {f.name!r}, records {lo}-{hi - 1} "
                         "(the file was damaged on disk)"
