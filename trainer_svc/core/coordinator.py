@@ -49,7 +49,8 @@ class CoordinatorConfig:
     eval_batch_size: int = 512
     worker_timeout_seconds: float = 30.0
     checkpoint_seconds: float = 60.0
-    # Bound on the tensor bytes of one RegisterVariables / Pull request.
+    # Bound on the tensor bytes of one RegisterVariables / Pull request (a variable above it
+    # registers through RegisterVariablesStream; its pulls are split by rows or streamed).
     request_bytes: int = 16 * 1024 * 1024
     # Dense variables of at least this many bytes are partitioned by rows over all
     # shards (mlmesh.keys.partitioned), decided when a job is first registered.
@@ -266,8 +267,13 @@ class Coordinator:
             )
 
             async def register(shard: int) -> None:
-                for chunk in placement.chunk_specs(plan[shard], self.config.request_bytes):
-                    await self.params.register(shard, job.job_id, chunk, spec.optimizer, spec.options())
+                budget = self.config.request_bytes
+                for chunk in placement.chunk_specs(plan[shard], budget):
+                    # A variable above the budget (alone in its chunk) streams its value.
+                    big = sum(v.value.nbytes for v in chunk) > budget
+                    await self.params.register(
+                        shard, job.job_id, chunk, spec.optimizer, spec.options(), stream=big
+                    )
 
             await asyncio.gather(*(register(s) for s in range(self.params.num_shards)))
             # A continuous job enqueues one epoch at a time (`_advance_continuous`).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class Cluster:
     shards: list[procs.Proc] = field(default_factory=list)
     coordinator: procs.Proc | None = None
     workers: dict[str, procs.Proc] = field(default_factory=dict)
+    coordinator_flags: list[str] = field(default_factory=list)
 
     @property
     def repo(self) -> Path:
@@ -80,6 +82,7 @@ class Cluster:
             "--model-repo", str(self.repo),
             "--work-dir", str(self.work / "coordinator"),
             "--monitor-seconds", "0.2",
+            *self.coordinator_flags,
         ]  # fmt: skip
         self.coordinator = self._start("coordinator", args, port=port)
         return self.coordinator
@@ -115,8 +118,13 @@ class Cluster:
                     proc.stop()
 
 
-def start_cluster(work: Path) -> Cluster:
-    c = Cluster(work)
+def start_cluster(
+    work: Path,
+    shard_flags: Sequence[str] = (),
+    coordinator_flags: Sequence[str] = (),
+    workers: Sequence[str] = ("w0", "w1"),
+) -> Cluster:
+    c = Cluster(work, coordinator_flags=list(coordinator_flags))
     try:
         c.ingest = c._start("ingest", ["ingest_svc", "--data-dir", str(work / "ingest")])
         for i in range(2):
@@ -124,12 +132,12 @@ def start_cluster(work: Path) -> Cluster:
                 c._start(
                     f"shard{i}",
                     ["paramserver_svc", "--shard-index", str(i), "--num-shards", "2",
-                     "--checkpoint-dir", str(work / f"shard{i}")],
+                     "--checkpoint-dir", str(work / f"shard{i}"), *shard_flags],
                 )
             )  # fmt: skip
         c.start_coordinator()
-        workers = [c.start_worker(w, wait=False) for w in ("w0", "w1")]
-        for w in workers:
+        started = [c.start_worker(w, wait=False) for w in workers]
+        for w in started:
             procs.wait_ready(w)
         return c
     except BaseException:

@@ -100,6 +100,14 @@ class RegisterVariablesRequest(_message.Message):
     config: JobConfig
     def __init__(self, job_id: _Optional[str] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
+class RegisterChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: RegisterVariablesRequest
+    data: bytes
+    def __init__(self, header: _Optional[_Union[RegisterVariablesRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class RegisterVariablesResponse(_message.Message):
     __slots__ = ("created", "existing")
     CREATED_FIELD_NUMBER: _ClassVar[int]

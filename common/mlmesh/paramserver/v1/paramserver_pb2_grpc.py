@@ -54,6 +54,11 @@ class ParameterServerServiceStub:
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesRequest.SerializeToString,
                 response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.FromString,
                 _registered_method=True)
+        self.RegisterVariablesStream = channel.stream_unary(
+                '/mlmesh.paramserver.v1.ParameterServerService/RegisterVariablesStream',
+                request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterChunk.SerializeToString,
+                response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.FromString,
+                _registered_method=True)
         self.JoinJob = channel.unary_unary(
                 '/mlmesh.paramserver.v1.ParameterServerService/JoinJob',
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.JoinJobRequest.SerializeToString,
@@ -133,6 +138,19 @@ class ParameterServerServiceServicer:
         """Idempotent: registering the same variable again with the same shape and
         dtype keeps its current value; a different shape or dtype is
         FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterVariablesStream(self, request_iterator, context):
+        """RegisterVariables for initial values too big for one message: the first
+        message's header is the request with every "value" initializer's tensor
+        reduced to its dtype and shape (no content); the following messages carry
+        those tensors' bytes, concatenated in the header's variable order, in
+        chunks of about 1 MiB (the framing of PushStream). The same answer and
+        rules as RegisterVariables; nothing is created unless the whole stream
+        arrived and validated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,6 +247,11 @@ def add_ParameterServerServiceServicer_to_server(servicer, server):
             'RegisterVariables': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterVariables,
                     request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesRequest.FromString,
+                    response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.SerializeToString,
+            ),
+            'RegisterVariablesStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.RegisterVariablesStream,
+                    request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterChunk.FromString,
                     response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.SerializeToString,
             ),
             'JoinJob': grpc.unary_unary_rpc_method_handler(
@@ -328,6 +351,33 @@ class ParameterServerService:
             target,
             '/mlmesh.paramserver.v1.ParameterServerService/RegisterVariables',
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesRequest.SerializeToString,
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterVariablesStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mlmesh.paramserver.v1.ParameterServerService/RegisterVariablesStream',
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterChunk.SerializeToString,
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.FromString,
             options,
             channel_credentials,
