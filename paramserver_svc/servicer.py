@@ -457,6 +457,18 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
         return pb.LoadCheckpointResponse(version=version)
 
     @grpc_errors
+    async def DropJob(
+        self, request: pb.DropJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DropJobResponse:
+        r = await self._offload(lambda: self._shard.drop(request.job_id, request.force))
+        return pb.DropJobResponse(
+            dropped=r.dropped,
+            already_dropped=r.already,
+            checkpoint_path=str(r.checkpoint) if r.checkpoint is not None else "",
+            version=r.version,
+        )
+
+    @grpc_errors
     async def GetShardInfo(
         self, request: pb.GetShardInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetShardInfoResponse:
@@ -495,6 +507,7 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
             ],
             shard_index=self._shard.index,
             num_shards=self._shard.num_shards,
+            dropped_jobs=self._shard.dropped_jobs(),
             variables=[
                 pb.VariableInfo(
                     job_id=i.job_id,

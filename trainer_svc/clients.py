@@ -481,6 +481,14 @@ class ParamClient:
             lambda: self.stubs[shard].SaveCheckpoint(req, timeout=self.policy.timeout),
         )
 
+    async def drop_job(self, shard: int, job_id: str, force: bool = False) -> bool:
+        req = paramserver_pb2.DropJobRequest(job_id=job_id, force=force)
+        resp = await self.policy.call(
+            f"shard {shard} DropJob({job_id!r})",
+            lambda: self.stubs[shard].DropJob(req, timeout=self.policy.timeout),
+        )
+        return bool(resp.dropped)
+
     async def shard_info(self, shard: int) -> ShardInfo:
         resp = await self.policy.call(
             f"shard {shard} GetShardInfo",

@@ -194,6 +194,31 @@ def wait_job(
         time.sleep(0.2)
 
 
+def wait_dropped(
+    stub: paramserver_pb2_grpc.ParameterServerServiceStub, job_id: str, timeout: float = 30.0
+) -> paramserver_pb2.GetShardInfoResponse:
+    """Wait until the shard dropped the job (the coordinator releases a terminal job)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = stub.GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
+        if job_id in info.dropped_jobs:
+            return info
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} not dropped after {timeout}s: {list(info.dropped_jobs)}")
+        time.sleep(0.1)
+
+
+def finished_job_info(
+    stub: paramserver_pb2_grpc.ParameterServerServiceStub, job_id: str
+) -> paramserver_pb2.JobInfo:
+    """A finished job's state on a shard: the coordinator released it (DropJob), so it is
+    loaded back from its final checkpoint first."""
+    wait_dropped(stub, job_id)
+    stub.LoadCheckpoint(paramserver_pb2.LoadCheckpointRequest(job_id=job_id), timeout=60)
+    info = stub.GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
+    return next(j for j in info.jobs if j.job_id == job_id)
+
+
 def metric(proc: procs.Proc, sample: str) -> float:
     """One sample of a process's Prometheus metrics, named as exposed
     ('name' or 'name{label="value"}'); 0 if absent."""

@@ -15,7 +15,7 @@ from mlmesh.paramserver.v1 import paramserver_pb2
 from mlmesh.tensor import dtype_code, to_proto
 from mlmesh.trainer.v1 import trainer_pb2
 
-from trainer_svc.tests.cluster import Cluster, start_cluster, wait_job
+from trainer_svc.tests.cluster import Cluster, start_cluster, wait_dropped, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +73,13 @@ def test_an_embedding_larger_than_a_message_registers_by_stream_and_trains(
     # Each shard's slice of the table is several times what one message may carry.
     for i in range(2):
         assert keys.local_rows(ROWS, i, 2) * DIM * 4 > 3.5 * LIMIT
+    # Released after its final export: the shards wrote a final checkpoint and freed the table.
+    for i in range(2):
+        info = wait_dropped(c.shard_stub(i), "big-1")
+        assert not [v for v in info.variables if v.job_id == "big-1"]
+        assert any(p.name.endswith(".npz") for p in (c.work / f"shard{i}").iterdir())
+    # The worker, whose last calls may come after the release, carries on.
+    assert c.workers["w0"].popen.poll() is None
     import tensorflow as tf
 
     # The export holds the whole trained table, pulled back in requests under the limit.

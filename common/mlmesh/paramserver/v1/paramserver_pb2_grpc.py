@@ -109,6 +109,11 @@ class ParameterServerServiceStub:
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointRequest.SerializeToString,
                 response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointResponse.FromString,
                 _registered_method=True)
+        self.DropJob = channel.unary_unary(
+                '/mlmesh.paramserver.v1.ParameterServerService/DropJob',
+                request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobResponse.FromString,
+                _registered_method=True)
         self.GetShardInfo = channel.unary_unary(
                 '/mlmesh.paramserver.v1.ParameterServerService/GetShardInfo',
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.GetShardInfoRequest.SerializeToString,
@@ -230,7 +235,21 @@ class ParameterServerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LoadCheckpoint(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Also brings back a dropped job (DropJob) from its final checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropJob(self, request, context):
+        """Frees a finished job's state on this shard (values, slots, clocks, SYNC
+        buffers, staged pushes) after writing a final checkpoint, which stays on
+        disk: a restarted shard does not load it (LoadCheckpoint does). Later
+        calls for the job are NOT_FOUND naming it as dropped; registering it again
+        is FAILED_PRECONDITION. Idempotent: an unknown or already dropped job is
+        answered dropped=false. Without `force`, a job with joined workers (lease
+        not expired) or staged pushes is FAILED_PRECONDITION naming them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -303,6 +322,11 @@ def add_ParameterServerServiceServicer_to_server(servicer, server):
                     servicer.LoadCheckpoint,
                     request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointRequest.FromString,
                     response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointResponse.SerializeToString,
+            ),
+            'DropJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropJob,
+                    request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobRequest.FromString,
+                    response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobResponse.SerializeToString,
             ),
             'GetShardInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetShardInfo,
@@ -649,6 +673,33 @@ class ParameterServerService:
             '/mlmesh.paramserver.v1.ParameterServerService/LoadCheckpoint',
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointRequest.SerializeToString,
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.paramserver.v1.ParameterServerService/DropJob',
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobRequest.SerializeToString,
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
