@@ -129,11 +129,11 @@ def optimizer_to_proto(o: OptimizerConfig) -> pb.OptimizerSpec:
 def _feed_values(sink: tensor.Assembler, data: memoryview) -> None:
     """Feed a RegisterVariablesStream chunk; too many bytes names the last variable."""
     if sink.filled + len(data) > sink.total:
-        last = sink.layout.entries[-1][0] if sink.layout.entries else None
-        what = f"after the initial value of the last variable {last!r}" if last else "though no variable"
+        entries = sink.layout.entries
+        last = f"the last streamed one is {entries[-1][0]!r}" if entries else "none is streamed"
         raise InvalidArgument(
             f"the stream carried more bytes ({sink.filled + len(data)}) than its variables' initial "
-            f"values need ({sink.total}): data {what} has a value in the stream"
+            f"values need ({sink.total}; {last})"
         )
     sink.feed(data)
 

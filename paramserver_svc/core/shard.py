@@ -898,6 +898,8 @@ class Shard:
             try:
                 self.save(job_id)
                 saved.append(job_id)
+            except NotFound:
+                continue  # dropped meanwhile (DropJob wrote its final checkpoint)
             except MlmeshError as e:
                 log.error("checkpoint failed", job_id=job_id, error=e.message)
         return saved

@@ -108,7 +108,10 @@ B = np.ones(4, F32)  # 16 bytes
             "ended inside the initial value of variable 'b': 11 of the 16 bytes that float32[4]",
         ),
         (lambda m: m[:3], "ended inside the initial value of variable 'a': 14 of the 24 bytes"),
-        (lambda m: [*m, pb.RegisterChunk(data=b"\0")], "more bytes (41) than its variables' initial values"),
+        (
+            lambda m: [*m, pb.RegisterChunk(data=b"\0")],
+            "more bytes (41) than its variables' initial values need (40; the last streamed one is 'b')",
+        ),
         (lambda m: [*m, pb.RegisterChunk(header=m[0].header)], "only the first RegisterVariablesStream"),
     ],
 )
