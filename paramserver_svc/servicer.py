@@ -36,6 +36,7 @@ from paramserver_svc.core.streamed_push import StreamedPush
 T = TypeVar("T")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ParameterServerService"].full_name
 _NO_HEADER = "the first PushStream message must carry the header (job, step, tensors)"
+_NO_REGISTER_HEADER = "the first RegisterVariablesStream message must carry the header (job, variables)"
 # How often a waiting pull asks again without being woken (how soon a lease expiry is seen).
 RECHECK_SECONDS = 0.25
 
@@ -69,7 +70,7 @@ def _fill(out: tensor_pb2.Tensor, array: np.ndarray) -> None:
     out.content = np.ascontiguousarray(array).tobytes()
 
 
-def _var_spec(v: pb.VariableSpec) -> tuple[VarSpec, InitSpec]:
+def _var_spec(v: pb.VariableSpec, with_value: bool = True) -> tuple[VarSpec, InitSpec]:
     dtype = tensor.numpy_dtype(v.dtype, f"variable {v.name!r}")
     layout = _LAYOUTS.get(v.row_layout)
     if layout is None:
@@ -78,7 +79,9 @@ def _var_spec(v: pb.VariableSpec) -> tuple[VarSpec, InitSpec]:
         layout = keys.RowLayout.HASH  # meaningless for a dense variable: one canonical spec
     spec = VarSpec(v.name, dtype, tuple(int(d) for d in v.shape), v.row_sharded, layout)
     ini = v.initializer
-    value = tensor.from_proto(ini.value, f"initial value of {v.name!r}") if ini.HasField("value") else None
+    value = None
+    if with_value and ini.HasField("value"):
+        value = tensor.from_proto(ini.value, f"initial value of {v.name!r}")
     return spec, InitSpec(ini.kind or "zeros", ini.scale, ini.seed, value)
 
 
@@ -121,6 +124,32 @@ def optimizer_to_proto(o: OptimizerConfig) -> pb.OptimizerSpec:
         momentum=o.momentum,
         nesterov=o.nesterov,
     )
+
+
+def _feed_values(sink: tensor.Assembler, data: memoryview) -> None:
+    """Feed a RegisterVariablesStream chunk; too many bytes names the last variable."""
+    if sink.filled + len(data) > sink.total:
+        entries = sink.layout.entries
+        last = f"the last streamed one is {entries[-1][0]!r}" if entries else "none is streamed"
+        raise InvalidArgument(
+            f"the stream carried more bytes ({sink.filled + len(data)}) than its variables' initial "
+            f"values need ({sink.total}; {last})"
+        )
+    sink.feed(data)
+
+
+def _finish_values(sink: tensor.Assembler) -> list[np.ndarray]:
+    """The streamed initial values; a stream that ended short names the variable it cut."""
+    if sink.filled < sink.total:
+        for name, dt, shape, offset in sink.layout.entries:
+            need = dt.itemsize * int(np.prod(shape, dtype=np.int64))
+            if sink.filled < offset + need:
+                got = max(0, sink.filled - offset)
+                raise InvalidArgument(
+                    f"the stream ended inside the initial value of variable {name!r}: "
+                    f"{got} of the {need} bytes that {tensor.describe(tensor.dtype_code(dt), shape)} needs"
+                )
+    return sink.finish()
 
 
 def _encode_pull(result: PullResult) -> pb.PullResponse:
@@ -182,6 +211,61 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
     ) -> pb.RegisterVariablesResponse:
         def run() -> pb.RegisterVariablesResponse:
             specs = [_var_spec(v) for v in request.variables]
+            created, existing = self._shard.register(
+                request.job_id, specs, _optimizer(request), _job_config(request)
+            )
+            return pb.RegisterVariablesResponse(created=created, existing=existing)
+
+        return await self._offload(run)
+
+    @grpc_errors
+    async def RegisterVariablesStream(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> pb.RegisterVariablesResponse:
+        # Registered with a raw deserializer (`add_to_server`), like PushStream. The values are
+        # assembled in one buffer and registered only once the stream ended whole: a broken
+        # stream (cancelled, short, too long) creates nothing.
+        head: pb.RegisterVariablesRequest | None = None
+        sink: tensor.Assembler | None = None
+        streamed: list[int] = []  # indices of the header's variables whose values are chunked
+        async for message in request_iterator:
+            data = tensor.frame_data(message)
+            if data is None:
+                chunk = pb.RegisterChunk.FromString(message)
+                if chunk.HasField("header"):
+                    if head is not None:
+                        raise InvalidArgument(
+                            "only the first RegisterVariablesStream message may carry a header"
+                        )
+                    head = chunk.header
+                    streamed = [i for i, v in enumerate(head.variables) if v.initializer.kind == "value"]
+                    for i in streamed:
+                        if not head.variables[i].initializer.HasField("value"):
+                            raise InvalidArgument(
+                                f"variable {head.variables[i].name!r} has initializer 'value' but the "
+                                "stream header gives no value tensor (its dtype and shape)"
+                            )
+                    headers = [
+                        (head.variables[i].name, head.variables[i].initializer.value) for i in streamed
+                    ]
+                    sink = tensor.Assembler(tensor.StreamLayout(headers, self._max_stream_bytes))
+                data = memoryview(chunk.data) if chunk.data else None
+            if data is not None:
+                if sink is None:
+                    raise InvalidArgument(_NO_REGISTER_HEADER)
+                _feed_values(sink, data)
+        if head is None or sink is None:
+            raise InvalidArgument(_NO_REGISTER_HEADER)
+        request, arrays = head, _finish_values(sink)
+
+        def run() -> pb.RegisterVariablesResponse:
+            specs = []
+            values = dict(zip(streamed, arrays, strict=True))
+            for i, v in enumerate(request.variables):
+                spec, init = _var_spec(v, with_value=False)
+                if i in values:
+                    init = InitSpec(init.kind, init.scale, init.seed, values[i])
+                specs.append((spec, init))
             created, existing = self._shard.register(
                 request.job_id, specs, _optimizer(request), _job_config(request)
             )
@@ -373,6 +457,18 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
         return pb.LoadCheckpointResponse(version=version)
 
     @grpc_errors
+    async def DropJob(
+        self, request: pb.DropJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DropJobResponse:
+        r = await self._offload(lambda: self._shard.drop(request.job_id, request.force))
+        return pb.DropJobResponse(
+            dropped=r.dropped,
+            already_dropped=r.already,
+            checkpoint_path=str(r.checkpoint) if r.checkpoint is not None else "",
+            version=r.version,
+        )
+
+    @grpc_errors
     async def GetShardInfo(
         self, request: pb.GetShardInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetShardInfoResponse:
@@ -411,6 +507,7 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
             ],
             shard_index=self._shard.index,
             num_shards=self._shard.num_shards,
+            dropped_jobs=self._shard.dropped_jobs(),
             variables=[
                 pb.VariableInfo(
                     job_id=i.job_id,
@@ -441,7 +538,7 @@ class _Capture:
 
 
 def add_to_server(servicer: ParameterServerServicer, server: grpc.aio.Server) -> None:
-    """Register the service: the generated handlers, except PullStream and PushStream, which
+    """Register the service: the generated handlers, except the three streams, which
     take and give raw bytes so that data chunks are framed with `mlmesh.tensor` (the same
     messages on the wire, two fewer copies of every byte on the shard)."""
     capture = _Capture()
@@ -452,6 +549,10 @@ def add_to_server(servicer: ParameterServerServicer, server: grpc.aio.Server) ->
     )
     handlers["PushStream"] = grpc.stream_unary_rpc_method_handler(
         servicer.PushStream, response_serializer=pb.PushResponse.SerializeToString
+    )
+    handlers["RegisterVariablesStream"] = grpc.stream_unary_rpc_method_handler(
+        servicer.RegisterVariablesStream,
+        response_serializer=pb.RegisterVariablesResponse.SerializeToString,
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -35,6 +35,18 @@ def shard_job(addr: str, job_id: str) -> pb.JobInfo | None:
     return next((j for j in info.jobs if j.job_id == job_id), None)
 
 
+def finished_shard_job(addr: str, job_id: str) -> pb.JobInfo | None:
+    """A finished job loaded back from the final checkpoint its release (DropJob) wrote."""
+    deadline = time.monotonic() + 30
+    with sync_channel(addr) as ch:
+        stub = paramserver_pb2_grpc.ParameterServerServiceStub(ch)
+        while job_id not in stub.GetShardInfo(pb.GetShardInfoRequest(), timeout=10).dropped_jobs:
+            assert time.monotonic() < deadline, f"job {job_id} was not released on {addr}"
+            time.sleep(0.1)
+        stub.LoadCheckpoint(pb.LoadCheckpointRequest(job_id=job_id), timeout=60)
+    return shard_job(addr, job_id)
+
+
 def test_shard_killed_mid_job_resumes_from_its_checkpoint_and_the_job_completes(tmp_path: Path) -> None:
     root = tmp_path / "suite"
     log = tmp_path / "up.log"
@@ -87,8 +99,9 @@ def test_shard_killed_mid_job_resumes_from_its_checkpoint_and_the_job_completes(
         assert job.tasks_completed == job.tasks_total
         assert job.eval_metrics["accuracy"] > 0.6
 
-        restarted = shard_job(back["addr"], job_id)
-        survivor = shard_job(service_entry(suite, "ps-0")["addr"], job_id)
+        # The coordinator released the finished job (DropJob); its final checkpoints hold it.
+        restarted = finished_shard_job(back["addr"], job_id)
+        survivor = finished_shard_job(service_entry(suite, "ps-0")["addr"], job_id)
         assert restarted is not None and survivor is not None
         # Both shards stepped through the same synchronous steps; the restarted one lost the
         # updates since its newest checkpoint on disk (one interval, plus the ~0.1 s a snapshot

@@ -24,6 +24,7 @@ from mlmesh.logging import get_logger
 from mlmesh.paramserver.v1 import paramserver_pb2, paramserver_pb2_grpc
 from mlmesh.retry import Retry
 from mlmesh.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from mlmesh.types.v1 import tensor_pb2
 
 from trainer_svc import convert
 from trainer_svc.core.types import (
@@ -66,6 +67,7 @@ _MODES = {
 _MODE_NAMES = {v: k for k, v in _MODES.items()}
 _SERVICE = paramserver_pb2.DESCRIPTOR.services_by_name["ParameterServerService"].full_name
 _PUSH_STREAM, _PULL_STREAM = f"/{_SERVICE}/PushStream", f"/{_SERVICE}/PullStream"
+_REGISTER_STREAM = f"/{_SERVICE}/RegisterVariablesStream"
 _LAYOUTS = {"hash": paramserver_pb2.ROW_LAYOUT_HASH, "blocks": paramserver_pb2.ROW_LAYOUT_BLOCKS}
 _LAYOUT_NAMES = {paramserver_pb2.ROW_LAYOUT_HASH: "hash", paramserver_pb2.ROW_LAYOUT_BLOCKS: "blocks"}
 
@@ -226,6 +228,12 @@ class ParamClient:
             c.stream_unary(_PUSH_STREAM, response_deserializer=paramserver_pb2.PushResponse.FromString)
             for c in self.channels
         ]
+        self._register_streams = [
+            c.stream_unary(
+                _REGISTER_STREAM, response_deserializer=paramserver_pb2.RegisterVariablesResponse.FromString
+            )
+            for c in self.channels
+        ]
         self._pull_streams = [
             c.unary_stream(_PULL_STREAM, request_serializer=paramserver_pb2.PullRequest.SerializeToString)
             for c in self.channels
@@ -245,8 +253,16 @@ class ParamClient:
         variables: Sequence[VariableSpec],
         optimizer: OptimizerConfig,
         options: JobOptions | None = None,
+        stream: bool = False,
     ) -> None:
+        """Create the variables on one shard (idempotent: existing ones keep their values).
+        `stream`: send the initial values as chunks after the request (RegisterVariablesStream),
+        for values too big for one message."""
         options = options or JobOptions()
+
+        def value(v: VariableSpec) -> tensor_pb2.Tensor:
+            return tensor.header(v.value) if stream else tensor.to_proto(v.value)
+
         req = paramserver_pb2.RegisterVariablesRequest(
             job_id=job_id,
             optimizer=convert.optimizer_to_proto(optimizer),
@@ -266,11 +282,22 @@ class ParamClient:
                     row_layout=_LAYOUTS[v.layout]
                     if v.row_sharded
                     else paramserver_pb2.ROW_LAYOUT_UNSPECIFIED,
-                    initializer=paramserver_pb2.Initializer(kind="value", value=tensor.to_proto(v.value)),
+                    initializer=paramserver_pb2.Initializer(kind="value", value=value(v)),
                 )
                 for v in variables
             ],
         )
+        if stream:
+
+            def messages() -> Iterator[bytes]:
+                yield paramserver_pb2.RegisterChunk(header=req).SerializeToString()
+                yield from tensor.data_frames([v.value for v in variables])
+
+            await self.policy.call(
+                f"shard {shard} RegisterVariablesStream({job_id!r})",
+                lambda: self._register_streams[shard](messages(), timeout=self.policy.timeout),
+            )
+            return
         await self.policy.call(
             f"shard {shard} RegisterVariables({job_id!r})",
             lambda: self.stubs[shard].RegisterVariables(req, timeout=self.policy.timeout),
@@ -453,6 +480,14 @@ class ParamClient:
             f"shard {shard} SaveCheckpoint({job_id!r})",
             lambda: self.stubs[shard].SaveCheckpoint(req, timeout=self.policy.timeout),
         )
+
+    async def drop_job(self, shard: int, job_id: str, force: bool = False) -> bool:
+        req = paramserver_pb2.DropJobRequest(job_id=job_id, force=force)
+        resp = await self.policy.call(
+            f"shard {shard} DropJob({job_id!r})",
+            lambda: self.stubs[shard].DropJob(req, timeout=self.policy.timeout),
+        )
+        return bool(resp.dropped)
 
     async def shard_info(self, shard: int) -> ShardInfo:
         resp = await self.policy.call(

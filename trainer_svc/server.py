@@ -35,6 +35,8 @@ def build_coordinator(settings: CoordinatorSettings) -> tuple[Coordinator, Inges
         worker_timeout_seconds=settings.worker_timeout_seconds,
         checkpoint_seconds=settings.checkpoint_seconds,
         min_partition_bytes=settings.min_partition_bytes,
+        # A quarter of the message limit leaves room for the request's other fields.
+        request_bytes=min(CoordinatorConfig.request_bytes, settings.max_message_bytes // 4),
     )
     return Coordinator(config, JobStore(settings.work_dir), ingest, params), ingest, params
 

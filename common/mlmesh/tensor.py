@@ -165,7 +165,7 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-# PushChunk and PullChunk hold the chunk in field 2 (`bytes data`); on the wire a message with
+# PushChunk, PullChunk and RegisterChunk hold the chunk in field 2 (`bytes data`); on the wire a message with
 # only that field is the tag (2 << 3 | length-delimited), the length as a varint, the bytes.
 _DATA_TAG = b"\x12"
 
@@ -262,6 +262,11 @@ class Assembler:
         end = self._filled + len(data)
         self._view[self._filled : end] = data
         self._filled = end
+
+    @property
+    def filled(self) -> int:
+        """Bytes fed so far."""
+        return self._filled
 
     def finish(self) -> list[np.ndarray]:
         self.layout.check_finished(self._filled)

@@ -72,6 +72,45 @@ def list_checkpoints(directory: Path) -> dict[str, list[Path]]:
     return {stem: [p for _, p in sorted(items, reverse=True)] for stem, items in sorted(out.items())}
 
 
+# `<checkpoint_dir>/job-<quoted id>.dropped`: the job was dropped (DropJob) after its final
+# checkpoint; a restarting shard leaves it on disk. Holds the job id (the stem may be a hash).
+DROPPED_SUFFIX = ".dropped"
+
+
+def write_dropped_marker(directory: Path, job_id: str) -> None:
+    """Atomically mark the job as dropped."""
+    final = directory / f"{job_stem(job_id)}{DROPPED_SUFFIX}"
+    tmp = directory / f".tmp-{final.name}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump({"job_id": job_id}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(directory)
+
+
+def remove_dropped_marker(directory: Path, job_id: str) -> None:
+    (directory / f"{job_stem(job_id)}{DROPPED_SUFFIX}").unlink(missing_ok=True)
+    _fsync_dir(directory)
+
+
+def dropped_jobs(directory: Path) -> dict[str, str]:
+    """The dropped jobs' ids by job stem (an unreadable marker still counts, by its stem)."""
+    out: dict[str, str] = {}
+    if not directory.is_dir():
+        return out
+    for path in directory.glob(f"job-*{DROPPED_SUFFIX}"):
+        stem = path.name.removesuffix(DROPPED_SUFFIX)
+        try:
+            out[stem] = str(json.loads(path.read_text())["job_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            out[stem] = stem
+    return out
+
+
 def write_checkpoint(
     directory: Path, snap: JobSnapshot, shard_index: int, num_shards: int, keep: int = DEFAULT_KEEP
 ) -> Path:

@@ -45,6 +45,7 @@ PULL_WAIT_SECONDS = Histogram(
 MEMBERSHIP = Counter(
     "mlmesh_ps_membership_total", "Workers joining, leaving and expiring (lease ran out)", ["event"]
 )
+JOBS_DROPPED = Counter("mlmesh_ps_jobs_dropped_total", "Jobs whose state this shard freed (DropJob)")
 LEASES = Counter(
     "mlmesh_ps_leases_total",
     "Exactly-once jobs: task leases settled on this shard",

@@ -21,6 +21,7 @@ asks again.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,16 @@ class PullResult:
 class PushResult:
     applied: bool
     version: int
+
+
+@dataclass(frozen=True)
+class DropResult:
+    """dropped: freed now; already: dropped before (both False: the job was unknown here)."""
+
+    dropped: bool
+    already: bool
+    checkpoint: Path | None = None
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,8 @@ class Shard:
         self.max_staged_bytes = max_staged_bytes
         self.now = clock  # leases are measured on this clock (a test may pass its own)
         self.store = Store()
+        # Serialises DropJob against LoadCheckpoint of the same shard (both rare).
+        self._drop_lock = threading.Lock()
         # Called with a job id (from whichever thread made the change, possibly under the
         # job's lock: must not block) when a waiting pull of that job may have become ready.
         self.listeners: list[Callable[[str], None]] = []
@@ -192,6 +205,7 @@ class Shard:
             if spec.name in names:
                 raise InvalidArgument(f"variable {spec.name!r} appears twice in one request")
             names.add(spec.name)
+        self.store.check_not_dropped(job_id)
         job = self.store.find(job_id)
         if job is None:
             if optimizer is None:
@@ -212,6 +226,7 @@ class Shard:
                 return created, existing
         # The job exists (possibly created by a concurrent request just now).
         with job.lock:
+            self._check_live(job)
             if optimizer is not None and optimizer != job.optimizer:
                 raise FailedPrecondition(
                     f"job {job_id!r} is registered with optimizer {job.optimizer.describe()}; "
@@ -258,6 +273,7 @@ class Shard:
         _check_worker(worker_id)
         job = self.store.get(job_id)
         with job.lock:
+            self._check_live(job)
             clock = job.clocks.join(worker_id, self.now())
             job.generation += 1
         metrics.MEMBERSHIP.labels("joined").inc()
@@ -271,6 +287,7 @@ class Shard:
         _check_worker(worker_id)
         job = self.store.get(job_id)
         with job.lock:
+            self._check_live(job)
             if job.clocks.leave(worker_id):
                 job.generation += 1
                 metrics.MEMBERSHIP.labels("left").inc()
@@ -301,6 +318,7 @@ class Shard:
         check_job_id(job_id)
         job = self.store.get(job_id)
         with job.lock:
+            self._check_live(job)
             dense_vars = [(name, job.variable(name)) for name in dense]
             row_reqs = []
             for req in rows:
@@ -370,7 +388,12 @@ class Shard:
         if job is None:
             return None
         with job.lock:
-            if job.config.mode is Mode.SYNC or job.config.exactly_once or not job.rule.elementwise:
+            if (
+                job.dropped
+                or job.config.mode is Mode.SYNC
+                or job.config.exactly_once
+                or not job.rule.elementwise
+            ):
                 return None
             variables = []
             for name, dt, shape, _ in layout.entries:
@@ -422,6 +445,7 @@ class Shard:
             job = self.store.get(job_id)
             started = time.perf_counter()
             with job.lock:
+                self._check_live(job)
                 if job.config.exactly_once:
                     self._check_stageable(job, lease_id, task_id)
                 elif lease_id or task_id:
@@ -518,6 +542,7 @@ class Shard:
             raise InvalidArgument("CommitLease needs lease_id and task_id")
         job = self.store.get(job_id)
         with job.lock:
+            self._check_live(job)
             if not job.config.exactly_once:
                 raise FailedPrecondition(f"job {job_id!r} is not exactly-once; it stages no pushes")
             ledger = job.ledger
@@ -556,6 +581,7 @@ class Shard:
             raise InvalidArgument("AbortLease needs lease_id")
         job = self.store.get(job_id)
         with job.lock:
+            self._check_live(job)
             settled = job.ledger.settled.get(lease_id)
             if settled == "committed":
                 raise FailedPrecondition(f"lease {lease_id!r} was committed on this shard; it cannot abort")
@@ -662,6 +688,73 @@ class Shard:
             )
         return placement.local(ids)
 
+    # -- dropping a finished job -------------------------------------------------
+
+    def drop(self, job_id: str, force: bool = False) -> DropResult:
+        """Free the job's state on this shard (values, slots, clocks, SYNC buffers, staged
+        pushes) after writing a final checkpoint, which stays on disk: a restarted shard does
+        not load it back (a marker file says the job was dropped), `load` does.
+
+        Idempotent: an unknown or already dropped job is answered dropped=False. Without
+        `force`, a job with live (joined, lease not expired) workers or staged pushes is
+        FailedPrecondition; `force` drops it anyway (their later calls get NotFound).
+        FailedPrecondition too if the checkpoint cannot be written (then nothing changes).
+        """
+        check_job_id(job_id)
+        with self._drop_lock:
+            job = self.store.find(job_id)
+            if job is None:
+                return DropResult(False, self.store.is_dropped(job_id))
+            with job.lock:
+                self._check_live(job)
+                now = self.now()
+                self._expire(job, now)
+                live = sorted(job.clocks.live())
+                if live and not force:
+                    shown = ", ".join(repr(w) for w in live[:5]) + (" ..." if len(live) > 5 else "")
+                    raise FailedPrecondition(
+                        f"job {job_id!r} still has {len(live)} joined worker(s) on this shard ({shown}); "
+                        "they must LeaveJob (or their lease run out) before DropJob, or pass force"
+                    )
+                if job.staged and not force:
+                    raise FailedPrecondition(
+                        f"job {job_id!r} has pushes staged under {len(job.staged)} uncommitted lease(s) "
+                        "on this shard; commit or abort them before DropJob, or pass force"
+                    )
+                job.dropped = True  # from here on every call that reaches the job is refused
+                snap = job.snapshot()
+                staged = len(job.staged)
+            try:
+                path = self._write(job, snap)
+                checkpoint.write_dropped_marker(self.checkpoint_dir, job_id)
+            except (FailedPrecondition, OSError) as e:
+                with job.lock:
+                    job.dropped = False
+                message = e.message if isinstance(e, FailedPrecondition) else str(e)
+                raise FailedPrecondition(f"job {job_id!r} was not dropped: {message}") from e
+            self.store.remove(job_id)
+        self._changed(job_id)  # waiting pulls wake and learn it is gone
+        self._update_gauges()
+        metrics.JOBS_DROPPED.inc()
+        log.info(
+            "job dropped",
+            job_id=job_id,
+            checkpoint=str(path),
+            version=snap.version,
+            forced_workers=live,
+            discarded_leases=staged,
+        )
+        return DropResult(True, False, path, snap.version)
+
+    def dropped_jobs(self) -> list[str]:
+        """Jobs dropped and not loaded back, by id."""
+        return self.store.dropped()
+
+    def _check_live(self, job: Job) -> None:
+        """NotFound if the job was dropped after the caller found it (lock held)."""
+        if job.dropped:
+            raise NotFound(self.store.dropped_message(job.job_id))
+
     # -- checkpoints ------------------------------------------------------------
 
     def save(self, job_id: str) -> tuple[Path, int]:
@@ -670,6 +763,7 @@ class Shard:
         job = self.store.get(job_id)
         started = time.perf_counter()
         with job.lock:
+            self._check_live(job)
             snap = job.snapshot()
         path = self._write(job, snap)
         metrics.CHECKPOINT_SECONDS.labels("save").observe(time.perf_counter() - started)
@@ -709,7 +803,12 @@ class Shard:
         paths = checkpoint.job_checkpoints(self.checkpoint_dir, job_id)
         if not paths:
             raise NotFound(f"no checkpoint of job {job_id!r} in {self.checkpoint_dir}")
-        return self._load(paths, job_id)
+        with self._drop_lock:
+            version = self._load(paths, job_id)
+            if self.store.undrop(job_id):  # an explicit load brings a dropped job back
+                checkpoint.remove_dropped_marker(self.checkpoint_dir, job_id)
+                log.info("dropped job loaded back", job_id=job_id, version=version)
+        return version
 
     def load_all(self) -> list[tuple[str, int]]:
         """Load the newest usable checkpoint of every job in the directory (a restarted shard resumes).
@@ -718,7 +817,12 @@ class Shard:
         checkpoints but none usable: resuming without it would silently lose its training.
         """
         loaded, failed = [], []
-        for paths in checkpoint.list_checkpoints(self.checkpoint_dir).values():
+        dropped = checkpoint.dropped_jobs(self.checkpoint_dir)
+        for stem in dropped:
+            self.store.mark_dropped(dropped[stem])
+        for stem, paths in checkpoint.list_checkpoints(self.checkpoint_dir).items():
+            if stem in dropped:  # finished and released (DropJob): stays on disk, not in memory
+                continue
             try:
                 version = self._load(paths, None)
             except FailedPrecondition as e:
@@ -794,6 +898,8 @@ class Shard:
             try:
                 self.save(job_id)
                 saved.append(job_id)
+            except NotFound:
+                continue  # dropped meanwhile (DropJob wrote its final checkpoint)
             except MlmeshError as e:
                 log.error("checkpoint failed", job_id=job_id, error=e.message)
         return saved

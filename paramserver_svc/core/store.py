@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from mlmesh.errors import NotFound
+from mlmesh.errors import FailedPrecondition, NotFound
 
 from paramserver_svc.core.consistency import Barrier, Clocks, ClockState
 from paramserver_svc.core.specs import JobConfig, OptimizerConfig, VarSpec
@@ -132,6 +132,9 @@ class Job:
     # Exactly-once jobs: pushes waiting for their lease's commit, and the settled leases.
     staged: dict[str, Staged] = field(default_factory=dict, repr=False)
     ledger: Ledger = field(default_factory=Ledger, repr=False)
+    # Set (under the lock) by DropJob: whoever found the job before it left the store
+    # must not change it any more.
+    dropped: bool = False
 
     def __post_init__(self) -> None:
         self.rule: UpdateRule = make_rule(self.optimizer)
@@ -207,13 +210,58 @@ class Store:
 
     def __init__(self) -> None:
         self._jobs: dict[str, Job] = {}
+        # Ids of the jobs dropped (DropJob) and not loaded back: a few bytes each, kept so a
+        # late call is told what became of its job.
+        self._dropped: set[str] = set()
         self._lock = threading.Lock()
 
     def get(self, job_id: str) -> Job:
         job = self.find(job_id)
         if job is None:
+            if self.is_dropped(job_id):
+                raise NotFound(self.dropped_message(job_id))
             raise NotFound(f"job {job_id!r} is not registered on this shard")
         return job
+
+    @staticmethod
+    def dropped_message(job_id: str) -> str:
+        return (
+            f"job {job_id!r} was dropped from this shard (DropJob: it finished); its final checkpoint "
+            "stays on disk and LoadCheckpoint brings it back"
+        )
+
+    def check_not_dropped(self, job_id: str) -> None:
+        """FailedPrecondition for a dropped job: registering it anew would silently restart it."""
+        if self.is_dropped(job_id):
+            raise FailedPrecondition(
+                f"job {job_id!r} was dropped from this shard (DropJob: it finished); it cannot be "
+                "registered again under that id (LoadCheckpoint brings it back)"
+            )
+
+    def is_dropped(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._dropped
+
+    def mark_dropped(self, job_id: str) -> None:
+        with self._lock:
+            self._dropped.add(job_id)
+
+    def undrop(self, job_id: str) -> bool:
+        """Forget that the job was dropped; whether it was."""
+        with self._lock:
+            was = job_id in self._dropped
+            self._dropped.discard(job_id)
+            return was
+
+    def remove(self, job_id: str) -> None:
+        """Take the job out and remember it as dropped."""
+        with self._lock:
+            self._jobs.pop(job_id, None)
+            self._dropped.add(job_id)
+
+    def dropped(self) -> list[str]:
+        with self._lock:
+            return sorted(self._dropped)
 
     def find(self, job_id: str) -> Job | None:
         with self._lock:

@@ -18,6 +18,7 @@ from mlmesh import tensor
 from mlmesh.channels import sync_channel
 from mlmesh.paramserver.v1 import paramserver_pb2 as pb
 from mlmesh.paramserver.v1 import paramserver_pb2_grpc
+from mlmesh.types.v1 import tensor_pb2 as pb_tensor
 
 from paramserver_svc.tests.conftest import REPO, ShardProcess, child_env, rows_slice, stop_process, var
 
@@ -330,5 +331,31 @@ def test_push_stream_above_max_stream_bytes_is_resource_exhausted(shard_processe
             stub.PushStream(iter(messages), timeout=10)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "need 400000 bytes; at most 65536 allowed" in err.value.details()
+    finally:
+        ch.close()
+
+
+@pytest.mark.faults
+def test_register_stream_above_max_stream_bytes_is_resource_exhausted(
+    shard_processes, tmp_path: Path
+) -> None:
+    """Refused from the header alone: no buffer for the claimed bytes is ever allocated."""
+    sp = shard_processes(0, 1, tmp_path / "ckpt", "--max-stream-bytes", "65536")
+    ch, stub = stub_for(sp)
+    try:
+        v = var("emb", [1 << 20, 1 << 10], row_sharded=True, kind="value")
+        v.initializer.value.CopyFrom(
+            pb_tensor.Tensor(dtype=tensor.DType.DTYPE_FLOAT32, shape=[1 << 20, 1 << 10])
+        )
+        head = pb.RegisterVariablesRequest(
+            job_id="j", variables=[v], optimizer=pb.OptimizerSpec(kind="sgd", learning_rate=1)
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RegisterVariablesStream(
+                iter([pb.RegisterChunk(header=head), pb.RegisterChunk(data=b"x")]), timeout=10
+            )
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"need {4 << 30} bytes; at most 65536 allowed" in err.value.details()
+        assert not stub.GetShardInfo(pb.GetShardInfoRequest(), timeout=10).variables
     finally:
         ch.close()

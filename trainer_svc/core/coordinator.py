@@ -39,6 +39,8 @@ from trainer_svc.core.store import JobStore
 from trainer_svc.core.types import DatasetInfo, QueueInfo
 
 log = get_logger(__name__)
+# How long a terminal job whose DropJob failed on some shard waits before it is asked again.
+RELEASE_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ class CoordinatorConfig:
     eval_batch_size: int = 512
     worker_timeout_seconds: float = 30.0
     checkpoint_seconds: float = 60.0
-    # Bound on the tensor bytes of one RegisterVariables / Pull request.
+    # Bound on the tensor bytes of one RegisterVariables / Pull request (a variable above it
+    # registers through RegisterVariablesStream; its pulls are split by rows or streamed).
     request_bytes: int = 16 * 1024 * 1024
     # Dense variables of at least this many bytes are partitioned by rows over all
     # shards (mlmesh.keys.partitioned), decided when a job is first registered.
@@ -97,6 +100,7 @@ class Coordinator:
         self._exporting: dict[str, asyncio.Task[None]] = {}  # continuous jobs' version exports
         self._dirty: set[str] = set()
         self._last_checkpoint = time.time()
+        self._release_after: dict[str, float] = {}  # job -> when to retry its DropJob
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -239,6 +243,7 @@ class Coordinator:
                 await self._maybe_checkpoint(job, now)
         elif job.job_id not in self._finalizing:
             self._begin_finalize(job)  # EVALUATING/EXPORTING left by a previous process
+        await self._release_finished(now)
         for j in self.jobs.values():
             j.active_workers = self._active_workers(j.job_id, now) if j.state.active else 0
         self._flush()
@@ -266,8 +271,13 @@ class Coordinator:
             )
 
             async def register(shard: int) -> None:
-                for chunk in placement.chunk_specs(plan[shard], self.config.request_bytes):
-                    await self.params.register(shard, job.job_id, chunk, spec.optimizer, spec.options())
+                budget = self.config.request_bytes
+                for chunk in placement.chunk_specs(plan[shard], budget):
+                    # A variable above the budget (alone in its chunk) streams its value.
+                    big = sum(v.value.nbytes for v in chunk) > budget
+                    await self.params.register(
+                        shard, job.job_id, chunk, spec.optimizer, spec.options(), stream=big
+                    )
 
             await asyncio.gather(*(register(s) for s in range(self.params.num_shards)))
             # A continuous job enqueues one epoch at a time (`_advance_continuous`).
@@ -429,6 +439,37 @@ class Coordinator:
         log.info(
             "checkpoint manifest", job_id=job.job_id, consistent=manifest["consistent"], step=manifest["step"]
         )
+
+    async def _release_finished(self, now: float) -> None:
+        """Free the state of every terminal job on the shards (DropJob), once per job, after its
+        final export: each shard writes a final checkpoint and forgets the job. Forced: a
+        terminal job's result is decided, so a late worker's joined lease or staged pushes
+        cannot matter (its next call is told the job was dropped). A shard that cannot be
+        reached is asked again `RELEASE_RETRY_SECONDS` later."""
+        for job in self.list_jobs():
+            if (
+                not job.state.terminal
+                or job.released
+                or job.job_id in self._finalizing
+                or job.job_id in self._exporting
+                or self._release_after.get(job.job_id, 0.0) > now
+            ):
+                continue
+            results = await asyncio.gather(
+                *(self.params.drop_job(s, job.job_id, force=True) for s in range(self.params.num_shards)),
+                return_exceptions=True,
+            )
+            failed = {s: str(r) for s, r in enumerate(results) if isinstance(r, BaseException)}
+            if failed:
+                self._release_after[job.job_id] = now + RELEASE_RETRY_SECONDS
+                log.warning("job not yet released on every shard", job_id=job.job_id, shards=failed)
+                continue
+            self._release_after.pop(job.job_id, None)
+            job.released = True
+            self._save(job)
+            log.info(
+                "job released on the shards", job_id=job.job_id, dropped_now=sum(bool(r) for r in results)
+            )
 
     # ----- finalization ----------------------------------------------------------------------
 

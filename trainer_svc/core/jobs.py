@@ -64,6 +64,8 @@ class Job:
     active_workers: int = 0
     epochs_completed: int = 0
     epochs_exported: int = 0  # continuous: versions exported as epochs completed
+    # Terminal jobs: the shards freed its state (DropJob) after its final checkpoint.
+    released: bool = False
     # Not persisted: recent reports, for the moving loss and rate.
     _losses: collections.deque[tuple[float, int]] = field(
         default_factory=lambda: collections.deque(maxlen=LOSS_WINDOW_REPORTS), repr=False
@@ -107,6 +109,7 @@ class Job:
             "train_seconds": self.train_seconds,
             "epochs_completed": self.epochs_completed,
             "epochs_exported": self.epochs_exported,
+            "released": self.released,
         }
 
     @classmethod

@@ -206,7 +206,8 @@ async def read_layout(params: ParamPort, job_id: str, dense: Sequence[str], spar
 def chunk_specs(specs: Sequence[VariableSpec], max_bytes: int) -> list[list[VariableSpec]]:
     """Split one shard's registration into requests of at most ~max_bytes of values.
 
-    A single variable larger than max_bytes goes alone in its chunk.
+    A single variable larger than max_bytes goes alone in its chunk (the caller streams it:
+    RegisterVariablesStream).
     """
     chunks: list[list[VariableSpec]] = []
     current: list[VariableSpec] = []

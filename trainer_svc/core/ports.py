@@ -122,6 +122,11 @@ class ParamPort(Protocol):
 
     async def save_checkpoint(self, shard: int, job_id: str) -> None: ...
 
+    async def drop_job(self, shard: int, job_id: str, force: bool = False) -> bool:
+        """Free a finished job's state on the shard after a final checkpoint (idempotent);
+        whether it was dropped now (False: dropped before, or never there)."""
+        ...
+
     async def shard_info(self, shard: int) -> ShardInfo:
         """The variables the shard holds (of every job), with their global shapes."""
         ...

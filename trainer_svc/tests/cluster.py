@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class Cluster:
     shards: list[procs.Proc] = field(default_factory=list)
     coordinator: procs.Proc | None = None
     workers: dict[str, procs.Proc] = field(default_factory=dict)
+    coordinator_flags: list[str] = field(default_factory=list)
 
     @property
     def repo(self) -> Path:
@@ -80,6 +82,7 @@ class Cluster:
             "--model-repo", str(self.repo),
             "--work-dir", str(self.work / "coordinator"),
             "--monitor-seconds", "0.2",
+            *self.coordinator_flags,
         ]  # fmt: skip
         self.coordinator = self._start("coordinator", args, port=port)
         return self.coordinator
@@ -115,8 +118,13 @@ class Cluster:
                     proc.stop()
 
 
-def start_cluster(work: Path) -> Cluster:
-    c = Cluster(work)
+def start_cluster(
+    work: Path,
+    shard_flags: Sequence[str] = (),
+    coordinator_flags: Sequence[str] = (),
+    workers: Sequence[str] = ("w0", "w1"),
+) -> Cluster:
+    c = Cluster(work, coordinator_flags=list(coordinator_flags))
     try:
         c.ingest = c._start("ingest", ["ingest_svc", "--data-dir", str(work / "ingest")])
         for i in range(2):
@@ -124,12 +132,12 @@ def start_cluster(work: Path) -> Cluster:
                 c._start(
                     f"shard{i}",
                     ["paramserver_svc", "--shard-index", str(i), "--num-shards", "2",
-                     "--checkpoint-dir", str(work / f"shard{i}")],
+                     "--checkpoint-dir", str(work / f"shard{i}"), *shard_flags],
                 )
             )  # fmt: skip
         c.start_coordinator()
-        workers = [c.start_worker(w, wait=False) for w in ("w0", "w1")]
-        for w in workers:
+        started = [c.start_worker(w, wait=False) for w in workers]
+        for w in started:
             procs.wait_ready(w)
         return c
     except BaseException:
@@ -184,6 +192,31 @@ def wait_job(
                 f"job {job_id} still {trainer_pb2.JobState.Name(job.state)} after {timeout}s: {job}"
             )
         time.sleep(0.2)
+
+
+def wait_dropped(
+    stub: paramserver_pb2_grpc.ParameterServerServiceStub, job_id: str, timeout: float = 30.0
+) -> paramserver_pb2.GetShardInfoResponse:
+    """Wait until the shard dropped the job (the coordinator releases a terminal job)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = stub.GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
+        if job_id in info.dropped_jobs:
+            return info
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} not dropped after {timeout}s: {list(info.dropped_jobs)}")
+        time.sleep(0.1)
+
+
+def finished_job_info(
+    stub: paramserver_pb2_grpc.ParameterServerServiceStub, job_id: str
+) -> paramserver_pb2.JobInfo:
+    """A finished job's state on a shard: the coordinator released it (DropJob), so it is
+    loaded back from its final checkpoint first."""
+    wait_dropped(stub, job_id)
+    stub.LoadCheckpoint(paramserver_pb2.LoadCheckpointRequest(job_id=job_id), timeout=60)
+    info = stub.GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
+    return next(j for j in info.jobs if j.job_id == job_id)
 
 
 def metric(proc: procs.Proc, sample: str) -> float:

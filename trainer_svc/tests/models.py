@@ -38,6 +38,24 @@ def with_embedding() -> ModelSpec:
     )
 
 
+def big_embedding(rows: str = "10", dim: str = "3") -> ModelSpec:
+    """`with_embedding` with a table of `rows` x `dim`: big enough to outgrow a gRPC message."""
+    import keras
+
+    ids = keras.Input(shape=(), dtype="int64", name="ids")
+    x = keras.Input(shape=(2,), dtype="float32", name="x")
+    emb = keras.layers.Embedding(int(rows), int(dim), name="emb")(ids)
+    h = keras.layers.Concatenate()([emb, x])
+    out = keras.layers.Dense(1, name="value")(h)
+    return ModelSpec(
+        model=keras.Model({"ids": ids, "x": x}, out),
+        loss=keras.losses.MeanSquaredError(),
+        features=["ids", "x"],
+        label="y",
+        sparse_variables=["emb/embeddings"],
+    )
+
+
 def with_dropout() -> ModelSpec:
     import keras
 

@@ -11,7 +11,7 @@ import pytest
 from mlmesh.paramserver.v1 import paramserver_pb2
 from mlmesh.trainer.v1 import trainer_pb2
 
-from trainer_svc.tests.cluster import Cluster, fashion_spec, metric, wait_job
+from trainer_svc.tests.cluster import Cluster, fashion_spec, finished_job_info, metric, wait_job
 from trainer_svc.tests.procs import Proc
 
 pytestmark = pytest.mark.faults
@@ -130,7 +130,7 @@ def test_a_worker_joins_mid_job_and_dies_and_the_job_completes(cluster: Cluster,
     job = wait_job(trainer, job_id, timeout=240)
     assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
     assert job.tasks_completed == job.tasks_total == 10 * epochs
-    info = shard_job(cluster, 0, job_id)
+    info = finished_job_info(cluster.shard_stub(0), job_id)
     assert paramserver_pb2.ConsistencyMode.Name(info.config.consistency) == (
         "CONSISTENCY_" + consistency.split(":")[0].upper()
     )
@@ -226,7 +226,7 @@ def test_exactly_once_a_worker_killed_mid_partition_leaves_every_partition_appli
     want = {f"once/e{e}/p{p}": n for e in range(epochs) for p, n in batches.items()}
     aborted = 0
     for s in range(2):
-        info = shard_job(cluster, s, "once")
+        info = finished_job_info(cluster.shard_stub(s), "once")
         assert dict(info.applied_pushes_by_task) == want  # each task once, all of its batches
         assert not info.staged
         aborted += info.leases_aborted

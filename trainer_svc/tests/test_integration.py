@@ -16,7 +16,15 @@ from mlmesh.tensor import to_proto
 from mlmesh.trainer.v1 import trainer_pb2
 
 from trainer_svc.tests import procs
-from trainer_svc.tests.cluster import FASHION_SCHEMA, FASHION_TRAIN, Cluster, fashion_spec, metric, wait_job
+from trainer_svc.tests.cluster import (
+    FASHION_SCHEMA,
+    FASHION_TRAIN,
+    Cluster,
+    fashion_spec,
+    finished_job_info,
+    metric,
+    wait_job,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -65,9 +73,11 @@ def test_fashion_job_trains_evaluates_and_exports(cluster: Cluster) -> None:
     assert (probs.argmax(axis=1) == test["label"]).mean() > 0.5
 
     # The 800 KiB dense kernel is partitioned in blocks of rows over both shards; every
-    # other variable is whole on exactly one shard.
+    # other variable is whole on exactly one shard (read from the final checkpoints: the
+    # finished job was released on the shards).
     whole: list[str] = []
     for i in range(2):
+        finished_job_info(cluster.shard_stub(i), "fashion-1")
         info = cluster.shard_stub(i).GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)
         held = [v for v in info.variables if v.job_id == "fashion-1"]
         assert [v.name for v in held if v.row_sharded] == ["dense/kernel"]
@@ -89,6 +99,10 @@ def test_user_model_with_sparse_embedding_trains_from_the_example(cluster: Clust
     # 35% churn: always answering "stays" would score 0.65.
     assert job.eval_metrics["accuracy"] > 0.72, dict(job.eval_metrics)
     assert job.eval_metrics["auc"] > 0.75, dict(job.eval_metrics)
+    # The finished job is released on the shards (DropJob after the final export); its final
+    # checkpoint stays, and LoadCheckpoint brings it back.
+    for i in range(2):
+        finished_job_info(cluster.shard_stub(i), job.job_id)
     # The embedding is row-sharded by hash: each shard holds its rows of the 50 regions.
     for i in range(2):
         info = cluster.shard_stub(i).GetShardInfo(paramserver_pb2.GetShardInfoRequest(), timeout=10)

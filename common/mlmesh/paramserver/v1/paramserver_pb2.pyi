@@ -100,6 +100,14 @@ class RegisterVariablesRequest(_message.Message):
     config: JobConfig
     def __init__(self, job_id: _Optional[str] = ..., variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., optimizer: _Optional[_Union[OptimizerSpec, _Mapping]] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
 
+class RegisterChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: RegisterVariablesRequest
+    data: bytes
+    def __init__(self, header: _Optional[_Union[RegisterVariablesRequest, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class RegisterVariablesResponse(_message.Message):
     __slots__ = ("created", "existing")
     CREATED_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +264,26 @@ class LoadCheckpointResponse(_message.Message):
     version: int
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
+class DropJobRequest(_message.Message):
+    __slots__ = ("job_id", "force")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    force: bool
+    def __init__(self, job_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class DropJobResponse(_message.Message):
+    __slots__ = ("dropped", "already_dropped", "checkpoint_path", "version")
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_PATH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    dropped: bool
+    already_dropped: bool
+    checkpoint_path: str
+    version: int
+    def __init__(self, dropped: _Optional[bool] = ..., already_dropped: _Optional[bool] = ..., checkpoint_path: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
 class GetShardInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -381,13 +409,15 @@ class VariableInfo(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[_Union[_tensor_pb2.DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., row_sharded: _Optional[bool] = ..., local_rows: _Optional[int] = ..., row_layout: _Optional[_Union[RowLayout, str]] = ...) -> None: ...
 
 class GetShardInfoResponse(_message.Message):
-    __slots__ = ("shard_index", "num_shards", "variables", "jobs")
+    __slots__ = ("shard_index", "num_shards", "variables", "jobs", "dropped_jobs")
     SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
     NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_JOBS_FIELD_NUMBER: _ClassVar[int]
     shard_index: int
     num_shards: int
     variables: _containers.RepeatedCompositeFieldContainer[VariableInfo]
     jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
-    def __init__(self, shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ..., variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+    dropped_jobs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, shard_index: _Optional[int] = ..., num_shards: _Optional[int] = ..., variables: _Optional[_Iterable[_Union[VariableInfo, _Mapping]]] = ..., jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., dropped_jobs: _Optional[_Iterable[str]] = ...) -> None: ...

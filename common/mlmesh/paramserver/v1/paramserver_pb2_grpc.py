@@ -54,6 +54,11 @@ class ParameterServerServiceStub:
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesRequest.SerializeToString,
                 response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.FromString,
                 _registered_method=True)
+        self.RegisterVariablesStream = channel.stream_unary(
+                '/mlmesh.paramserver.v1.ParameterServerService/RegisterVariablesStream',
+                request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterChunk.SerializeToString,
+                response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.FromString,
+                _registered_method=True)
         self.JoinJob = channel.unary_unary(
                 '/mlmesh.paramserver.v1.ParameterServerService/JoinJob',
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.JoinJobRequest.SerializeToString,
@@ -104,6 +109,11 @@ class ParameterServerServiceStub:
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointRequest.SerializeToString,
                 response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointResponse.FromString,
                 _registered_method=True)
+        self.DropJob = channel.unary_unary(
+                '/mlmesh.paramserver.v1.ParameterServerService/DropJob',
+                request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobResponse.FromString,
+                _registered_method=True)
         self.GetShardInfo = channel.unary_unary(
                 '/mlmesh.paramserver.v1.ParameterServerService/GetShardInfo',
                 request_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.GetShardInfoRequest.SerializeToString,
@@ -133,6 +143,19 @@ class ParameterServerServiceServicer:
         """Idempotent: registering the same variable again with the same shape and
         dtype keeps its current value; a different shape or dtype is
         FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterVariablesStream(self, request_iterator, context):
+        """RegisterVariables for initial values too big for one message: the first
+        message's header is the request with every "value" initializer's tensor
+        reduced to its dtype and shape (no content); the following messages carry
+        those tensors' bytes, concatenated in the header's variable order, in
+        chunks of about 1 MiB (the framing of PushStream). The same answer and
+        rules as RegisterVariables; nothing is created unless the whole stream
+        arrived and validated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,7 +235,21 @@ class ParameterServerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LoadCheckpoint(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Also brings back a dropped job (DropJob) from its final checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropJob(self, request, context):
+        """Frees a finished job's state on this shard (values, slots, clocks, SYNC
+        buffers, staged pushes) after writing a final checkpoint, which stays on
+        disk: a restarted shard does not load it (LoadCheckpoint does). Later
+        calls for the job are NOT_FOUND naming it as dropped; registering it again
+        is FAILED_PRECONDITION. Idempotent: an unknown or already dropped job is
+        answered dropped=false. Without `force`, a job with joined workers (lease
+        not expired) or staged pushes is FAILED_PRECONDITION naming them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -229,6 +266,11 @@ def add_ParameterServerServiceServicer_to_server(servicer, server):
             'RegisterVariables': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterVariables,
                     request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesRequest.FromString,
+                    response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.SerializeToString,
+            ),
+            'RegisterVariablesStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.RegisterVariablesStream,
+                    request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterChunk.FromString,
                     response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.SerializeToString,
             ),
             'JoinJob': grpc.unary_unary_rpc_method_handler(
@@ -281,6 +323,11 @@ def add_ParameterServerServiceServicer_to_server(servicer, server):
                     request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointRequest.FromString,
                     response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointResponse.SerializeToString,
             ),
+            'DropJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropJob,
+                    request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobRequest.FromString,
+                    response_serializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobResponse.SerializeToString,
+            ),
             'GetShardInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetShardInfo,
                     request_deserializer=mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.GetShardInfoRequest.FromString,
@@ -328,6 +375,33 @@ class ParameterServerService:
             target,
             '/mlmesh.paramserver.v1.ParameterServerService/RegisterVariables',
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesRequest.SerializeToString,
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterVariablesStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/mlmesh.paramserver.v1.ParameterServerService/RegisterVariablesStream',
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterChunk.SerializeToString,
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.RegisterVariablesResponse.FromString,
             options,
             channel_credentials,
@@ -599,6 +673,33 @@ class ParameterServerService:
             '/mlmesh.paramserver.v1.ParameterServerService/LoadCheckpoint',
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointRequest.SerializeToString,
             mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.LoadCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.paramserver.v1.ParameterServerService/DropJob',
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobRequest.SerializeToString,
+            mlmesh_dot_paramserver_dot_v1_dot_paramserver__pb2.DropJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
