@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlmesh import records, tensor
+from mlmesh import records
 from mlmesh.channels import aio_channel
 from mlmesh.clients import APPEND_BATCH_BYTES, record_batches
 from mlmesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
@@ -36,6 +36,12 @@ class QueueClient:
             "/mlmesh.ingest.v1.IngestService/ReadPartition",
             request_serializer=ingest_pb2.ReadPartitionRequest.SerializeToString,
             response_deserializer=None,
+        )
+        # Append framed by hand (records.encode_append): one copy of each column.
+        self._append = self.channel.stream_unary(
+            "/mlmesh.ingest.v1.IngestService/Append",
+            request_serializer=None,
+            response_deserializer=ingest_pb2.AppendResponse.FromString,
         )
 
     async def close(self) -> None:
@@ -99,15 +105,13 @@ class QueueClient:
         """Append a task's output and complete the task in one commit (AlreadyExists: an earlier
         attempt of this call landed; FailedPrecondition: the lease lapsed, nothing written)."""
 
-        def requests() -> Iterator[ingest_pb2.AppendRequest]:
-            yield ingest_pb2.AppendRequest(dataset=dataset, complete_lease_id=lease_id)
+        def requests() -> Iterator[bytes]:
+            yield ingest_pb2.AppendRequest(dataset=dataset, complete_lease_id=lease_id).SerializeToString()
             if columns and len(next(iter(columns.values()))):
                 for batch in record_batches(columns, APPEND_BATCH_BYTES):
-                    yield ingest_pb2.AppendRequest(
-                        batch=ingest_pb2.RecordBatch(features=tensor.map_to_proto(batch))
-                    )
+                    yield records.encode_append(batch)
 
         return await self.retry.call(
             f"ingest Append({dataset!r}) of a task's output",
-            lambda: self.stub.Append(requests(), timeout=self.retry.stream_timeout),
+            lambda: self._append(requests(), timeout=self.retry.stream_timeout),
         )
