@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 
 def mlmesh(
     args: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
@@ -39,6 +41,23 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 60.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+
+
+def run_to_end(
+    args: list[str], log: Path, cwd: Path, root: Path, timeout: float
+) -> tuple[int, list[tuple[int, str]]]:
+    """Run `mlmesh <args>` until it exits (fails the test after `timeout` s), always stop it,
+    and return its exit code and the processes under `root` still alive 20 s later."""
+    proc = mlmesh(args, log, cwd=cwd)
+    try:
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"mlmesh {args[0]} did not finish within {timeout}s:\n{tail(log)}")
+    finally:
+        stop(proc)
+        leftovers = wait_gone(str(root), timeout=20)
+    return rc, leftovers
 
 
 def processes_mentioning(text: str) -> list[tuple[int, str]]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_util import mlmesh, processes_mentioning, stop, tail, wait_gone
+from e2e_util import processes_mentioning, run_to_end, tail
 
 pytestmark = pytest.mark.integration
 
@@ -18,15 +17,7 @@ def test_demo_trains_serves_and_answers_the_same_through_envoy(tmp_path: Path) -
     root = tmp_path / "suite"
     log = tmp_path / "demo.log"
     args = ["demo", "--limit-train", "3000", "--limit-test", "1000", "--epochs", "1", "--root", str(root)]
-    proc = mlmesh(args, log, cwd=tmp_path)
-    try:
-        try:
-            rc = proc.wait(timeout=DEMO_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"demo did not finish within {DEMO_TIMEOUT}s:\n{tail(log)}")
-    finally:
-        stop(proc)
-        leftovers = wait_gone(str(root), timeout=20)
+    rc, leftovers = run_to_end(args, log, tmp_path, root, DEMO_TIMEOUT)
     summary_path = root / "demo-summary.json"
     assert summary_path.exists(), tail(log)
     summary = json.loads(summary_path.read_text())

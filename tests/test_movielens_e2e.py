@@ -9,11 +9,10 @@ evaluating, exporting and stopping them); longer on a busy machine.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_util import mlmesh, processes_mentioning, tail, wait_gone
+from e2e_util import processes_mentioning, run_to_end, tail
 from mlmesh.data import movielens
 
 pytestmark = [
@@ -31,15 +30,7 @@ def test_movielens_trains_through_the_parameter_server_to_the_rmse_goal(tmp_path
     log = tmp_path / "train.log"
     summary_path = tmp_path / "summary.json"
     args = ["train", "--workload", "movielens", "--root", str(root), "--summary", str(summary_path)]
-    proc = mlmesh(args, log, cwd=tmp_path)
-    try:
-        rc = proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"train did not finish within {TIMEOUT}s:\n{tail(log)}")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        leftovers = wait_gone(str(root), timeout=20)
+    rc, leftovers = run_to_end(args, log, tmp_path, root, TIMEOUT)
     assert summary_path.exists(), tail(log)
     summary = json.loads(summary_path.read_text())
     assert rc == 0, f"train failed: {summary.get('error')}\n{tail(log)}"

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_util import mlmesh, processes_mentioning, stop, tail, wait_gone
+from e2e_util import processes_mentioning, run_to_end, tail
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +25,7 @@ def test_the_served_model_is_scored_through_the_gateway_and_improves_as_data_acc
     summary_path = tmp_path / "summary.json"
     args = ["scenario", "train-failures", "--minutes", str(MINUTES), "--root", str(root),
             "--summary", str(summary_path)]  # fmt: skip
-    proc = mlmesh(args, log, cwd=tmp_path)
-    try:
-        try:
-            rc = proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the scenario did not end within {TIMEOUT}s:\n{tail(log)}")
-    finally:
-        stop(proc)
-        leftovers = wait_gone(str(root), timeout=20)
+    rc, leftovers = run_to_end(args, log, tmp_path, root, TIMEOUT)
     assert summary_path.exists(), tail(log)
     summary = json.loads(summary_path.read_text())
     assert rc == 0, f"scenario failed: {summary.get('error')}\n{tail(log)}"

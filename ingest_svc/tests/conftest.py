@@ -161,3 +161,12 @@ def create_mnist(stub: ingest_pb2_grpc.IngestServiceStub, name: str, max_partiti
         ),
         timeout=30,
     )
+
+
+@pytest.fixture
+def filled(stub):
+    """Dataset 'ds': 25 records in partitions of 10, 10, 5."""
+    create_mnist(stub, "ds", max_partition_bytes=10 * MNIST_RECORD_BYTES)
+    data = mnist_like(25)
+    stub.Append(append_requests("ds", data, per_message=6), timeout=30)
+    return data

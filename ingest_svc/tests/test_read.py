@@ -25,15 +25,6 @@ from ingest_svc.tests.conftest import (
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture
-def filled(stub):
-    """Dataset 'ds': 25 records in partitions of 10, 10, 5."""
-    create_mnist(stub, "ds", max_partition_bytes=10 * MNIST_RECORD_BYTES)
-    data = mnist_like(25)
-    stub.Append(append_requests("ds", data, per_message=6), timeout=30)
-    return data
-
-
 def test_list_partitions_in_id_order(stub, filled) -> None:
     parts = stub.ListPartitions(ingest_pb2.ListPartitionsRequest(dataset="ds"), timeout=30).partitions
     assert [(p.dataset, p.partition_id, p.num_records) for p in parts] == [

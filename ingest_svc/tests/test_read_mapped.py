@@ -15,24 +15,12 @@ from ingest_svc.core.files import read_partition, write_partition
 from ingest_svc.core.mapped import MappedPartitions, identity
 from ingest_svc.core.schema import FeatureSpec, Schema
 from ingest_svc.tests.conftest import (
-    MNIST_RECORD_BYTES,
-    append_requests,
-    create_mnist,
     mnist_like,
     read_all,
     rpc_error,
 )
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def filled(stub):
-    """Dataset 'ds': 25 records in partitions of 10, 10, 5."""
-    create_mnist(stub, "ds", max_partition_bytes=10 * MNIST_RECORD_BYTES)
-    data = mnist_like(25)
-    stub.Append(append_requests("ds", data, per_message=6), timeout=30)
-    return data
 
 
 def read_error(stub, partition_id: int) -> grpc.RpcError:
