@@ -19,15 +19,19 @@ pytestmark = pytest.mark.faults
 RUNNING_OR_LATER = {trainer_pb2.JOB_STATE_RUNNING, *range(3, 8)}
 
 
-def wait_steps(c: Cluster, job_id: str, steps: int) -> trainer_pb2.JobStatus:
-    """Wait until the job has trained `steps` steps (or left RUNNING); bounded at 60 s."""
+def wait_steps(c: Cluster, job_id: str, steps: int, tasks: int = 0) -> trainer_pb2.JobStatus:
+    """Wait until the job has trained `steps` steps and completed `tasks` tasks (or left
+    RUNNING); bounded at 60 s. Steps alone do not say a task completed: a worker reports a
+    finished lease with its next LeaseTask, so completions trail the steps."""
     trainer = c.trainer()
     for _ in range(600):
         job = wait_job(trainer, job_id, RUNNING_OR_LATER)
-        if job.steps >= steps or job.state != trainer_pb2.JOB_STATE_RUNNING:
+        if job.state != trainer_pb2.JOB_STATE_RUNNING:
+            return job
+        if job.steps >= steps and job.tasks_completed >= tasks:
             return job
         time.sleep(0.1)
-    raise TimeoutError(f"job {job_id} did not reach {steps} steps")
+    raise TimeoutError(f"job {job_id} did not reach {steps} steps and {tasks} completed tasks")
 
 
 def wait_metric(proc: Proc, name: str, at_least: float, timeout: float) -> None:
@@ -153,7 +157,7 @@ def test_ingest_killed_mid_epoch_loses_no_partition_and_workers_reconnect(cluste
         ),
         timeout=120,
     )
-    before = wait_steps(cluster, "fault-i", 30)
+    before = wait_steps(cluster, "fault-i", 30, tasks=1)
     assert before.state == trainer_pb2.JOB_STATE_RUNNING and 0 < before.tasks_completed < before.tasks_total
     assert cluster.ingest is not None
     port = cluster.ingest.info["port"]
