@@ -277,10 +277,13 @@ class ModelManager:
     # -- requests --------------------------------------------------------
 
     @contextlib.contextmanager
-    def lease(self, model_name: str, version: int = 0) -> Iterator[ModelVersion]:
-        """Hold an AVAILABLE version (the current one for version 0) for one
-        request; it is not unloaded before the lease ends. NotFound names the
-        model and what is available."""
+    def lease(self, model_name: str, version: int = 0, label: str = "") -> Iterator[ModelVersion]:
+        """Hold an AVAILABLE version (the newest for version 0 and no label; a
+        label resolves through the model's version_labels) for one request; it
+        is not unloaded before the lease ends. NotFound names the model and
+        what is available."""
+        if label:
+            raise NotFound(f"model {model_name!r} has no version label {label!r}; labels: none")
         record = self._find(model_name, version)
         record.refs += 1
         record.idle.clear()
@@ -312,6 +315,10 @@ class ModelManager:
     def available(self) -> dict[str, int]:
         """Model name → the version that answers version-0 requests."""
         return {name: m.current.version for name, m in self._models.items() if m.current is not None}
+
+    def labels(self, model_name: str) -> dict[str, int]:
+        """The model's version labels (label → version), as configured."""
+        return {}
 
     def status(self, model_name: str) -> list[ModelVersion]:
         """Versions the manager knows of for a model, newest first. NotFound if
