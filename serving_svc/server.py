@@ -8,6 +8,7 @@ import grpc
 from mlmesh.server import run_service
 from mlmesh.serving.v1 import serving_pb2_grpc
 
+from serving_svc import tfs_servicer
 from serving_svc.config import ServingSettings
 from serving_svc.core.manager import BatchingOptions, ModelManager
 from serving_svc.core.source import RepositorySource
@@ -37,7 +38,11 @@ async def serve(settings: ServingSettings, stop_event: asyncio.Event | None = No
 
     def add_servicers(server: grpc.aio.Server) -> list[str]:
         serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
+        # TF Serving's own API (tensorflow.serving.PredictionService, ModelService) beside ours.
+        tfs_names = tfs_servicer.add_to_server(
+            manager, server, max_request_examples=settings.max_request_examples
+        )
+        return [SERVICE_NAME, *tfs_names]
 
     await run_service(
         settings,

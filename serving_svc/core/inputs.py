@@ -14,13 +14,15 @@ values fit. Anything else is InvalidArgument naming the input.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from mlmesh.errors import InvalidArgument
 
-from serving_svc.core.signature import InputSpec, format_shape
+from serving_svc.core.signature import STRING, InputSpec, format_shape
 
 
 def _shape_matches(actual: tuple[int, ...], expected: tuple[int | None, ...] | None) -> bool:
@@ -34,9 +36,15 @@ def _shape_matches(actual: tuple[int, ...], expected: tuple[int | None, ...] | N
 def cast_to(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     """`arr` as `dtype` when that keeps every value; InvalidArgument naming `what` otherwise."""
     src = arr.dtype
+    if dtype == STRING:
+        if src.kind == "O" or src.kind == "S":
+            return arr.astype(object) if src.kind == "S" else arr
+        raise InvalidArgument(f"{what} has dtype {src.name} but the model expects string")
     if src == dtype:
         return arr
-    refuse = f"{what} has dtype {src.name} but the model expects {dtype.name}"
+    refuse = (
+        f"{what} has dtype {'string' if src.kind in 'OSU' else src.name} but the model expects {dtype.name}"
+    )
     if dtype.kind == "b":
         raise InvalidArgument(f"{refuse}; only bool values are accepted")
     if src.kind not in "biuf":
@@ -122,7 +130,7 @@ def prepare_instances(
     names = list(specs)
     columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
     for i, instance in enumerate(instances):
-        if isinstance(instance, dict):
+        if isinstance(instance, dict) and not is_b64(instance):
             if set(instance) != set(specs):
                 raise InvalidArgument(_name_mismatch(list(instance), specs, f"instance {i}: inputs"))
             values = instance
@@ -156,11 +164,101 @@ def _kind(value: Any) -> str:
         return "list"
     if value is None:
         return "null"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
     return type(value).__name__
+
+
+def is_b64(value: Any) -> bool:
+    """TF Serving's binary value: {"b64": "<base64>"}."""
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def _bytes_leaves(value: Any, what: str) -> Any:
+    """Strings (UTF-8) and {"b64": ...} objects → bytes, recursively through lists."""
+    if isinstance(value, list):
+        return [_bytes_leaves(v, what) for v in value]
+    if isinstance(value, str):
+        return value.encode()
+    if is_b64(value):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as e:
+            raise InvalidArgument(f"{what} has invalid base64: {e}") from None
+    raise InvalidArgument(f'{what} holds a {_kind(value)}; the model expects strings (or {{"b64": ...}})')
+
+
+def string_array(value: Any, what: str) -> np.ndarray:
+    """Nested lists of strings / b64 objects → an object array of bytes."""
+    leaves = _bytes_leaves(value, what)
+    shape: list[int] = []
+    probe = leaves
+    while isinstance(probe, list):
+        shape.append(len(probe))
+        probe = probe[0] if probe else None
+    arr = np.empty(tuple(shape), dtype=object)
+    try:
+        if shape:
+            flat = np.array(leaves, dtype=object)
+            if flat.shape != tuple(shape):
+                raise ValueError(f"shape {list(flat.shape)}")
+            arr[...] = flat
+        else:
+            arr[()] = leaves
+    except ValueError as e:
+        raise InvalidArgument(f"{what} is not a rectangular array of strings: {e}") from None
+    return arr
+
+
+def json_array(spec: InputSpec, value: Any, what: str) -> np.ndarray:
+    """A JSON value (numbers, bools, strings, nested lists) as an array for `spec`."""
+    if spec.dtype == STRING:
+        return string_array(value, what)
+    try:
+        arr = np.asarray(value)
+    except ValueError as e:  # ragged nested lists
+        raise InvalidArgument(f"{what} is not a rectangular array of numbers: {e}") from None
+    if arr.dtype.kind not in "biuf":
+        raise InvalidArgument(
+            f"{what} holds {_kind(value) if arr.ndim == 0 else 'non-numeric or ragged values'}; "
+            f"the model expects {spec.describe()}"
+        )
+    return arr
+
+
+def prepare_columns(
+    specs: Mapping[str, InputSpec], inputs: Any, max_examples: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """TF Serving's columnar `inputs`: {name: tensor} or, for a one-input
+    model, the tensor itself; each tensor in nested-list form with its batch dimension."""
+    if isinstance(inputs, dict) and not is_b64(inputs):
+        named = inputs
+    elif len(specs) == 1:
+        named = {next(iter(specs)): inputs}
+    else:
+        raise InvalidArgument(
+            f"'inputs' is a {_kind(inputs)} but the model has inputs {sorted(specs)}; "
+            "give an object {name: value}"
+        )
+    if set(named) != set(specs):
+        raise InvalidArgument(_name_mismatch(list(named), specs, "inputs"))
+    arrays = {name: json_array(specs[name], value, f"input {name!r}") for name, value in named.items()}
+    return prepare_tensors(specs, arrays, max_examples)
 
 
 def _example_array(spec: InputSpec, value: Any, index: int) -> np.ndarray:
     what = f"instance {index} input {spec.name!r}"
+    if spec.dtype == STRING:
+        arr = string_array(value, what)
+        per_example = None if spec.shape is None else spec.shape[1:]
+        if not _shape_matches(arr.shape, per_example):
+            expected = "any shape" if per_example is None else format_shape(per_example)
+            raise InvalidArgument(
+                f"{what} has shape {format_shape(arr.shape)} but the model expects {expected} per example"
+            )
+        return arr
     try:
         arr = np.asarray(value)
     except ValueError as e:  # ragged nested lists

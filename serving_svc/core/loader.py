@@ -1,8 +1,10 @@
-"""The loader: a SavedModel directory → a callable servable.
+"""The loader: a SavedModel directory → a callable servable with every signature.
 
-Calls go through the restored "serving_default" concrete function, i.e. the
-SavedModel's graph, never eager Keras code: that is what makes batch-1
-requests cheap (~0.3 ms per call on a small model here).
+Calls go through the restored concrete functions, i.e. the SavedModel's
+graph, never eager Keras code: that is what makes batch-1 requests cheap
+(~0.3 ms per call on a small model here). The SignatureDefs themselves
+(method names, tensor names, shapes) are read from `saved_model.pb`, as TF
+Serving reports them in GetModelMetadata.
 """
 
 from __future__ import annotations
@@ -13,10 +15,19 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from serving_svc.core.signature import InputSpec, is_supported
+from serving_svc.core.signature import (
+    DEFAULT_SIGNATURE,
+    PREDICT_METHOD,
+    STRING,
+    InputSpec,
+    SignatureSpec,
+    pick_signature,
+)
 
-SIGNATURE_KEY = "serving_default"
+SIGNATURE_KEY = DEFAULT_SIGNATURE
+SERVE_TAG = "serve"
 
 
 class LoadError(Exception):
@@ -24,104 +35,160 @@ class LoadError(Exception):
 
 
 class Servable:
-    """One loaded model version.
+    """One loaded model version with all its signatures.
 
-    Thread-safe: `__call__` may run concurrently from executor threads
+    Thread-safe: calls may run concurrently from executor threads
     (TensorFlow functions are re-entrant); the object is immutable after load.
+    `inputs`/`output_names`/`max_batch` describe "serving_default", the
+    signature the batcher calls.
     """
 
     def __init__(
-        self, model: str, version: int, path: Path, loaded: Any, fn: Any, inputs: Mapping[str, InputSpec]
+        self,
+        model: str,
+        version: int,
+        path: Path,
+        loaded: Any,
+        functions: Mapping[str, Any],
+        signatures: Mapping[str, SignatureSpec],
+        signature_defs: Mapping[str, meta_graph_pb2.SignatureDef],
     ) -> None:
         self.model = model
         self.version = version
         self.path = path
-        self._loaded = loaded  # owns the variables the function reads
-        self._fn = fn
-        self.inputs = dict(sorted(inputs.items()))
-        outputs = fn.structured_outputs
-        if not isinstance(outputs, Mapping) or not outputs:
-            raise LoadError(f"signature {SIGNATURE_KEY!r} must return a non-empty dict of outputs")
-        for name, spec in outputs.items():
-            if not spec.dtype.is_numpy_compatible or not is_supported(np.dtype(spec.dtype.as_numpy_dtype)):
-                raise LoadError(
-                    f"output {name!r} has dtype {spec.dtype.name}, which mlmesh.types.v1.Tensor cannot carry"
-                )
-        self.output_names = sorted(outputs)
+        self._loaded = loaded  # owns the variables the functions read
+        self._functions = dict(functions)
+        self.signatures = dict(sorted(signatures.items()))
+        self.signature_defs = dict(signature_defs)
+        default = self.signatures[DEFAULT_SIGNATURE]
+        self.inputs = dict(default.inputs)
+        self.output_names = default.output_names
 
     @property
     def max_batch(self) -> int | None:
-        """A fixed first dimension in the signature caps (and fixes) the batch."""
-        fixed = [spec.fixed_batch for spec in self.inputs.values() if spec.fixed_batch is not None]
-        return min(fixed) if fixed else None
+        """A fixed first dimension in the default signature caps (and fixes) the batch."""
+        return self.signatures[DEFAULT_SIGNATURE].max_batch
+
+    def signature(self, name: str = "") -> SignatureSpec:
+        """The signature `name` ("" = serving_default); InvalidArgument names the ones there are."""
+        return pick_signature(self.signatures, name, self.model)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph on arrays already validated against `inputs`."""
-        result = self._fn(**{name: tf.constant(arr) for name, arr in batch.items()})
-        return {name: result[name].numpy() for name in self.output_names}
+        """Run serving_default on arrays already validated against `inputs` (the batcher's call)."""
+        return self.call(DEFAULT_SIGNATURE, batch)
+
+    def call(self, signature: str, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one signature on arrays already validated against its inputs."""
+        spec = self.signatures[signature or DEFAULT_SIGNATURE]
+        result = self._functions[spec.name](**{name: tf.constant(arr) for name, arr in batch.items()})
+        return {name: result[name].numpy() for name in spec.output_names}
 
     def warm_up(self) -> None:
-        """One call with a zero batch, so the first request does not pay for
-        graph initialisation; also proves outputs carry the batch dimension."""
-        specs = self.inputs.values()
-        if any(spec.shape is None for spec in specs):
+        """Synthetic warm-up: serving_default once on a zero batch, so the first
+        request does not pay for graph initialisation; also proves outputs
+        carry the batch dimension."""
+        spec = self.signatures[DEFAULT_SIGNATURE]
+        if any(s.shape is None for s in spec.inputs.values()):
             return  # no shape to build a zero batch from; the first request warms it
-        size = self.max_batch or 1
+        size = spec.max_batch or 1
         batch: dict[str, np.ndarray] = {}
-        for spec in specs:
-            per_example = tuple(1 if d is None else d for d in (spec.shape or ())[1:])
-            batch[spec.name] = np.zeros((size, *per_example), dtype=spec.dtype)
+        for s in spec.inputs.values():
+            per_example = tuple(1 if d is None else d for d in (s.shape or ())[1:])
+            if s.dtype == STRING:
+                batch[s.name] = np.full((size, *per_example), b"", dtype=object)
+            else:
+                batch[s.name] = np.zeros((size, *per_example), dtype=s.dtype)
         try:
             outputs = self(batch)
         except Exception as e:
             raise LoadError(f"warm-up call failed: {type(e).__name__}: {e}") from e
-        for name, out in outputs.items():
-            if out.ndim == 0 or out.shape[0] != size:
-                raise LoadError(
-                    f"output {name!r} has shape {list(out.shape)} for a batch of {size}; "
-                    "serving needs outputs whose first dimension is the batch"
-                )
+        check_batch_outputs(outputs, size)
 
 
-def _input_specs(fn: Any) -> dict[str, InputSpec]:
-    args, kwargs = fn.structured_input_signature
-    if args:
-        raise LoadError(f"signature {SIGNATURE_KEY!r} has positional inputs; serving needs named inputs")
-    if not kwargs:
-        raise LoadError(f"signature {SIGNATURE_KEY!r} has no inputs")
-    specs: dict[str, InputSpec] = {}
-    for name, spec in kwargs.items():
-        if not isinstance(spec, tf.TensorSpec):
-            raise LoadError(f"input {name!r} is a {type(spec).__name__}; serving supports dense tensors only")
-        if not spec.dtype.is_numpy_compatible or spec.dtype in (tf.string, tf.variant, tf.resource):
+def check_batch_outputs(outputs: Mapping[str, np.ndarray], size: int) -> None:
+    for name, out in outputs.items():
+        if out.ndim == 0 or out.shape[0] != size:
             raise LoadError(
-                f"input {name!r} has dtype {spec.dtype.name}; serving supports numeric inputs only"
+                f"output {name!r} has shape {list(out.shape)} for a batch of {size}; "
+                "serving needs outputs whose first dimension is the batch"
             )
+
+
+def _tensor_spec(name: str, spec: Any, what: str) -> InputSpec:
+    if isinstance(spec, tf.Tensor):  # TF1 SavedModels' signatures return symbolic tensors
+        spec = tf.TensorSpec(spec.shape, spec.dtype)
+    if not isinstance(spec, tf.TensorSpec):
+        raise LoadError(f"{what} {name!r} is a {type(spec).__name__}; serving supports dense tensors only")
+    if spec.dtype == tf.string:
+        dtype = STRING
+    elif not spec.dtype.is_numpy_compatible or spec.dtype in (tf.variant, tf.resource):
+        raise LoadError(f"{what} {name!r} has dtype {spec.dtype.name}; serving supports numbers and strings")
+    else:
         dtype = np.dtype(spec.dtype.as_numpy_dtype)
         if dtype.kind not in "biuf":
-            raise LoadError(f"input {name!r} has dtype {dtype.name}; serving supports numeric inputs only")
-        shape = None if spec.shape.rank is None else tuple(spec.shape.as_list())
-        if shape == ():
-            raise LoadError(f"input {name!r} is a scalar; serving needs a leading batch dimension")
-        specs[name] = InputSpec(name, dtype, shape)
-    return specs
+            raise LoadError(f"{what} {name!r} has dtype {dtype.name}; serving supports numbers and strings")
+    shape = None if spec.shape.rank is None else tuple(spec.shape.as_list())
+    if shape == () and what == "input":
+        raise LoadError(f"input {name!r} is a scalar; serving needs a leading batch dimension")
+    return InputSpec(name, dtype, shape)
+
+
+def _signature_spec(key: str, fn: Any, method: str) -> SignatureSpec:
+    args, kwargs = fn.structured_input_signature
+    if args:
+        raise LoadError(f"signature {key!r} has positional inputs; serving needs named inputs")
+    if not kwargs:
+        raise LoadError(f"signature {key!r} has no inputs")
+    outputs = fn.structured_outputs
+    if not isinstance(outputs, Mapping) or not outputs:
+        raise LoadError(f"signature {key!r} must return a non-empty dict of outputs")
+    try:
+        return SignatureSpec(
+            key,
+            method,
+            {name: _tensor_spec(name, spec, "input") for name, spec in sorted(kwargs.items())},
+            {name: _tensor_spec(name, spec, "output") for name, spec in sorted(outputs.items())},
+        )
+    except LoadError as e:
+        raise LoadError(f"signature {key!r}: {e}") from None
+
+
+def read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+    """The SignatureDefs of the "serve" MetaGraph in `path/saved_model.pb`
+    ({} if unreadable: tf.saved_model.load reports that better)."""
+    try:
+        saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    except Exception:
+        return {}
+    for meta_graph in saved.meta_graphs:
+        if SERVE_TAG in meta_graph.meta_info_def.tags or len(saved.meta_graphs) == 1:
+            return dict(meta_graph.signature_def)
+    return {}
 
 
 def load_servable(model: str, version: int, path: Path, *, warmup: bool = True) -> Servable:
     """Load `path` (blocking; seconds for a big model — run it in an executor).
 
+    With `warmup`, replays `assets.extra/tf_serving_warmup_requests` when the
+    version has one, else calls serving_default once with a zero batch.
     Raises LoadError with the reason when the directory is not a servable
-    SavedModel (unreadable, no "serving_default", unsupported inputs, failed warm-up).
+    SavedModel (unreadable, no "serving_default", unsupported tensors, failed warm-up).
     """
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as e:
         raise LoadError(f"cannot load SavedModel at {path}: {type(e).__name__}: {e}") from e
-    signatures = getattr(loaded, "signatures", {})
-    if SIGNATURE_KEY not in signatures:
-        raise LoadError(f"SavedModel at {path} has no {SIGNATURE_KEY!r} signature (has {sorted(signatures)})")
-    fn = signatures[SIGNATURE_KEY]
-    servable = Servable(model, version, path, loaded, fn, _input_specs(fn))
+    functions = dict(getattr(loaded, "signatures", {}))
+    if SIGNATURE_KEY not in functions:
+        raise LoadError(f"SavedModel at {path} has no {SIGNATURE_KEY!r} signature (has {sorted(functions)})")
+    defs = read_signature_defs(path)
+    specs = {
+        key: _signature_spec(key, fn, defs[key].method_name if key in defs else PREDICT_METHOD)
+        for key, fn in functions.items()
+    }
+    servable = Servable(model, version, path, loaded, functions, specs, defs)
     if warmup:
-        servable.warm_up()
+        from serving_svc.core.warmup import warm_up  # warmup imports this module
+
+        warm_up(servable)
     return servable

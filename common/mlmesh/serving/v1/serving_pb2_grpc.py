@@ -26,9 +26,12 @@ if _version_not_supported:
 
 
 class ServingServiceStub:
-    """Model server. The HTTP mappings follow TensorFlow Serving's REST API, so
-    `POST /v1/models/<name>:predict {"instances": [...]}` works through the
-    gateway's JSON transcoder.
+    """Model server. mlmesh's own gRPC API is Predict and GetModelStatus; the
+    Rest* methods exist for the gateway's JSON transcoder: their HTTP mappings
+    and messages are shaped so that the JSON equals TensorFlow Serving's REST
+    API (https://www.tensorflow.org/tfx/serving/api_rest). TF Serving's own gRPC
+    API (tensorflow.serving.PredictionService / ModelService) is served beside
+    this service from the tensorflow-serving-api protos.
     """
 
     def __init__(self, channel):
@@ -47,17 +50,44 @@ class ServingServiceStub:
                 request_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusRequest.SerializeToString,
                 response_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusResponse.FromString,
                 _registered_method=True)
+        self.RestGetModelStatus = channel.unary_unary(
+                '/mlmesh.serving.v1.ServingService/RestGetModelStatus',
+                request_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestModelRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestGetModelStatusResponse.FromString,
+                _registered_method=True)
+        self.RestGetModelMetadata = channel.unary_unary(
+                '/mlmesh.serving.v1.ServingService/RestGetModelMetadata',
+                request_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestModelRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestGetModelMetadataResponse.FromString,
+                _registered_method=True)
+        self.RestPredict = channel.unary_unary(
+                '/mlmesh.serving.v1.ServingService/RestPredict',
+                request_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictResponse.FromString,
+                _registered_method=True)
+        self.RestClassify = channel.unary_unary(
+                '/mlmesh.serving.v1.ServingService/RestClassify',
+                request_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestExamplesRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestResultResponse.FromString,
+                _registered_method=True)
+        self.RestRegress = channel.unary_unary(
+                '/mlmesh.serving.v1.ServingService/RestRegress',
+                request_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestExamplesRequest.SerializeToString,
+                response_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestResultResponse.FromString,
+                _registered_method=True)
 
 
 class ServingServiceServicer:
-    """Model server. The HTTP mappings follow TensorFlow Serving's REST API, so
-    `POST /v1/models/<name>:predict {"instances": [...]}` works through the
-    gateway's JSON transcoder.
+    """Model server. mlmesh's own gRPC API is Predict and GetModelStatus; the
+    Rest* methods exist for the gateway's JSON transcoder: their HTTP mappings
+    and messages are shaped so that the JSON equals TensorFlow Serving's REST
+    API (https://www.tensorflow.org/tfx/serving/api_rest). TF Serving's own gRPC
+    API (tensorflow.serving.PredictionService / ModelService) is served beside
+    this service from the tensorflow-serving-api protos.
     """
 
     def Predict(self, request, context):
-        """Inputs come either as tensors (gRPC clients) or as `instances` (JSON
-        clients): a list with one entry per example.
+        """Inputs come either as tensors or as `instances` (one entry per example).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -65,6 +95,41 @@ class ServingServiceServicer:
 
     def GetModelStatus(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestGetModelStatus(self, request, context):
+        """GET /v1/models/<name>[/versions/<v>|/labels/<l>]
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestGetModelMetadata(self, request, context):
+        """GET /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestPredict(self, request, context):
+        """POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestClassify(self, request, context):
+        """POST /v1/models/<name>[/versions/<v>|/labels/<l>]:classify
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestRegress(self, request, context):
+        """POST /v1/models/<name>[/versions/<v>|/labels/<l>]:regress
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -82,6 +147,31 @@ def add_ServingServiceServicer_to_server(servicer, server):
                     request_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusRequest.FromString,
                     response_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusResponse.SerializeToString,
             ),
+            'RestGetModelStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestGetModelStatus,
+                    request_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestModelRequest.FromString,
+                    response_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestGetModelStatusResponse.SerializeToString,
+            ),
+            'RestGetModelMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestGetModelMetadata,
+                    request_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestModelRequest.FromString,
+                    response_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestGetModelMetadataResponse.SerializeToString,
+            ),
+            'RestPredict': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestPredict,
+                    request_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictRequest.FromString,
+                    response_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictResponse.SerializeToString,
+            ),
+            'RestClassify': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestClassify,
+                    request_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestExamplesRequest.FromString,
+                    response_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestResultResponse.SerializeToString,
+            ),
+            'RestRegress': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestRegress,
+                    request_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestExamplesRequest.FromString,
+                    response_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestResultResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'mlmesh.serving.v1.ServingService', rpc_method_handlers)
@@ -91,9 +181,12 @@ def add_ServingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ServingService:
-    """Model server. The HTTP mappings follow TensorFlow Serving's REST API, so
-    `POST /v1/models/<name>:predict {"instances": [...]}` works through the
-    gateway's JSON transcoder.
+    """Model server. mlmesh's own gRPC API is Predict and GetModelStatus; the
+    Rest* methods exist for the gateway's JSON transcoder: their HTTP mappings
+    and messages are shaped so that the JSON equals TensorFlow Serving's REST
+    API (https://www.tensorflow.org/tfx/serving/api_rest). TF Serving's own gRPC
+    API (tensorflow.serving.PredictionService / ModelService) is served beside
+    this service from the tensorflow-serving-api protos.
     """
 
     @staticmethod
@@ -140,6 +233,141 @@ class ServingService:
             '/mlmesh.serving.v1.ServingService/GetModelStatus',
             mlmesh_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusRequest.SerializeToString,
             mlmesh_dot_serving_dot_v1_dot_serving__pb2.GetModelStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestGetModelStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.serving.v1.ServingService/RestGetModelStatus',
+            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestModelRequest.SerializeToString,
+            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestGetModelStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestGetModelMetadata(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.serving.v1.ServingService/RestGetModelMetadata',
+            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestModelRequest.SerializeToString,
+            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestGetModelMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestPredict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.serving.v1.ServingService/RestPredict',
+            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictRequest.SerializeToString,
+            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestClassify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.serving.v1.ServingService/RestClassify',
+            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestExamplesRequest.SerializeToString,
+            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestRegress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlmesh.serving.v1.ServingService/RestRegress',
+            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestExamplesRequest.SerializeToString,
+            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestResultResponse.FromString,
             options,
             channel_credentials,
             insecure,

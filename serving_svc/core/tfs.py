@@ -1,0 +1,191 @@
+"""TensorFlow Serving's request semantics over the manager, shared by its gRPC API and the REST methods.
+
+No grpc and no wire format here: servicers turn protos/JSON into arrays,
+call these, and turn the answers back. Predict on serving_default goes
+through the version's batcher (so batching and de-duplication apply); other
+signatures, classify and regress run as their own call on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from mlmesh.errors import InvalidArgument, NotFound
+
+from serving_svc.core.loader import Servable
+from serving_svc.core.manager import ModelManager, ModelVersion
+from serving_svc.core.signature import (
+    CLASSES_OUTPUT,
+    DEFAULT_SIGNATURE,
+    EXAMPLES_INPUT,
+    REGRESS_OUTPUT,
+    SCORES_OUTPUT,
+    SignatureSpec,
+)
+
+
+def lease(
+    manager: ModelManager, model: str, version: int = 0, label: str = ""
+) -> AbstractContextManager[ModelVersion]:
+    """Hold the version a TF Serving ModelSpec names (version, label, or the newest)."""
+    if not model:
+        raise InvalidArgument("model_spec.name is empty")
+    if version < 0:
+        raise InvalidArgument(f"version is {version}; expected a positive version (or none for the newest)")
+    if label:
+        return manager.lease(model, version, label=label)  # type: ignore[call-arg]
+    return manager.lease(model, version)
+
+
+def servable_of(record: ModelVersion) -> Servable:
+    servable = record.servable
+    assert servable is not None  # guaranteed while leased
+    return servable
+
+
+async def run(
+    record: ModelVersion, signature: SignatureSpec, arrays: Mapping[str, np.ndarray], n: int
+) -> dict[str, np.ndarray]:
+    """Outputs of one validated request: serving_default through the batcher, others directly."""
+    servable = servable_of(record)
+    if signature.name == DEFAULT_SIGNATURE and record.batcher is not None:
+        return await record.batcher.submit(arrays, n)
+    return await asyncio.to_thread(servable.call, signature.name, arrays)
+
+
+def select_outputs(signature: SignatureSpec, output_filter: Sequence[str]) -> list[str]:
+    """The outputs to return (all when the filter is empty); InvalidArgument names unknown ones."""
+    if not output_filter:
+        return signature.output_names
+    unknown = sorted(set(output_filter) - set(signature.outputs))
+    if unknown:
+        raise InvalidArgument(
+            f"output tensor alias not found in signature {signature.name!r}: {unknown}; "
+            f"outputs are {signature.output_names}"
+        )
+    if len(set(output_filter)) != len(output_filter):
+        raise InvalidArgument(f"output_filter {list(output_filter)} names an output twice")
+    return sorted(output_filter)
+
+
+def examples_signature(servable: Servable, name: str, method: str) -> SignatureSpec:
+    """The classify/regress signature `name`; InvalidArgument if it has another method."""
+    signature = servable.signature(name)
+    if signature.method != method:
+        raise InvalidArgument(
+            f"signature {signature.name!r} of model {servable.model!r} has method {signature.method!r}, "
+            f"expected {method!r}"
+        )
+    if set(signature.inputs) != {EXAMPLES_INPUT}:
+        raise InvalidArgument(
+            f"signature {signature.name!r} takes {sorted(signature.inputs)}, not one {EXAMPLES_INPUT!r} input"
+        )
+    return signature
+
+
+async def run_examples(
+    record: ModelVersion, signature: SignatureSpec, examples: np.ndarray
+) -> dict[str, np.ndarray]:
+    return await asyncio.to_thread(servable_of(record).call, signature.name, {EXAMPLES_INPUT: examples})
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    label: str
+    score: float
+
+
+def classifications(outputs: Mapping[str, np.ndarray], n: int) -> list[list[ClassResult]]:
+    """Per example, its (label, score) pairs from the "classes" and/or "scores" outputs."""
+    classes = outputs.get(CLASSES_OUTPUT)
+    scores = outputs.get(SCORES_OUTPUT)
+    if classes is None and scores is None:
+        raise InvalidArgument(
+            f"classify signature has neither {CLASSES_OUTPUT!r} nor {SCORES_OUTPUT!r} output"
+        )
+    width = (classes if classes is not None else scores).reshape(n, -1).shape[1]  # type: ignore[union-attr]
+    labels = classes.reshape(n, -1) if classes is not None else None
+    values = scores.reshape(n, -1) if scores is not None else None
+    if labels is not None and values is not None and labels.shape != values.shape:
+        raise InvalidArgument(
+            f"classes {list(labels.shape)} and scores {list(values.shape)} disagree in shape"
+        )
+    out: list[list[ClassResult]] = []
+    for i in range(n):
+        row = []
+        for j in range(width):
+            label = labels[i, j] if labels is not None else b""
+            text = label.decode(errors="replace") if isinstance(label, bytes) else str(label)
+            row.append(ClassResult(text, float(values[i, j]) if values is not None else 0.0))
+        out.append(row)
+    return out
+
+
+def regressions(outputs: Mapping[str, np.ndarray], n: int) -> list[float]:
+    """One value per example from the "outputs" output ([n] or [n,1])."""
+    values = outputs.get(REGRESS_OUTPUT)
+    if values is None:
+        raise InvalidArgument(f"regress signature has no {REGRESS_OUTPUT!r} output")
+    if values.size != n:
+        raise InvalidArgument(
+            f"regress output has shape {list(values.shape)}; expected one value per example ({n})"
+        )
+    return [float(v) for v in values.reshape(n)]
+
+
+# TF Serving's ModelVersionStatus.State names; a failed load is END with its error (as TF Serving shows it).
+_STATE_NAMES = {
+    "START": "START",
+    "LOADING": "LOADING",
+    "AVAILABLE": "AVAILABLE",
+    "UNLOADING": "UNLOADING",
+    "END": "END",
+    "FAILED": "END",
+}
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: str  # START, LOADING, AVAILABLE, UNLOADING, END
+    error_code: str  # tensorflow.error.Code name: OK or UNKNOWN
+    error_message: str
+
+
+def version_statuses(
+    manager: ModelManager, model: str, version: int = 0, label: str = ""
+) -> list[VersionStatus]:
+    """TF Serving's GetModelStatus: every version (newest first), or the one a version/label names.
+    NotFound for an unknown model, version or label."""
+    if not model:
+        raise InvalidArgument("model_spec.name is empty")
+    records: Iterable[Any] = manager.status(model)
+    if label:
+        labels = manager.labels(model) if hasattr(manager, "labels") else {}
+        if label not in labels:
+            raise NotFound(
+                f"model {model!r} has no version label {label!r}; labels: {sorted(labels) or 'none'}"
+            )
+        version = labels[label]
+    statuses = [
+        VersionStatus(
+            r.version,
+            _STATE_NAMES.get(r.state.value, "UNKNOWN"),
+            "UNKNOWN" if r.error else "OK",
+            r.error,
+        )
+        for r in records
+    ]
+    if version:
+        statuses = [s for s in statuses if s.version == version]
+        if not statuses:
+            raise NotFound(
+                f"model {model!r} has no version {version}; "
+                f"versions: {[r.version for r in manager.status(model)]}"
+            )
+    return statuses
