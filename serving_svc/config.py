@@ -1,12 +1,21 @@
-"""Settings of a serving replica (flags `--model-repo ...`, env `MLMESH_SERVING_...`)."""
+"""Settings of a serving replica (flags `--model-repo ...`, env `MLMESH_SERVING_...`).
+
+Which models to serve comes from exactly one of `--model-repo` (every model
+directory, or `--model-names`, with policy latest{1}) or `--model-config-file`
+(TF Serving's text-format ModelServerConfig: several models, each with its
+own base_path, version policy and labels).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from mlmesh.settings import ServiceSettings
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
+
+from serving_svc.core.model_config import ModelConfigError, read_model_config
+from serving_svc.core.resources import DEFAULT_ESTIMATE_FACTOR
 
 
 def parse_model_names(value: str) -> list[str]:
@@ -21,9 +30,24 @@ class ServingSettings(ServiceSettings):
         env_prefix="MLMESH_SERVING_", extra="forbid", validate_default=True, protected_namespaces=()
     )
 
-    model_repo: Path = Field(
+    model_repo: Path | None = Field(
+        None,
         description="Model repository: <repo>/<model>/<version>/saved_model.pb (TF Serving layout). "
-        "It may not exist yet: models appear when training exports them."
+        "It may not exist yet: models appear when training exports them. "
+        "Give this or --model-config-file.",
+    )
+    model_config_file: Path | None = Field(
+        None,
+        description="TF Serving model config (text-format tensorflow.serving.ModelServerConfig with "
+        "model_config_list): name, base_path (relative to the file), model_platform 'tensorflow', "
+        "model_version_policy, version_labels. Give this or --model-repo.",
+    )
+    model_config_poll_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=3600,
+        description="How often the model config file is checked for changes (0: read once). "
+        "A bad change is logged and the last good config keeps serving.",
     )
     model_names: str = Field(
         "",
@@ -48,6 +72,22 @@ class ServingSettings(ServiceSettings):
     )
     warmup: bool = Field(True, description="Call each newly loaded version once with a zero batch first.")
     model_threads: int = Field(2, ge=1, le=64, description="Threads that run model calls (one batch each).")
+    load_threads: int = Field(
+        1, ge=1, le=64, description="Threads that load versions (in the background, apart from model calls)."
+    )
+    memory_budget_bytes: int = Field(
+        0,
+        ge=0,
+        description="Memory the loaded versions may take, by estimate (0: no limit). A load that does not "
+        "fit waits for an unload; one larger than the budget ends with RESOURCE_EXHAUSTED.",
+    )
+    memory_estimate_factor: float = Field(
+        DEFAULT_ESTIMATE_FACTOR,
+        gt=0,
+        le=1000,
+        description="A version's memory estimate is the size of its files on disk times this "
+        "(TF Serving uses 1.2).",
+    )
 
     @field_validator("model_names")
     @classmethod
@@ -58,6 +98,27 @@ class ServingSettings(ServiceSettings):
                 raise ValueError(f"model name {name!r} must be a plain directory name (no '/', not hidden)")
         if len(set(names)) != len(names):
             raise ValueError(f"model names {names} contain duplicates")
+        return value
+
+    @model_validator(mode="after")
+    def _one_model_source(self) -> ServingSettings:
+        if (self.model_repo is None) == (self.model_config_file is None):
+            raise ValueError(
+                "give exactly one of --model-repo (MLMESH_SERVING_MODEL_REPO) or --model-config-file "
+                "(MLMESH_SERVING_MODEL_CONFIG_FILE)"
+            )
+        if self.model_config_file is not None and self.model_names:
+            raise ValueError("--model-names applies to --model-repo; the model config file lists the models")
+        return self
+
+    @field_validator("model_config_file")
+    @classmethod
+    def _readable_config(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                read_model_config(value)
+            except ModelConfigError as e:
+                raise ValueError(str(e)) from None
         return value
 
     @property

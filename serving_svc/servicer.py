@@ -25,11 +25,11 @@ INLINE_INSTANCES = 8
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name
 
 _STATES = {
+    VersionState.START: serving_pb2.MODEL_VERSION_STATE_LOADING,
     VersionState.LOADING: serving_pb2.MODEL_VERSION_STATE_LOADING,
     VersionState.AVAILABLE: serving_pb2.MODEL_VERSION_STATE_AVAILABLE,
     VersionState.UNLOADING: serving_pb2.MODEL_VERSION_STATE_UNLOADING,
     VersionState.END: serving_pb2.MODEL_VERSION_STATE_END,
-    VersionState.FAILED: serving_pb2.MODEL_VERSION_STATE_FAILED,
 }
 
 
@@ -93,7 +93,12 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
         return serving_pb2.GetModelStatusResponse(
             model_name=request.model_name,
             versions=[
-                serving_pb2.ModelVersionStatus(version=v.version, state=_STATES[v.state], error=v.error)
+                # mlmesh's proto keeps FAILED for a load that ended in error (the CLI reads it).
+                serving_pb2.ModelVersionStatus(
+                    version=v.version,
+                    state=serving_pb2.MODEL_VERSION_STATE_FAILED if v.failed else _STATES[v.state],
+                    error=v.error,
+                )
                 for v in versions
             ],
         )

@@ -169,12 +169,15 @@ async def run_service(
     log_context: dict[str, Any] | None = None,
     stop_event: asyncio.Event | None = None,
     install_signal_handlers: bool = True,
+    health: HealthServicer | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop_event`), then stop gracefully.
 
     `add_servicers` registers the service's servicers and returns their full
     proto service names (for health and reflection). Tests that run a service
     off the main thread pass `stop_event` and `install_signal_handlers=False`.
+    A service that reports health under names of its own passes its `health`
+    servicer (it is registered here, and drained with the rest).
     """
     die_with_parent()
     configure_logging(settings.log_format, settings.log_level, service=name, **(log_context or {}))
@@ -191,7 +194,7 @@ async def run_service(
 
     server = grpc.aio.server(options=server_options(settings), interceptors=[MetricsInterceptor()])
     service_names = list(add_servicers(server))
-    health = HealthServicer()
+    health = health or HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for svc in ["", *service_names]:
         await health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -1,11 +1,18 @@
 """The manager: moves model versions through their lifecycle toward what the source aspires.
 
-Each version goes LOADING → AVAILABLE → UNLOADING → END, or LOADING → FAILED.
-The policy preserves availability: a new version is loaded beside the
-current one, warmed up, made current in one assignment (the switch), and
-only then is the old one unloaded — after the requests that hold it finish.
-A version that fails to load leaves the current one serving; it is retried
-only when its files change.
+Each version goes START → LOADING → AVAILABLE → UNLOADING → END (TF
+Serving's ManagerState); a load that fails, or that can never fit the memory
+budget, goes straight to END with its error kept (code and message).
+
+The policy preserves availability (TF Serving's AvailabilityPreservingPolicy):
+new versions load beside the ones serving, and a version that is no longer
+aspired is unloaded only once an aspired version of its model is AVAILABLE, or
+when the model aspires nothing at all. So a version that fails to load leaves
+the previous one serving; it is retried only when its files change.
+
+Requests see only AVAILABLE versions, read at lease time on the event loop,
+so the switch to a new version is atomic; an unloading version drains (the
+requests holding it finish) before its servable is dropped.
 """
 
 from __future__ import annotations
@@ -13,31 +20,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlmesh.errors import NotFound
+from mlmesh.errors import InvalidArgument, MlmeshError, NotFound
 from mlmesh.logging import get_logger
 
 from serving_svc.core import metrics
 from serving_svc.core.batcher import Batcher
 from serving_svc.core.loader import Servable, load_servable
-from serving_svc.core.source import AspiredVersion, RepositorySource, SourceError
+from serving_svc.core.resources import DEFAULT_ESTIMATE_FACTOR, MemoryBudget, estimate_bytes
+from serving_svc.core.source import AspiredModel, Source, SourceError
 
 log = get_logger(__name__)
 
-HISTORY = 8  # finished (END/FAILED) versions kept per model for GetModelStatus
+HISTORY = 8  # END versions kept per model for status
 
 
 class VersionState(enum.Enum):
+    START = "START"  # aspired, waiting for a load slot or for memory
     LOADING = "LOADING"
     AVAILABLE = "AVAILABLE"
     UNLOADING = "UNLOADING"
     END = "END"
-    FAILED = "FAILED"
+
+
+# Error codes kept in a version's status: names of TensorFlow's (and gRPC's) status codes.
+UNKNOWN = "UNKNOWN"
+RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
 
 
 @dataclass(frozen=True)
@@ -47,67 +61,97 @@ class BatchingOptions:
     max_queue: int = 1024
 
 
-@dataclass
+@dataclass(frozen=True)
+class MemoryOptions:
+    """`budget_bytes` 0 = no budget. Estimate = size of the version directory x `estimate_factor`."""
+
+    budget_bytes: int = 0
+    estimate_factor: float = DEFAULT_ESTIMATE_FACTOR
+
+
+_seq = itertools.count()
+
+
+@dataclass(eq=False)  # a record is an identity (a memory reservation's key), not a value
 class ModelVersion:
-    """One version's state; `servable` and `batcher` exist only while AVAILABLE or UNLOADING."""
+    """One version's state. `servable` and `batcher` exist only while AVAILABLE or UNLOADING.
+    `error_code`/`error` are set only for a version that ended without serving
+    because of a failure (TF Serving's status of an END version)."""
 
     model: str
     version: int
     path: Path
     fingerprint: str
-    state: VersionState = VersionState.LOADING
+    estimate_bytes: int = 0
+    state: VersionState = VersionState.START
+    error_code: str = ""
     error: str = ""
     servable: Servable | None = None
     batcher: Batcher | None = None
     refs: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    seq: int = field(default_factory=lambda: next(_seq))
+    waiting_logged: bool = False
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    @property
+    def failed(self) -> bool:
+        return self.state is VersionState.END and bool(self.error_code)
 
 
 @dataclass
 class _Model:
     name: str
     versions: dict[int, ModelVersion] = field(default_factory=dict)
-    current: ModelVersion | None = None
-    aspired: AspiredVersion | None = None
-    loading: asyncio.Task[None] | None = None
+    aspired: AspiredModel | None = None
+    serving: bool = False  # last availability reported to the listener
 
 
 Loader = Callable[..., Servable]
+AvailabilityListener = Callable[[str, bool], None]
 
 
 class ModelManager:
-    """Owns every loaded version of every model.
+    """Owns every version of every model.
 
     Not thread-safe: every method runs on one event loop (loads and model
     calls go to executors and come back to it), which is what makes the
-    switch atomic — a request sees either the old current version or the new.
+    switch atomic — a request sees either the old newest version or the new.
     """
 
     def __init__(
         self,
-        source: RepositorySource,
+        source: Source,
         *,
         poll_seconds: float = 1.0,
         batching: BatchingOptions | None = None,
         warmup: bool = True,
         model_threads: int = 2,
+        load_threads: int = 1,
+        memory: MemoryOptions | None = None,
         loader: Loader = load_servable,
+        on_availability: AvailabilityListener | None = None,
     ) -> None:
         self._source = source
         self._poll_seconds = poll_seconds
         self._batching = batching or BatchingOptions()
         self._warmup = warmup
         self._loader = loader
+        self._memory = memory or MemoryOptions()
+        self._budget = MemoryBudget(self._memory.budget_bytes)
+        self._on_availability = on_availability
         self._models: dict[str, _Model] = {}
         self._poll_task: asyncio.Task[None] | None = None
-        self._unloads: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
-        # One loader thread: loads are rare and CPU-heavy; they must not starve model calls.
-        self._load_executor = ThreadPoolExecutor(1, thread_name_prefix="model-load")
+        # Loads are rare and CPU-heavy: a budget of their own (default one thread), so they
+        # neither starve model calls nor wait behind them.
+        self._load_threads = load_threads
+        self._load_executor = ThreadPoolExecutor(load_threads, thread_name_prefix="model-load")
         self._call_executor = ThreadPoolExecutor(model_threads, thread_name_prefix="model-call")
+        metrics.MEMORY_BUDGET.set(self._memory.budget_bytes)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -124,17 +168,22 @@ class ModelManager:
             self._poll_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
-        loads = [m.loading for m in self._models.values() if m.loading is not None]
-        if loads:
-            await asyncio.gather(*loads, return_exceptions=True)
         for model in self._models.values():
-            if model.current is not None:
-                self._schedule_unload(model, model.current)
-                model.current = None
-        if self._unloads:
-            await asyncio.gather(*list(self._unloads), return_exceptions=True)
+            for record in model.versions.values():
+                if record.state is VersionState.START:
+                    self._end(model, record)
+        await self._wait_tasks()  # loads in flight finish (and are dropped)
+        for model in self._models.values():
+            for record in list(model.versions.values()):
+                if record.state is VersionState.AVAILABLE:
+                    self._unload(model, record)
+        await self._wait_tasks()
         self._load_executor.shutdown(wait=False, cancel_futures=True)
         self._call_executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _wait_tasks(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def _poll_forever(self) -> None:
         while True:
@@ -146,51 +195,106 @@ class ModelManager:
 
     async def poll_once(self, *, wait_for_loads: bool = False) -> None:
         """Read the source and start the loads/unloads that move toward it;
-        with `wait_for_loads`, return once every load in flight has finished."""
+        with `wait_for_loads`, return once no load is in flight or startable."""
         try:
             aspired = await asyncio.get_running_loop().run_in_executor(None, self._source.poll)
         except SourceError as e:
             log.warning("repository unreadable; keeping current versions", error=str(e))
             return
-        for name in set(self._models) - set(aspired):
-            aspired[name] = None  # the model's directory is gone
-        for name, target in sorted(aspired.items()):
-            model = self._models.setdefault(name, _Model(name))
-            model.aspired = target
-            self._reconcile(model)
-        while wait_for_loads and (loads := [m.loading for m in self._models.values() if m.loading]):
-            await asyncio.gather(*loads, return_exceptions=True)
+        for name, model in self._models.items():
+            model.aspired = aspired.get(name)  # None: the model is gone from the source
+        for name in aspired.keys() - self._models.keys():
+            self._models[name] = _Model(name, aspired=aspired[name])
+        for name in sorted(self._models):
+            self._reconcile(self._models[name])
+        self._pump()
+        while wait_for_loads and self._loading():
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _loading(self) -> bool:
+        """A load is running (loads that wait for memory do not count: they may wait for good)."""
+        for model in self._models.values():
+            for record in model.versions.values():
+                if record.state is VersionState.LOADING:
+                    return True
+        return False
+
+    # -- the policy ------------------------------------------------------
 
     def _reconcile(self, model: _Model) -> None:
-        if self._stopping or model.loading is not None:
-            return  # a finishing load re-runs this
-        target = model.aspired
-        if target is None:
-            if model.current is not None:
-                log.info(
-                    "model has no loadable version; unloading",
-                    model=model.name,
-                    version=model.current.version,
-                )
-                old, model.current = model.current, None
-                self._schedule_unload(model, old)
+        if self._stopping:
             return
-        if model.current is not None and model.current.version == target.version:
-            return
-        existing = model.versions.get(target.version)
-        if (
-            existing is not None
-            and existing.state is VersionState.FAILED
-            and existing.fingerprint == target.fingerprint
-        ):
-            return  # unchanged files would fail the same way
-        if existing is not None and existing.state in (VersionState.UNLOADING, VersionState.LOADING):
-            return  # wait for it to finish before loading the same version again
-        record = ModelVersion(model.name, target.version, target.path, target.fingerprint)
-        model.versions[target.version] = record
-        model.loading = asyncio.get_running_loop().create_task(
-            self._load(model, record), name=f"load-{model.name}-{target.version}"
+        wanted = {v.version: v for v in (model.aspired.versions if model.aspired else ())}
+        for version, target in wanted.items():
+            record = model.versions.get(version)
+            if record is not None and record.state is not VersionState.END:
+                continue  # on its way (or unloading: reconciled again once it ends)
+            if record is not None and record.failed and record.fingerprint == target.fingerprint:
+                continue  # unchanged files would fail the same way
+            model.versions[version] = ModelVersion(
+                model.name,
+                version,
+                target.path,
+                target.fingerprint,
+                estimate_bytes(target.disk_bytes, self._memory.estimate_factor),
+            )
+        aspired_available = any(
+            r.state is VersionState.AVAILABLE for v, r in model.versions.items() if v in wanted
         )
+        for version, record in list(model.versions.items()):
+            if version in wanted:
+                continue
+            if record.state is VersionState.START:
+                self._end(model, record)
+            elif record.state is VersionState.AVAILABLE and (aspired_available or not wanted):
+                self._unload(model, record)
+            # LOADING: decided when the load finishes.
+        self._update(model)
+
+    def _pump(self) -> None:
+        """Start pending loads, oldest first, while load threads are free and memory allows."""
+        if self._stopping:
+            return
+        records = [(m, r) for m in self._models.values() for r in m.versions.values()]
+        loading = sum(1 for _, r in records if r.state is VersionState.LOADING)
+        pending = sorted(
+            ((m, r) for m, r in records if r.state is VersionState.START), key=lambda mr: mr[1].seq
+        )
+        for model, record in pending:
+            if loading >= self._load_threads:
+                break
+            if not self._budget.can_ever_fit(record.estimate_bytes):
+                self._fail(
+                    model,
+                    record,
+                    RESOURCE_EXHAUSTED,
+                    f"version {record.version} of model {model.name!r} needs an estimated "
+                    f"{record.estimate_bytes} bytes ({self._memory.estimate_factor} x its files), "
+                    f"more than the whole memory budget of {self._budget.budget_bytes} bytes",
+                )
+                continue
+            if not self._budget.try_reserve(record, record.estimate_bytes):
+                if not record.waiting_logged:
+                    record.waiting_logged = True
+                    log.warning(
+                        "load waits for memory",
+                        model=model.name,
+                        version=record.version,
+                        estimate_bytes=record.estimate_bytes,
+                        reserved_bytes=self._budget.reserved_bytes,
+                        budget_bytes=self._budget.budget_bytes,
+                    )
+                continue
+            record.state = VersionState.LOADING
+            loading += 1
+            self._spawn(self._load(model, record), f"load-{model.name}-{record.version}")
+            self._update(model)
+        metrics.MEMORY_RESERVED.set(self._budget.reserved_bytes)
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _load(self, model: _Model, record: ModelVersion) -> None:
         log.info("loading", model=model.name, version=record.version, path=str(record.path))
@@ -201,18 +305,19 @@ class ModelManager:
                 lambda: self._loader(model.name, record.version, record.path, warmup=self._warmup),
             )
         except Exception as e:
-            record.state, record.error = VersionState.FAILED, str(e)
-            metrics.LOADS.labels(model.name, "failed").inc()
-            log.warning("load failed", model=model.name, version=record.version, error=record.error)
-            self._finish_load(model)
+            code = e.status if isinstance(e, MlmeshError) else getattr(e, "error_code", UNKNOWN)
+            self._fail(model, record, str(code), str(e))
+            self._after_change(model)
             return
         metrics.LOADS.labels(model.name, "ok").inc()
         metrics.LOAD_SECONDS.labels(model.name).observe(time.perf_counter() - started)
-        still_wanted = model.aspired is not None and model.aspired.version == record.version
-        if self._stopping or not still_wanted:
-            record.state = VersionState.END  # superseded while loading; never served
+        wanted = model.aspired is not None and any(
+            v.version == record.version for v in model.aspired.versions
+        )
+        if self._stopping or not wanted:
             log.info("loaded version no longer aspired; dropped", model=model.name, version=record.version)
-            self._finish_load(model)
+            self._end(model, record)  # never served: nobody can hold it
+            self._after_change(model)
             return
         record.servable = servable
         opts = self._batching
@@ -226,65 +331,80 @@ class ModelManager:
             executor=self._call_executor,
         )
         record.batcher.start()
-        old, model.current = model.current, record
-        record.state = VersionState.AVAILABLE
+        record.state = VersionState.AVAILABLE  # the switch: the next lease may pick it
         log.info(
             "version available",
             model=model.name,
             version=record.version,
-            replaced=old.version if old else None,
             load_seconds=round(time.perf_counter() - started, 3),
         )
-        if old is not None:
-            self._schedule_unload(model, old)
-        self._finish_load(model)
+        self._after_change(model)
 
-    def _finish_load(self, model: _Model) -> None:
-        model.loading = None
-        self._update_gauge(model)
+    def _fail(self, model: _Model, record: ModelVersion, code: str, message: str) -> None:
+        record.error_code, record.error = code, message
+        outcome = "resource_exhausted" if code == RESOURCE_EXHAUSTED else "failed"
+        metrics.LOADS.labels(model.name, outcome).inc()
+        log.warning("load failed", model=model.name, version=record.version, code=code, error=message)
+        self._end(model, record)
+
+    def _end(self, model: _Model, record: ModelVersion) -> None:
+        record.state = VersionState.END
+        record.servable = None  # the last reference: TensorFlow frees the graph and variables
+        record.batcher = None
+        self._budget.release(record)
+        metrics.MEMORY_RESERVED.set(self._budget.reserved_bytes)
         self._trim_history(model)
+        self._update(model)
+
+    def _after_change(self, model: _Model) -> None:
+        """A load or unload finished: move on toward the aspired state."""
         self._reconcile(model)
+        self._pump()
+        self._update(model)
 
-    def _schedule_unload(self, model: _Model, record: ModelVersion) -> None:
+    def _unload(self, model: _Model, record: ModelVersion) -> None:
         record.state = VersionState.UNLOADING
-        self._update_gauge(model)
-        task = asyncio.get_running_loop().create_task(
-            self._unload(model, record), name=f"unload-{model.name}-{record.version}"
-        )
-        self._unloads.add(task)
-        task.add_done_callback(self._unloads.discard)
+        self._update(model)
+        self._spawn(self._drain_and_unload(model, record), f"unload-{model.name}-{record.version}")
 
-    async def _unload(self, model: _Model, record: ModelVersion) -> None:
+    async def _drain_and_unload(self, model: _Model, record: ModelVersion) -> None:
         await record.idle.wait()  # requests holding this version finish first
         if record.batcher is not None:
             await record.batcher.close()
-        record.batcher = None
-        record.servable = None  # the last reference: TensorFlow frees the graph and variables
-        record.state = VersionState.END
+        self._end(model, record)
+        metrics.UNLOADS.labels(model.name).inc()
         log.info("version unloaded", model=model.name, version=record.version)
-        self._trim_history(model)
+        self._after_change(model)  # memory freed: a waiting load may start
 
-    def _update_gauge(self, model: _Model) -> None:
-        metrics.LOADED_VERSIONS.labels(model.name).set(
-            sum(1 for v in model.versions.values() if v.state is VersionState.AVAILABLE)
-        )
+    def _update(self, model: _Model) -> None:
+        """Metrics and the availability listener, after any state change."""
+        counts = dict.fromkeys(VersionState, 0)
+        for record in model.versions.values():
+            counts[record.state] += 1
+        for state, n in counts.items():
+            metrics.VERSIONS.labels(model.name, state.value).set(n)
+        metrics.LOADED_VERSIONS.labels(model.name).set(counts[VersionState.AVAILABLE])
+        serving = counts[VersionState.AVAILABLE] > 0
+        if serving != model.serving:
+            model.serving = serving
+            if self._on_availability is not None:
+                self._on_availability(model.name, serving)
 
     def _trim_history(self, model: _Model) -> None:
-        done = [v for v in model.versions.values() if v.state in (VersionState.END, VersionState.FAILED)]
-        for old in sorted(done, key=lambda v: v.version)[: max(0, len(done) - HISTORY)]:
+        done = [v for v in model.versions.values() if v.state is VersionState.END]
+        for old in sorted(done, key=lambda v: v.seq)[: max(0, len(done) - HISTORY)]:
             del model.versions[old.version]
 
     # -- requests --------------------------------------------------------
 
     @contextlib.contextmanager
     def lease(self, model_name: str, version: int = 0, label: str = "") -> Iterator[ModelVersion]:
-        """Hold an AVAILABLE version (the newest for version 0 and no label; a
-        label resolves through the model's version_labels) for one request; it
-        is not unloaded before the lease ends. NotFound names the model and
-        what is available."""
-        if label:
-            raise NotFound(f"model {model_name!r} has no version label {label!r}; labels: none")
-        record = self._find(model_name, version)
+        """Hold an AVAILABLE version for one request: the newest for version 0
+        and no label, else the given version, or the one a version label points
+        to. It is not unloaded before the lease ends. NotFound names what was
+        asked for and what is available; InvalidArgument if both a version and
+        a label are given."""
+        record = self._find(model_name, version, label)
         record.refs += 1
         record.idle.clear()
         try:
@@ -294,31 +414,61 @@ class ModelManager:
             if record.refs == 0:
                 record.idle.set()
 
-    def _find(self, model_name: str, version: int) -> ModelVersion:
+    def _find(self, model_name: str, version: int, label: str) -> ModelVersion:
+        if version and label:
+            raise InvalidArgument(f"give a version ({version}) or a label ({label!r}), not both")
         model = self._models.get(model_name)
-        current = model.current if model is not None else None
-        if current is None:
-            available = self.available()
+        available = self._available_versions(model) if model is not None else []
+        if model is None or (not available and not version and not label):
             raise NotFound(
                 f"model {model_name!r} is not available (unknown or not loaded yet); "
-                f"available models: {sorted(available) or 'none'}"
+                f"available models: {sorted(self.available()) or 'none'}"
             )
-        if version and version != current.version:
-            record = model.versions.get(version) if model is not None else None
-            why = f"is {record.state.value}" if record is not None else "is not loaded"
+        if label:
+            labels = self.labels(model_name)
+            if label not in labels:
+                raise NotFound(
+                    f"model {model_name!r} has no version label {label!r}; labels: {labels or 'none'}"
+                )
+            record = model.versions.get(labels[label])
+            if record is None or record.state is not VersionState.AVAILABLE:
+                raise NotFound(
+                    f"model {model_name!r} label {label!r} points to version {labels[label]}, which "
+                    f"{_describe(record)}; available versions: {available or 'none'}"
+                )
+            return record
+        if not version:
+            return model.versions[available[0]]
+        record = model.versions.get(version)
+        if record is None or record.state is not VersionState.AVAILABLE:
             raise NotFound(
-                f"model {model_name!r} version {version} {why}; available version: {current.version} "
-                "(or 0 for the newest)"
+                f"model {model_name!r} version {version} {_describe(record)}; "
+                f"available versions: {available or 'none'} (or 0 for the newest)"
             )
-        return current
+        return record
+
+    @staticmethod
+    def _available_versions(model: _Model) -> list[int]:
+        return sorted(
+            (v for v, r in model.versions.items() if r.state is VersionState.AVAILABLE), reverse=True
+        )
 
     def available(self) -> dict[str, int]:
-        """Model name → the version that answers version-0 requests."""
-        return {name: m.current.version for name, m in self._models.items() if m.current is not None}
+        """Model name → the version that answers version-0 requests (its newest AVAILABLE)."""
+        out = {}
+        for name, model in self._models.items():
+            versions = self._available_versions(model)
+            if versions:
+                out[name] = versions[0]
+        return out
 
     def labels(self, model_name: str) -> dict[str, int]:
-        """The model's version labels (label → version), as configured."""
-        return {}
+        """The model's version labels (label → version) as the source configures them;
+        empty for an unknown model or one without labels."""
+        model = self._models.get(model_name)
+        if model is None or model.aspired is None:
+            return {}
+        return dict(model.aspired.labels)
 
     def status(self, model_name: str) -> list[ModelVersion]:
         """Versions the manager knows of for a model, newest first. NotFound if
@@ -330,3 +480,11 @@ class ModelManager:
                 f"known models: {sorted(self._models) or 'none'}"
             )
         return sorted(model.versions.values(), key=lambda v: v.version, reverse=True)
+
+
+def _describe(record: ModelVersion | None) -> str:
+    if record is None:
+        return "is not loaded"
+    if record.failed:
+        return f"failed to load ({record.error_code}: {record.error})"
+    return f"is {record.state.value}"

@@ -31,3 +31,16 @@ LOAD_SECONDS = Histogram(
     ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+# -- version lifecycle (the manager) --
+# LOADS outcomes: ok, failed (the loader raised), resource_exhausted (can never fit the memory budget).
+UNLOADS = Counter("mlmesh_serving_unloads_total", "Versions unloaded after serving", ["model"])
+VERSIONS = Gauge(
+    "mlmesh_serving_versions",
+    "Versions per lifecycle state (START, LOADING, AVAILABLE, UNLOADING, END)",
+    ["model", "state"],
+)
+MEMORY_BUDGET = Gauge("mlmesh_serving_memory_budget_bytes", "Memory budget for loaded versions (0 = none)")
+MEMORY_RESERVED = Gauge(
+    "mlmesh_serving_memory_reserved_bytes",
+    "Estimated memory reserved by LOADING, AVAILABLE and UNLOADING versions",
+)

@@ -1,16 +1,17 @@
-"""The source: which model versions should be loaded.
+"""The source: which model versions each model wants loaded.
 
-Like TensorFlow Serving's file-system source, each poll emits, for every
-model, the *full* set of aspired versions (not deltas): the version
-directories `<base_path>/<N>/` (N a positive integer in canonical form) that
-hold `saved_model.pb`, narrowed by the model's version policy. Exports are
-renamed into place atomically, so hidden `.tmp-*` directories, non-numeric
-names and version directories without `saved_model.pb` are partial or
-foreign and are skipped.
+Like TensorFlow Serving's file-system source, each poll emits the *full* set
+of aspired versions per model (not deltas): the version directories
+`<base_path>/<N>/` (N a positive integer in canonical form) that hold
+`saved_model.pb`, filtered by the model's version policy. Exports are renamed
+into place atomically, so hidden `.tmp-*` directories, non-numeric names and
+version directories without `saved_model.pb` are partial or foreign and are
+skipped.
 
-Two ways to say which models exist: `RepositorySource` serves every
-directory of one repository (or the named ones) with `latest{1}`;
-`ConfigFileSource` serves what a TF Serving model-config file lists.
+Two sources share that scan: `RepositorySource` serves `<repo>/<model>/`
+(every model directory, or the named ones) with latest{1};
+`ConfigFileSource` serves the models of a ModelServerConfig file, re-read
+when it changes.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from serving_svc.core.model_config import ModelConfig, ModelConfigFile
-from serving_svc.core.policy import Latest
+from mlmesh.logging import get_logger
+
+from serving_svc.core.model_config import ModelConfig, ModelConfigError, read_model_config
+from serving_svc.core.policy import Latest, VersionPolicy
+
+log = get_logger(__name__)
 
 SAVED_MODEL_FILE = "saved_model.pb"
 
@@ -38,8 +44,8 @@ class AspiredVersion:
 
     `fingerprint` changes when any file under the version directory changes
     (name, size or mtime), so a version that failed to load is retried only
-    once its files differ. `disk_bytes` is the size of its files, which the
-    manager's memory estimate starts from.
+    once its files differ. `disk_bytes` is the total size of those files
+    (what the memory estimate is made from).
     """
 
     model: str
@@ -50,15 +56,18 @@ class AspiredVersion:
 
 
 @dataclass(frozen=True)
-class ModelAspiration:
-    """A model's config and the versions it aspires to now (newest first; may be empty)."""
+class AspiredModel:
+    """A model's full aspired state: its versions (newest first) and version labels."""
 
-    config: ModelConfig
-    versions: tuple[AspiredVersion, ...]
+    name: str
+    versions: tuple[AspiredVersion, ...] = ()
+    labels: Mapping[str, int] = field(default_factory=dict)
 
-    @property
-    def name(self) -> str:
-        return self.config.name
+
+class Source(Protocol):
+    def poll(self) -> dict[str, AspiredModel]:
+        """Every model served, with what it aspires now. Blocking file I/O."""
+        ...
 
 
 def parse_version(name: str) -> int | None:
@@ -73,8 +82,7 @@ def parse_version(name: str) -> int | None:
 
 
 def scan(path: Path) -> tuple[str, int]:
-    """(fingerprint, total bytes) of the files under `path`: a digest of every
-    file's relative path, size and mtime, in one walk."""
+    """A digest of every file's relative path, size and mtime under `path`, and their total size."""
     digest = hashlib.sha256()
     total = 0
     for root, dirs, files in os.walk(path):
@@ -85,62 +93,56 @@ def scan(path: Path) -> tuple[str, int]:
                 st = os.stat(full)
             except FileNotFoundError:
                 continue
-            total += st.st_size
             rel = os.path.relpath(full, path)
             digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            total += st.st_size
     return digest.hexdigest()[:16], total
 
 
 def fingerprint(path: Path) -> str:
-    """A digest of every file's relative path, size and mtime under `path`."""
     return scan(path)[0]
 
 
-def complete_versions(base_path: Path) -> dict[int, Path]:
-    """Version number → directory for every complete version under `base_path`
-    (empty when it does not exist). Raises SourceError when it cannot be listed."""
+def aspired_versions(name: str, base_path: Path, policy: VersionPolicy) -> tuple[AspiredVersion, ...]:
+    """The complete versions under `base_path` that `policy` selects, newest first.
+    A missing base path has none; an unreadable one raises SourceError."""
     try:
         entries = list(os.scandir(base_path))
     except (FileNotFoundError, NotADirectoryError):
-        return {}
+        return ()
     except OSError as e:
         raise SourceError(f"cannot list model directory {base_path}: {e}") from e
-    found: dict[int, Path] = {}
-    for entry in entries:
-        version = parse_version(entry.name)
-        if version is None or not entry.is_dir():
-            continue
-        path = Path(entry.path)
-        if (path / SAVED_MODEL_FILE).is_file():
-            found[version] = path
-    return found
-
-
-def aspire(config: ModelConfig) -> ModelAspiration:
-    """The versions `config`'s policy selects among those complete on disk."""
-    found = complete_versions(config.base_path)
-    versions = []
-    for version in config.policy.select(found):
-        digest, size = scan(found[version])
-        versions.append(AspiredVersion(config.name, version, found[version], digest, size))
-    return ModelAspiration(config, tuple(versions))
+    complete = {
+        v: Path(e.path)
+        for e in entries
+        if (v := parse_version(e.name)) is not None
+        and e.is_dir()
+        and (Path(e.path) / SAVED_MODEL_FILE).is_file()
+    }
+    out = []
+    for version in policy.select(complete):
+        digest, size = scan(complete[version])
+        out.append(AspiredVersion(name, version, complete[version], digest, size))
+    return tuple(out)
 
 
 class RepositorySource:
-    """Every model directory of one repository (or the named ones), each with `latest{1}`.
+    """Polls a model repository `<repo>/<model>/<version>/`, one policy for every model.
+    Stateless between polls, so thread-safe."""
 
-    Stateless between polls, so thread-safe; `poll` does blocking file I/O
-    and belongs in an executor."""
-
-    def __init__(self, repo: Path, model_names: Sequence[str] = ()) -> None:
+    def __init__(
+        self, repo: Path, model_names: Sequence[str] = (), policy: VersionPolicy | None = None
+    ) -> None:
         self.repo = repo
         self.model_names = list(model_names)
+        self.policy = policy or Latest(1)
 
-    def poll(self) -> dict[str, ModelAspiration]:
-        """Every model the source serves with its aspired versions (none yet is
-        an empty tuple). Raises SourceError when a directory exists but cannot be listed."""
+    def poll(self) -> dict[str, AspiredModel]:
+        """Raises SourceError when a directory exists but cannot be listed."""
         names = self.model_names or self._discover_models()
-        return {name: aspire(ModelConfig(name, self.repo / name, Latest(1))) for name in names}
+        return {
+            name: AspiredModel(name, aspired_versions(name, self.repo / name, self.policy)) for name in names
+        }
 
     def _discover_models(self) -> list[str]:
         try:
@@ -153,21 +155,55 @@ class RepositorySource:
 
 
 class ConfigFileSource:
-    """The models a TF Serving model-config file lists, each under its own base_path.
+    """Serves the models of a model config file, each from its own base_path.
 
-    The file is read at construction (ConfigError if bad: the server must not
-    start) and re-read at most every `config_poll_seconds` (0: never) when it
-    changed; a bad change keeps the last good config. Not thread-safe: one
-    poll at a time (the manager's poll loop)."""
+    The file is read at construction (a bad file raises ModelConfigError) and
+    re-read at most every `reload_seconds` (0: never) when its contents
+    changed; a bad new file is logged once and the last good config keeps
+    serving. Not thread-safe: one poll at a time (the manager's poll loop).
+    """
 
-    def __init__(self, path: Path, config_poll_seconds: float = 1.0) -> None:
-        self.file = ModelConfigFile(path)
-        self._interval = config_poll_seconds
-        self._next_check = time.monotonic() + config_poll_seconds
+    def __init__(self, path: Path, reload_seconds: float = 1.0) -> None:
+        self.path = path
+        self.reload_seconds = reload_seconds
+        self._text = self._read_text()
+        self.models = read_model_config(path)
+        self._checked = time.monotonic()
+        self._rejected = ""  # the text of the last bad file, so it is logged once
 
-    def poll(self) -> dict[str, ModelAspiration]:
-        now = time.monotonic()
-        if self._interval > 0 and now >= self._next_check:
-            self._next_check = now + self._interval
-            self.file.refresh()
-        return {c.name: aspire(c) for c in self.file.configs}
+    def _read_text(self) -> str:
+        try:
+            return self.path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelConfigError(f"cannot read model config file {self.path}: {e}") from e
+
+    def reload(self) -> bool:
+        """Re-read the file now; True if a new good config was taken."""
+        self._checked = time.monotonic()
+        try:
+            text = self._read_text()
+        except ModelConfigError as e:
+            if self._rejected != str(e):
+                log.error("model config file unreadable; keeping the last good config", error=str(e))
+                self._rejected = str(e)
+            return False
+        if text == self._text or text == self._rejected:
+            return False
+        try:
+            models = read_model_config(self.path)
+        except ModelConfigError as e:
+            log.error("model config file rejected; keeping the last good config", error=str(e))
+            self._rejected = text
+            return False
+        self._text, self.models, self._rejected = text, models, ""
+        log.info("model config file reloaded", path=str(self.path), models=[m.name for m in models])
+        return True
+
+    def poll(self) -> dict[str, AspiredModel]:
+        if self.reload_seconds and time.monotonic() - self._checked >= self.reload_seconds:
+            self.reload()
+        return {m.name: model_aspiration(m) for m in self.models}
+
+
+def model_aspiration(model: ModelConfig) -> AspiredModel:
+    return AspiredModel(model.name, aspired_versions(model.name, model.base_path, model.policy), model.labels)

@@ -1,12 +1,21 @@
-"""The source emits, per model, the newest complete version and nothing partial."""
+"""The source emits, per model, the full set of complete versions its policy wants, and nothing partial."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from serving_svc.core.source import RepositorySource, SourceError, fingerprint, parse_version
+from serving_svc.core.policy import All, Latest, Specific
+from serving_svc.core.source import (
+    ConfigFileSource,
+    RepositorySource,
+    SourceError,
+    fingerprint,
+    parse_version,
+    scan,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -17,6 +26,10 @@ def make_version(repo: Path, model: str, name: str, complete: bool = True) -> Pa
     if complete:
         (path / "saved_model.pb").write_bytes(b"graph")
     return path
+
+
+def versions(source: RepositorySource | ConfigFileSource, model: str) -> list[int]:
+    return [v.version for v in source.poll()[model].versions]
 
 
 @pytest.mark.parametrize(
@@ -36,13 +49,24 @@ def test_parse_version_accepts_only_canonical_positive_integers(name: str, expec
     assert parse_version(name) == expected
 
 
-def test_newest_complete_version_is_aspired(tmp_path: Path) -> None:
-    make_version(tmp_path, "m", "1")
-    make_version(tmp_path, "m", "3")
-    make_version(tmp_path, "m", "10")
-    aspired = RepositorySource(tmp_path).poll()
-    assert aspired["m"] is not None
-    assert (aspired["m"].version, aspired["m"].path) == (10, tmp_path / "m" / "10")
+def test_newest_complete_version_is_aspired_by_default(tmp_path: Path) -> None:
+    for name in ("1", "3", "10"):
+        make_version(tmp_path, "m", name)
+    (aspired,) = RepositorySource(tmp_path).poll()["m"].versions
+    assert (aspired.version, aspired.path) == (10, tmp_path / "m" / "10")
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [(Latest(2), [10, 3]), (All(), [10, 3, 1]), (Specific(frozenset({1, 3, 99})), [3, 1])],
+)
+def test_policy_selects_the_full_set_newest_first(
+    tmp_path: Path, policy: Latest | All | Specific, expected: list[int]
+) -> None:
+    for name in ("1", "3", "10"):
+        make_version(tmp_path, "m", name)
+    make_version(tmp_path, "m", "11", complete=False)  # never counts, even for latest{n}
+    assert versions(RepositorySource(tmp_path, policy=policy), "m") == expected
 
 
 def test_partial_and_foreign_directories_are_ignored(tmp_path: Path) -> None:
@@ -52,8 +76,7 @@ def test_partial_and_foreign_directories_are_ignored(tmp_path: Path) -> None:
     make_version(tmp_path, "m", "latest")
     make_version(tmp_path, "m", "0")
     (tmp_path / "m" / "11").write_text("a file, not a directory")
-    aspired = RepositorySource(tmp_path).poll()["m"]
-    assert aspired is not None and aspired.version == 2
+    assert versions(RepositorySource(tmp_path, policy=All()), "m") == [2]
 
 
 def test_all_model_directories_are_discovered_when_no_names_are_given(tmp_path: Path) -> None:
@@ -64,7 +87,7 @@ def test_all_model_directories_are_discovered_when_no_names_are_given(tmp_path: 
     (tmp_path / "README").write_text("not a model")
     aspired = RepositorySource(tmp_path).poll()
     assert sorted(aspired) == ["a", "b", "empty"]
-    assert aspired["empty"] is None
+    assert aspired["empty"].versions == ()
 
 
 def test_named_models_only_and_missing_ones_have_no_version(tmp_path: Path) -> None:
@@ -72,7 +95,7 @@ def test_named_models_only_and_missing_ones_have_no_version(tmp_path: Path) -> N
     make_version(tmp_path, "b", "1")
     aspired = RepositorySource(tmp_path, ["a", "later"]).poll()
     assert sorted(aspired) == ["a", "later"]
-    assert aspired["later"] is None
+    assert aspired["later"].versions == ()
 
 
 def test_missing_repository_is_empty_not_an_error(tmp_path: Path) -> None:
@@ -85,9 +108,55 @@ def test_unreadable_model_directory_raises_source_error(tmp_path: Path) -> None:
         RepositorySource(tmp_path, ["m"]).poll()
 
 
-def test_fingerprint_changes_when_a_file_changes(tmp_path: Path) -> None:
+def test_fingerprint_changes_when_a_file_changes_and_size_counts_every_file(tmp_path: Path) -> None:
     path = make_version(tmp_path, "m", "1")
     before = fingerprint(path)
     assert fingerprint(path) == before
-    (path / "variables" / "variables.index").write_bytes(b"x")
+    (path / "variables" / "variables.index").write_bytes(b"x" * 100)
     assert fingerprint(path) != before
+    assert scan(path)[1] == len(b"graph") + 100
+
+
+def write_config(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_config_file_serves_each_model_from_its_base_path_with_labels(tmp_path: Path) -> None:
+    make_version(tmp_path / "store", "x", "1")
+    make_version(tmp_path / "store", "x", "2")
+    make_version(tmp_path / "elsewhere", "y", "5")
+    config = tmp_path / "models.config"
+    write_config(
+        config,
+        'model_config_list { config { name: "a" base_path: "store/x" model_version_policy { all {} } '
+        'version_labels { key: "stable" value: 1 } } '
+        f'config {{ name: "b" base_path: "{tmp_path / "elsewhere" / "y"}" }} }}',
+    )
+    aspired = ConfigFileSource(config, reload_seconds=0).poll()
+    assert [v.version for v in aspired["a"].versions] == [2, 1]
+    assert aspired["a"].labels == {"stable": 1}
+    assert [(v.version, v.path) for v in aspired["b"].versions] == [(5, tmp_path / "elsewhere" / "y" / "5")]
+
+
+def test_changed_config_file_is_taken_and_a_bad_one_keeps_the_last_good(tmp_path: Path) -> None:
+    make_version(tmp_path, "m", "1")
+    make_version(tmp_path, "m", "2")
+    config = tmp_path / "models.config"
+    write_config(config, 'model_config_list { config { name: "m" base_path: "m" } }')
+    source = ConfigFileSource(config, reload_seconds=3600)
+    assert versions(source, "m") == [2]
+    write_config(
+        config,
+        'model_config_list { config { name: "m" base_path: "m" '
+        "model_version_policy { specific { versions: 1 } } } }",
+    )
+    assert source.reload() is True
+    assert versions(source, "m") == [1]
+    write_config(config, 'model_config_list { config { name: "m" model_platform: "onnx" } }')
+    assert source.reload() is False
+    assert versions(source, "m") == [1]  # the last good config
+    config.unlink()
+    assert source.reload() is False
+    assert versions(source, "m") == [1]
