@@ -21,6 +21,8 @@ from gateway.core.backends import Backend
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "envoy.template.json"
 SERVING_CLUSTER = "serving"
 SERVING_SERVICE = "mlmesh.serving.v1.ServingService"
+# TensorFlow Serving's own gRPC API, served by the same replicas (drop-in for its clients).
+TFS_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 LISTENER_NAME = "ingress"
 HTTP_STAT_PREFIX = "ingress_http"
 
@@ -185,13 +187,14 @@ def retry_policy(options: RetryOptions) -> dict[str, Any]:
 def serving_route_config(
     retry: RetryOptions = RetryOptions(), cluster: str = SERVING_CLUSTER, name: str = "ingress"
 ) -> dict[str, Any]:
-    """Routes (a v3 `RouteConfiguration`): gRPC ServingService -> cluster, /healthz -> 200.
+    """Routes (a v3 `RouteConfiguration`): gRPC ServingService, and TF Serving's
+    PredictionService and ModelService with the same route action -> cluster, /healthz -> 200.
 
     JSON requests reach the gRPC route after the transcoder rewrote them.
     `timeout: 0s` plus `grpc_timeout_header_max: 0s` make the client's deadline
     (grpc-timeout) the only limit, instead of Envoy's default 15 s.
     """
-    return {
+    config: dict[str, Any] = {
         "name": name,
         "virtual_hosts": [
             {
@@ -215,6 +218,10 @@ def serving_route_config(
             }
         ],
     }
+    routes = config["virtual_hosts"][0]["routes"]
+    serving = routes[-1]
+    routes.extend({**serving, "match": {"prefix": f"/{service}/", "grpc": {}}} for service in TFS_SERVICES)
+    return config
 
 
 def file_access_log(path: Path) -> dict[str, Any]:

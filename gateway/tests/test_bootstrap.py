@@ -109,9 +109,18 @@ def test_cluster_with_dns_names_is_strict_dns() -> None:
         serving_cluster([])
 
 
+def test_tf_serving_grpc_services_route_to_the_serving_cluster_like_ours() -> None:
+    _, ours, *tfs = serving_route_config()["virtual_hosts"][0]["routes"]
+    assert [r["match"] for r in tfs] == [
+        {"prefix": "/tensorflow.serving.PredictionService/", "grpc": {}},
+        {"prefix": "/tensorflow.serving.ModelService/", "grpc": {}},
+    ]
+    assert all(r["route"] == ours["route"] for r in tfs)
+
+
 def test_route_honours_client_deadlines_and_retries_on_other_hosts() -> None:
     rc = serving_route_config(RetryOptions(per_try_timeout_seconds=0.5))
-    healthz, grpc_route = rc["virtual_hosts"][0]["routes"]
+    healthz, grpc_route, *_ = rc["virtual_hosts"][0]["routes"]
     assert healthz["match"] == {"path": "/healthz"} and healthz["direct_response"]["status"] == 200
     assert grpc_route["match"] == {"prefix": "/mlmesh.serving.v1.ServingService/", "grpc": {}}
     route = grpc_route["route"]

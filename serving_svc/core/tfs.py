@@ -9,10 +9,9 @@ signatures, classify and regress run as their own call on a worker thread.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from mlmesh.errors import InvalidArgument, NotFound
@@ -37,9 +36,7 @@ def lease(
         raise InvalidArgument("model_spec.name is empty")
     if version < 0:
         raise InvalidArgument(f"version is {version}; expected a positive version (or none for the newest)")
-    if label:
-        return manager.lease(model, version, label=label)  # type: ignore[call-arg]
-    return manager.lease(model, version)
+    return manager.lease(model, version, label)
 
 
 def servable_of(record: ModelVersion) -> Servable:
@@ -138,22 +135,11 @@ def regressions(outputs: Mapping[str, np.ndarray], n: int) -> list[float]:
     return [float(v) for v in values.reshape(n)]
 
 
-# TF Serving's ModelVersionStatus.State names; a failed load is END with its error (as TF Serving shows it).
-_STATE_NAMES = {
-    "START": "START",
-    "LOADING": "LOADING",
-    "AVAILABLE": "AVAILABLE",
-    "UNLOADING": "UNLOADING",
-    "END": "END",
-    "FAILED": "END",
-}
-
-
 @dataclass(frozen=True)
 class VersionStatus:
     version: int
-    state: str  # START, LOADING, AVAILABLE, UNLOADING, END
-    error_code: str  # tensorflow.error.Code name: OK or UNKNOWN
+    state: str  # START, LOADING, AVAILABLE, UNLOADING, END (TF Serving's ModelVersionStatus.State)
+    error_code: str  # tensorflow.error.Code name, "OK" unless the version ended on an error
     error_message: str
 
 
@@ -164,28 +150,24 @@ def version_statuses(
     NotFound for an unknown model, version or label."""
     if not model:
         raise InvalidArgument("model_spec.name is empty")
-    records: Iterable[Any] = manager.status(model)
+    if version < 0:
+        raise InvalidArgument(f"version is {version}; expected a positive version (or none for all)")
+    records = manager.status(model)
     if label:
-        labels = manager.labels(model) if hasattr(manager, "labels") else {}
+        labels = manager.labels(model)
         if label not in labels:
             raise NotFound(
                 f"model {model!r} has no version label {label!r}; labels: {sorted(labels) or 'none'}"
             )
         version = labels[label]
-    statuses = [
-        VersionStatus(
-            r.version,
-            _STATE_NAMES.get(r.state.value, "UNKNOWN"),
-            "UNKNOWN" if r.error else "OK",
-            r.error,
-        )
-        for r in records
-    ]
     if version:
-        statuses = [s for s in statuses if s.version == version]
-        if not statuses:
+        records = [r for r in records if r.version == version]
+        if not records:
             raise NotFound(
                 f"model {model!r} has no version {version}; "
                 f"versions: {[r.version for r in manager.status(model)]}"
             )
-    return statuses
+    return [
+        VersionStatus(r.version, r.state.value, r.error_code or "OK", r.error if r.error_code else "")
+        for r in records
+    ]
