@@ -1,4 +1,4 @@
-"""The loader turns a SavedModel into a servable that runs its serving_default graph."""
+"""The loader turns a SavedModel into a servable that runs any of its signatures' graphs."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from mlmesh.errors import InvalidArgument
 
 from serving_svc.core.loader import LoadError, load_servable
 from serving_svc.tests.conftest import Exports
 from serving_svc.tests.helpers import export
+from serving_svc.tests.tfs_models import export_half_plus_three, export_sensor_model
 
 pytestmark = pytest.mark.unit
 
@@ -71,13 +73,41 @@ def test_fixed_first_dimension_fixes_the_batch(tmp_path: Path) -> None:
     assert servable.max_batch == 4
 
 
+def test_every_signature_is_loaded_with_its_method_and_specs(tmp_path: Path) -> None:
+    servable = load_servable("half", 123, export_half_plus_three(tmp_path, "half", 123))
+    methods = {name: sig.method for name, sig in servable.signatures.items()}
+    assert methods == {
+        "serving_default": "tensorflow/serving/predict",
+        "tensorflow/serving/classify": "tensorflow/serving/classify",
+        "tensorflow/serving/regress": "tensorflow/serving/regress",
+    }
+    regress = servable.signatures["tensorflow/serving/regress"]
+    assert regress.inputs["inputs"].describe() == "string[?]"
+    assert regress.outputs["outputs"].describe() == "float32[?,1]"
+    assert servable.signature_defs["tensorflow/serving/classify"].outputs["classes"].dtype == tf.string
+
+
+def test_a_signature_other_than_serving_default_is_callable_by_name(tmp_path: Path) -> None:
+    servable = load_servable("sensor", 1, export_sensor_model(tmp_path))
+    signal = np.array([[1, 5, 2, 0, 3]], np.float32)
+    np.testing.assert_array_equal(servable.call("peak", {"signal": signal})["peak"], [5.0])
+
+
+def test_unknown_signature_is_invalid_argument_listing_the_signatures(tmp_path: Path) -> None:
+    servable = load_servable("sensor", 1, export_sensor_model(tmp_path))
+    with pytest.raises(
+        InvalidArgument, match=r"Serving signature key \"nope\" not found: .*\['peak', 'serving_default'\]"
+    ):
+        servable.signature("nope")
+
+
 class StringOutput(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x")])
     def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"label": tf.strings.as_string(x[:, 0])}
 
 
-def test_output_dtype_the_tensor_codec_cannot_carry_is_refused(tmp_path: Path) -> None:
-    path = export(StringOutput(), tmp_path, "strings", 1)
-    with pytest.raises(LoadError, match="output 'label' has dtype string"):
-        load_servable("strings", 1, path)
+def test_string_outputs_are_served_as_tf_serving_does(tmp_path: Path) -> None:
+    servable = load_servable("strings", 1, export(StringOutput(), tmp_path, "strings", 1))
+    out = servable({"x": np.array([[1.5, 0]], np.float32)})["label"]
+    assert out.tolist() == [b"1.500000"]
