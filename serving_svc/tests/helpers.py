@@ -32,6 +32,7 @@ from mlmesh.cli.suite import child_env
 from mlmesh.server import server_options
 from mlmesh.serving.v1 import serving_pb2_grpc
 
+from serving_svc import tfs_servicer
 from serving_svc.config import ServingSettings
 from serving_svc.server import build
 
@@ -232,6 +233,7 @@ def in_process_server(settings: ServingSettings) -> Iterator[InProcessServer]:
         server = grpc.aio.server(options=server_options(settings))  # binds to the running loop
         servers.append(server)
         serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, server)
+        tfs_servicer.add_to_server(manager, server, max_request_examples=settings.max_request_examples)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         await manager.start()
