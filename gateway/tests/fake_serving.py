@@ -3,7 +3,9 @@
 `python -m gateway.tests.fake_serving --replica-id r0 --port 0 --port-file F`
 
 - Predict with `instances` (lists of numbers) -> predictions = each number x 2;
-  with tensor `inputs` -> outputs[name] = input x 2 (float64).
+  with tensor `inputs` -> outputs[name] = input x 2 (float64). RestPredict (JSON
+  `POST /v1/models/<m>:predict`) doubles `instances` the same way; RestGetModelStatus
+  answers version 1 AVAILABLE in TF Serving's JSON.
 - Model "missing" -> NOT_FOUND; a non-numeric instance or no input -> INVALID_ARGUMENT.
 - Request header `x-test-delay-ms: N` sleeps N ms first; the remaining client
   deadline (as seen by the replica) comes back in trailer `x-deadline-remaining-ms`.
@@ -113,6 +115,40 @@ class FakeServingServicer(serving_pb2_grpc.ServingServiceServicer):
             versions=[
                 serving_pb2.ModelVersionStatus(version=1, state=serving_pb2.MODEL_VERSION_STATE_AVAILABLE)
             ],
+        )
+
+    # The REST methods the transcoder maps TF Serving's JSON API to.
+
+    @grpc_errors
+    async def RestPredict(
+        self, request: serving_pb2.RestPredictRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.RestPredictResponse:
+        await self._maybe_delay(context)
+        if request.model_name == "missing":
+            raise NotFound(f"model {request.model_name!r} not found; available: ['m']")
+        if request.instances.WhichOneof("kind") != "list_value":
+            raise InvalidArgument("request has neither inputs nor instances")
+        response = serving_pb2.RestPredictResponse()
+        response.predictions.list_value.CopyFrom(_double_instances(request.instances.list_value))
+        await context.send_initial_metadata((("x-replica-id", self._replica_id),))
+        return response
+
+    @grpc_errors
+    async def RestGetModelStatus(
+        self, request: serving_pb2.RestModelRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.RestGetModelStatusResponse:
+        await self._maybe_delay(context)
+        if request.model_name == "missing":
+            raise NotFound(f"model {request.model_name!r} not found; available: ['m']")
+        await context.send_initial_metadata((("x-replica-id", self._replica_id),))
+        return serving_pb2.RestGetModelStatusResponse(
+            model_version_status=[
+                serving_pb2.RestModelVersionStatus(
+                    version=1,
+                    state=serving_pb2.RestModelVersionStatus.AVAILABLE,
+                    status=serving_pb2.RestStatus(),
+                )
+            ]
         )
 
 

@@ -23,18 +23,16 @@ def test_json_predict_answers_200_with_predictions(mesh: Mesh) -> None:
     r = http(mesh.http_port, "POST", PREDICT, {"instances": [[1, 2], [3, 4]]})
     assert r.status == 200, r.body
     assert r.headers["content-type"] == "application/json"
-    body = r.json()
-    assert body["predictions"] == [[2, 4], [6, 8]]
-    assert body["model_name"] == "m"
-    assert body["version"] == "1"  # int64 is a string in proto3 JSON
+    assert r.json() == {"predictions": [[2, 4], [6, 8]]}  # TF Serving's answer, nothing else
 
 
 def test_json_model_status(mesh: Mesh) -> None:
     r = http(mesh.http_port, "GET", "/v1/models/m")
     assert r.status == 200, r.body
-    assert r.json() == {
-        "model_name": "m",
-        "versions": [{"version": "1", "state": "MODEL_VERSION_STATE_AVAILABLE", "error": ""}],
+    assert r.json() == {  # TF Serving's GetModelStatusResponse JSON; int64 is a string in proto3 JSON
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
     }
 
 
