@@ -266,7 +266,7 @@ def _example_array(spec: InputSpec, value: Any, index: int) -> np.ndarray:
     if arr.dtype.kind not in "biuf":
         raise InvalidArgument(
             f"{what} holds {_kind(value) if arr.ndim == 0 else 'non-numeric or ragged values'}; "
-            "expected nested lists of numbers"
+            f"the model expects {spec.describe()} (nested lists of numbers)"
         )
     per_example = None if spec.shape is None else spec.shape[1:]
     if not _shape_matches(arr.shape, per_example):
