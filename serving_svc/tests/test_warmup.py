@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from serving_svc.core import tfs
 from serving_svc.core.loader import LoadError, load_servable
+from serving_svc.core.manager import ModelManager
+from serving_svc.core.source import RepositorySource
 from serving_svc.core.warmup import warm_up
 from serving_svc.tests.conftest import Exports
 from serving_svc.tests.helpers import copy_version
@@ -70,3 +74,31 @@ def test_a_corrupt_warmup_file_fails_the_load(half: Path, tmp_path: Path) -> Non
     (version / "assets.extra" / "tf_serving_warmup_requests").write_bytes(b"\x01\x02not a tfrecord file")
     with pytest.raises(LoadError, match="cannot read warm-up requests"):
         load_servable("half", 1, version)
+
+
+def test_a_version_whose_warmup_fails_never_serves_and_the_previous_one_keeps_serving(
+    half: Path, tmp_path: Path
+) -> None:
+    copy_version(half, tmp_path, "half", 1)
+
+    async def scenario() -> tuple[dict[int, tuple[str, str]], int]:
+        manager = ModelManager(RepositorySource(tmp_path), poll_seconds=3600)
+        await manager.start()
+        try:
+            broken = copy_version(half, tmp_path / ".staging", "half", 2)
+            write_warmup(
+                broken, [predict_log("half", {"x": np.array([[1.0]], np.float32)})]
+            )  # rank 2, not [?]
+            broken.rename(tmp_path / "half" / "2")  # appears complete, as an export does
+            await manager.poll_once(wait_for_loads=True)
+            statuses = {s.version: (s.state, s.error_code) for s in tfs.version_statuses(manager, "half")}
+            [error] = [s.error_message for s in tfs.version_statuses(manager, "half", 2)]
+            assert "warm-up request 0" in error and "input 'x' has shape [1,1]" in error, error
+            with manager.lease("half") as record:
+                return statuses, record.version
+        finally:
+            await manager.stop()
+
+    statuses, serving = asyncio.run(scenario())
+    assert statuses[2] == ("END", "UNKNOWN")
+    assert serving == 1
