@@ -20,8 +20,8 @@ from tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
+    status_pb2,
 )
-from tensorflow_serving.apis import status_pb2
 
 from serving_svc.core import tfs
 from serving_svc.core.examples import serialized_examples

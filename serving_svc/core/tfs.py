@@ -135,6 +135,36 @@ def regressions(outputs: Mapping[str, np.ndarray], n: int) -> list[float]:
     return [float(v) for v in values.reshape(n)]
 
 
+# tensorflow.error.Code names (the same as gRPC's status codes).
+ERROR_CODES = frozenset(
+    [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ]
+)
+
+
+def _error_code(code: str) -> str:
+    if not code:
+        return "OK"
+    return code if code in ERROR_CODES else "UNKNOWN"
+
+
 @dataclass(frozen=True)
 class VersionStatus:
     version: int
@@ -168,6 +198,6 @@ def version_statuses(
                 f"versions: {[r.version for r in manager.status(model)]}"
             )
     return [
-        VersionStatus(r.version, r.state.value, r.error_code or "OK", r.error if r.error_code else "")
+        VersionStatus(r.version, r.state.value, _error_code(r.error_code), r.error if r.error_code else "")
         for r in records
     ]

@@ -327,3 +327,10 @@ def test_model_status_of_unknown_things_is_not_found(
     request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(**spec_fields))
     code, details = error(models.GetModelStatus, request)
     assert code == grpc.StatusCode.NOT_FOUND and message in details
+
+
+def test_reload_config_requests_are_unimplemented_naming_the_watched_file(models: Any) -> None:
+    from tensorflow_serving.apis import model_management_pb2
+
+    code, details = error(models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest())
+    assert code == grpc.StatusCode.UNIMPLEMENTED and "model-config file" in details
