@@ -7,6 +7,8 @@ unchanged. Thin: TensorProto ↔ arrays in core.tfs_codec, semantics in core.tfs
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import grpc
 from google.protobuf import any_pb2, wrappers_pb2
 from mlmesh.errors import InvalidArgument, grpc_errors
@@ -50,7 +52,7 @@ def _version_of(spec: model_pb2.ModelSpec) -> tuple[int, str]:
     return 0, ""
 
 
-def _lease(manager: ModelManager, spec: model_pb2.ModelSpec):  # type: ignore[no-untyped-def]
+def _lease(manager: ModelManager, spec: model_pb2.ModelSpec) -> AbstractContextManager[ModelVersion]:
     version, label = _version_of(spec)
     return tfs.lease(manager, spec.name, version, label)
 

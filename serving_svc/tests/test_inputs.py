@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mlmesh.errors import InvalidArgument
 
-from serving_svc.core.inputs import cast_to, prepare_instances, prepare_tensors
+from serving_svc.core.inputs import cast_to, prepare_columns, prepare_instances, prepare_tensors
 from serving_svc.core.signature import InputSpec
 
 pytestmark = pytest.mark.unit
@@ -144,3 +144,45 @@ def test_instances_with_variable_dims_must_agree_to_batch() -> None:
     assert prepare_instances(ragged, [[1.0, 2.0], [3.0, 4.0]], 10)[0]["seq"].shape == (2, 2)
     with pytest.raises(InvalidArgument, match=r"different shapes \['\[1\]', '\[2\]'\]"):
         prepare_instances(ragged, [[1.0, 2.0], [3.0]], 10)
+
+
+SENSOR = {
+    "tag": InputSpec("tag", np.dtype(object), (None,)),
+    "signal": InputSpec("signal", F32, (None, 5)),
+}
+MULTI_ONE = {"a": MULTI["a"]}
+
+
+def test_string_instances_and_b64_objects_become_bytes() -> None:
+    instances = [{"tag": "foo", "signal": [1, 2, 3, 4, 5]}, {"tag": {"b64": "AP8="}, "signal": [0] * 5}]
+    arrays, n = prepare_instances(SENSOR, instances, 10)
+    assert n == 2
+    assert arrays["tag"].tolist() == [b"foo", b"\x00\xff"]
+    assert arrays["signal"].dtype == F32
+
+
+def test_columnar_inputs_are_named_tensors_or_the_one_input_itself() -> None:
+    arrays, n = prepare_columns(SENSOR, {"tag": ["a", "b"], "signal": [[1] * 5, [2] * 5]}, 10)
+    assert n == 2 and arrays["tag"].tolist() == [b"a", b"b"]
+    arrays, n = prepare_columns(MULTI_ONE, [[1, 2, 3]], 10)
+    assert n == 1 and arrays["a"].tolist() == [[1.0, 2.0, 3.0]]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"tag": [1, 2], "signal": [[1] * 5] * 2}, "input 'tag' holds a number; the model expects strings"),
+        ({"tag": ["a"], "signal": [["x"] * 5]}, "input 'signal' holds non-numeric or ragged values"),
+        ({"tag": [{"b64": "!!"}], "signal": [[1] * 5]}, "input 'tag' has invalid base64"),
+        ([[1] * 5], "'inputs' is a list but the model has inputs ['signal', 'tag']"),
+    ],
+)
+def test_bad_columnar_inputs_name_the_input(inputs: object, message: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        prepare_columns(SENSOR, inputs, 10)
+    assert message in e.value.message
+
+
+def test_numbers_for_a_string_input_are_refused() -> None:
+    with pytest.raises(InvalidArgument, match="input 'tag' has dtype float64 but the model expects string"):
+        prepare_tensors(SENSOR, {"tag": np.zeros(1), "signal": np.zeros((1, 5), np.float32)}, 10)
