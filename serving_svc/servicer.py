@@ -170,7 +170,7 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
             else:
                 inputs = _plain(request.inputs)
                 arrays, n = await self._converted(
-                    n_hint(inputs), prepare_columns, signature.inputs, inputs, self._max_examples
+                    _n_hint(inputs), prepare_columns, signature.inputs, inputs, self._max_examples
                 )
             outputs = await tfs.run(record, signature, arrays, n)
             response = serving_pb2.RestPredictResponse()
@@ -192,9 +192,9 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
     async def RestClassify(
         self, request: serving_pb2.RestExamplesRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.RestResultResponse:
-        record_result = await self._examples(request, CLASSIFY_METHOD)
+        rows = await self._examples(request, CLASSIFY_METHOD)
         response = serving_pb2.RestResultResponse()
-        response.result.extend([[[c.label, c.score] for c in row] for row in record_result])
+        response.result.extend([[[c.label, c.score] for c in row] for row in rows])
         return response
 
     @grpc_errors
@@ -220,7 +220,7 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
             return tfs.regressions(outputs, len(examples))
 
 
-def n_hint(inputs: Any) -> int:
+def _n_hint(inputs: Any) -> int:
     """Roughly how many examples a columnar request holds (to decide where to convert it)."""
     first = next(iter(inputs.values()), None) if isinstance(inputs, dict) else inputs
     return len(first) if isinstance(first, list) else 1
