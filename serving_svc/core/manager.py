@@ -420,9 +420,14 @@ class ModelManager:
         model = self._models.get(model_name)
         available = self._available_versions(model) if model is not None else []
         if model is None or (not available and not version and not label):
+            known = (
+                "; ".join(f"version {r.version} {_describe(r)}" for r in self.status(model_name))
+                if model
+                else ""
+            )
             raise NotFound(
                 f"model {model_name!r} is not available (unknown or not loaded yet); "
-                f"available models: {sorted(self.available()) or 'none'}"
+                f"available models: {sorted(self.available()) or 'none'}" + (f" ({known})" if known else "")
             )
         if label:
             labels = self.labels(model_name)
