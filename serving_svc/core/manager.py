@@ -110,6 +110,8 @@ class _Model:
 
 
 Loader = Callable[..., Servable]
+# Called with (model, False) when the source first lists a model, then on every change of
+# "has an AVAILABLE version".
 AvailabilityListener = Callable[[str, bool], None]
 
 
@@ -203,8 +205,10 @@ class ModelManager:
             return
         for name, model in self._models.items():
             model.aspired = aspired.get(name)  # None: the model is gone from the source
-        for name in aspired.keys() - self._models.keys():
+        for name in sorted(aspired.keys() - self._models.keys()):
             self._models[name] = _Model(name, aspired=aspired[name])
+            if self._on_availability is not None:
+                self._on_availability(name, False)  # known, not serving yet
         for name in sorted(self._models):
             self._reconcile(self._models[name])
         self._pump()
