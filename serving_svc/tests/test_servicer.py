@@ -173,7 +173,7 @@ def test_unavailable_version_is_not_found(served: InProcessServer) -> None:
         ),
         grpc.StatusCode.NOT_FOUND,
     )
-    assert "model 'image' version 3 is not loaded; available version: 1" in details
+    assert "model 'image' version 3 is not loaded; available versions: [1]" in details
 
 
 @pytest.mark.parametrize(
