@@ -171,7 +171,7 @@ class ModelManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
         for model in self._models.values():
-            for record in model.versions.values():
+            for record in list(model.versions.values()):  # _end may trim the history
                 if record.state is VersionState.START:
                     self._end(model, record)
         await self._wait_tasks()  # loads in flight finish (and are dropped)

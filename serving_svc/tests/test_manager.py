@@ -394,7 +394,7 @@ def test_load_over_the_memory_budget_waits_until_an_unload_frees_room(
     copy_version(exports.image_v1, tmp_path, "b", 1)
     budget = image_estimate(exports) * 3 // 2  # room for one version, not two
 
-    async def scenario(manager: ModelManager) -> None:
+    async def scenario(manager: ModelManager) -> ModelManager:
         assert manager.available() == {"a": 1}
         waiting = manager.status("b")[0]
         assert (waiting.state, waiting.waiting_logged) == (VersionState.START, True)
@@ -404,8 +404,14 @@ def test_load_over_the_memory_budget_waits_until_an_unload_frees_room(
         await settle(manager)
         await until(lambda: manager.available() == {"b": 1})
         assert states(manager, "a") == {1: VersionState.END}
+        copy_version(exports.image_v1, tmp_path, "c", 1)
+        await settle(manager)
+        assert states(manager, "c") == {1: VersionState.START}
+        return manager
 
-    run(tmp_path, scenario, memory=MemoryOptions(budget_bytes=budget, estimate_factor=1.0))
+    manager = run(tmp_path, scenario, memory=MemoryOptions(budget_bytes=budget, estimate_factor=1.0))
+    # Stopping ends a load that was still waiting, without an error.
+    assert [(v.state, v.error_code) for v in manager.status("c")] == [(VersionState.END, "")]
 
 
 def test_version_that_can_never_fit_the_budget_ends_resource_exhausted(
