@@ -110,6 +110,8 @@ class _Model:
 
 
 Loader = Callable[..., Servable]
+# Called with (model, False) when the source first lists a model, then on every change of
+# "has an AVAILABLE version".
 AvailabilityListener = Callable[[str, bool], None]
 
 
@@ -169,7 +171,7 @@ class ModelManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll_task
         for model in self._models.values():
-            for record in model.versions.values():
+            for record in list(model.versions.values()):  # _end may trim the history
                 if record.state is VersionState.START:
                     self._end(model, record)
         await self._wait_tasks()  # loads in flight finish (and are dropped)
@@ -203,8 +205,10 @@ class ModelManager:
             return
         for name, model in self._models.items():
             model.aspired = aspired.get(name)  # None: the model is gone from the source
-        for name in aspired.keys() - self._models.keys():
+        for name in sorted(aspired.keys() - self._models.keys()):
             self._models[name] = _Model(name, aspired=aspired[name])
+            if self._on_availability is not None:
+                self._on_availability(name, False)  # known, not serving yet
         for name in sorted(self._models):
             self._reconcile(self._models[name])
         self._pump()
@@ -420,9 +424,14 @@ class ModelManager:
         model = self._models.get(model_name)
         available = self._available_versions(model) if model is not None else []
         if model is None or (not available and not version and not label):
+            known = (
+                "; ".join(f"version {r.version} {_describe(r)}" for r in self.status(model_name))
+                if model
+                else ""
+            )
             raise NotFound(
                 f"model {model_name!r} is not available (unknown or not loaded yet); "
-                f"available models: {sorted(self.available()) or 'none'}"
+                f"available models: {sorted(self.available()) or 'none'}" + (f" ({known})" if known else "")
             )
         if label:
             labels = self.labels(model_name)

@@ -79,7 +79,7 @@ def parse_model_config(text: str, base_dir: Path, origin: str = "model config") 
             raise ModelConfigError(f"{where}: model_type is deprecated and not supported; use model_platform")
         if config.HasField("logging_config"):
             raise ModelConfigError(f"{where}: logging_config is not supported")
-        labels = dict(config.version_labels)
+        labels = dict(sorted(config.version_labels.items()))
         for label, version in labels.items():
             if not label:
                 raise ModelConfigError(f"{where}: a version label has an empty name")
