@@ -402,11 +402,23 @@ def http_json(
     return json.loads(raw) if raw else None
 
 
-def http_predict(http_addr: str, model_name: str, instances: list[Any], timeout: float = 30.0) -> Any:
-    """POST /v1/models/<name>:predict through the gateway; the parsed JSON answer."""
-    return http_json(
-        "POST", f"http://{http_addr}/v1/models/{model_name}:predict", {"instances": instances}, timeout
-    )
+def http_predict(
+    http_addr: str, model_name: str, instances: list[Any], timeout: float = 30.0, version: int = 0
+) -> Any:
+    """POST /v1/models/<name>[/versions/<v>]:predict through the gateway; the parsed JSON answer."""
+    path = f"/v1/models/{model_name}" + (f"/versions/{version}" if version else "")
+    return http_json("POST", f"http://{http_addr}{path}:predict", {"instances": instances}, timeout)
+
+
+def http_newest_available(http_addr: str, model_name: str, timeout: float = 10.0) -> int:
+    """The newest AVAILABLE version in TF Serving's status JSON (GET /v1/models/<name>); 0 if none."""
+    status = http_model_status(http_addr, model_name, timeout)
+    versions = [
+        int(v.get("version", 0))
+        for v in (status.get("model_version_status", []) if isinstance(status, dict) else [])
+        if v.get("state") == "AVAILABLE"
+    ]
+    return max(versions, default=0)
 
 
 def http_model_status(http_addr: str, model_name: str, timeout: float = 10.0) -> Any:

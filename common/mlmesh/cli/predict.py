@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from mlmesh.cli.common import DEFAULT_ROOT, console, fail, resolve, rpc_errors
-from mlmesh.clients import ServingClient, first_output, http_predict
+from mlmesh.clients import ServingClient, first_output, http_newest_available, http_predict
 
 
 def load_input_file(path: Path, input_name: str) -> tuple[np.ndarray | None, list[Any] | None]:
@@ -54,11 +54,13 @@ def fashion_inputs(indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
 def predict_http(
     addr: str, model: str, instances: list[Any], timeout: float = 30.0
 ) -> tuple[int, np.ndarray]:
-    """(version, predictions) through the gateway's JSON API."""
-    answer = http_predict(addr, model, instances, timeout)
+    """(version, predictions) through the gateway's JSON API. TF Serving's predict JSON does not
+    say which version answered, so the newest AVAILABLE one is looked up and asked for by number."""
+    version = http_newest_available(addr, model, timeout)
+    answer = http_predict(addr, model, instances, timeout, version=version)
     if not isinstance(answer, dict) or "predictions" not in answer:
         raise ValueError(f"the gateway answered without 'predictions': {str(answer)[:300]}")
-    return int(answer.get("version", 0) or 0), np.asarray(answer["predictions"], dtype=np.float64)
+    return version, np.asarray(answer["predictions"], dtype=np.float64)
 
 
 def predict_grpc(
