@@ -9,8 +9,10 @@ from mlmesh.server import run_service
 from mlmesh.serving.v1 import serving_pb2_grpc
 
 from serving_svc.config import ServingSettings
-from serving_svc.core.manager import BatchingOptions, ModelManager
+from serving_svc.core.dedup import Deduplicator
+from serving_svc.core.manager import ModelManager
 from serving_svc.core.source import RepositorySource
+from serving_svc.interceptors import DeadlineInterceptor, DedupInterceptor
 from serving_svc.servicer import SERVICE_NAME, ServingServicer
 
 
@@ -19,13 +21,8 @@ def build(settings: ServingSettings) -> tuple[ModelManager, ServingServicer]:
     manager = ModelManager(
         RepositorySource(settings.model_repo, settings.model_name_list),
         poll_seconds=settings.poll_seconds,
-        batching=BatchingOptions(
-            max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_batch_wait_ms / 1000.0,
-            max_queue=settings.max_queue,
-        ),
+        batching=settings.batching_options,
         warmup=settings.warmup,
-        model_threads=settings.model_threads,
     )
     return manager, ServingServicer(manager, max_request_examples=settings.max_request_examples)
 
@@ -47,4 +44,11 @@ async def serve(settings: ServingSettings, stop_event: asyncio.Event | None = No
         on_stop=manager.stop,
         log_context={"model_repo": str(settings.model_repo)},
         stop_event=stop_event,
+        interceptors=interceptors(settings),
     )
+
+
+def interceptors(settings: ServingSettings) -> list[grpc.aio.ServerInterceptor]:
+    """Deadline first, so a coalesced execution still sees its caller's deadline."""
+    dedup = Deduplicator(ttl_s=settings.dedup_ttl_seconds, max_bytes=settings.dedup_cache_bytes)
+    return [DeadlineInterceptor(), DedupInterceptor(dedup, content_hash=settings.dedup_content_hash)]

@@ -169,12 +169,14 @@ async def run_service(
     log_context: dict[str, Any] | None = None,
     stop_event: asyncio.Event | None = None,
     install_signal_handlers: bool = True,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop_event`), then stop gracefully.
 
     `add_servicers` registers the service's servicers and returns their full
     proto service names (for health and reflection). Tests that run a service
     off the main thread pass `stop_event` and `install_signal_handlers=False`.
+    `interceptors` run inside the metrics interceptor (which so sees their statuses).
     """
     die_with_parent()
     configure_logging(settings.log_format, settings.log_level, service=name, **(log_context or {}))
@@ -189,7 +191,9 @@ async def run_service(
         metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
         metrics_port = metrics_server.server_port
 
-    server = grpc.aio.server(options=server_options(settings), interceptors=[MetricsInterceptor()])
+    server = grpc.aio.server(
+        options=server_options(settings), interceptors=[MetricsInterceptor(), *interceptors]
+    )
     service_names = list(add_servicers(server))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

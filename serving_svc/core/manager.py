@@ -23,7 +23,7 @@ from mlmesh.errors import NotFound
 from mlmesh.logging import get_logger
 
 from serving_svc.core import metrics
-from serving_svc.core.batcher import Batcher
+from serving_svc.core.batcher import Batcher, BatchingOptions, BatchingRegistry
 from serving_svc.core.loader import Servable, load_servable
 from serving_svc.core.source import AspiredVersion, RepositorySource, SourceError
 
@@ -38,13 +38,6 @@ class VersionState(enum.Enum):
     UNLOADING = "UNLOADING"
     END = "END"
     FAILED = "FAILED"
-
-
-@dataclass(frozen=True)
-class BatchingOptions:
-    max_batch_size: int = 32
-    max_wait_s: float = 0.002
-    max_queue: int = 1024
 
 
 @dataclass
@@ -91,14 +84,14 @@ class ModelManager:
         source: RepositorySource,
         *,
         poll_seconds: float = 1.0,
-        batching: BatchingOptions | None = None,
+        batching: BatchingOptions | BatchingRegistry | None = None,
         warmup: bool = True,
-        model_threads: int = 2,
         loader: Loader = load_servable,
     ) -> None:
         self._source = source
         self._poll_seconds = poll_seconds
-        self._batching = batching or BatchingOptions()
+        # Batchers come from the registry, so run-time changes (admin RPC) reach them.
+        self.batching = batching if isinstance(batching, BatchingRegistry) else BatchingRegistry(batching)
         self._warmup = warmup
         self._loader = loader
         self._models: dict[str, _Model] = {}
@@ -107,7 +100,6 @@ class ModelManager:
         self._stopping = False
         # One loader thread: loads are rare and CPU-heavy; they must not starve model calls.
         self._load_executor = ThreadPoolExecutor(1, thread_name_prefix="model-load")
-        self._call_executor = ThreadPoolExecutor(model_threads, thread_name_prefix="model-call")
 
     # -- lifecycle -------------------------------------------------------
 
@@ -134,7 +126,6 @@ class ModelManager:
         if self._unloads:
             await asyncio.gather(*list(self._unloads), return_exceptions=True)
         self._load_executor.shutdown(wait=False, cancel_futures=True)
-        self._call_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _poll_forever(self) -> None:
         while True:
@@ -215,17 +206,8 @@ class ModelManager:
             self._finish_load(model)
             return
         record.servable = servable
-        opts = self._batching
-        max_batch = min(opts.max_batch_size, servable.max_batch or opts.max_batch_size)
-        record.batcher = Batcher(
-            servable,
-            model=model.name,
-            max_batch_size=max_batch,
-            max_wait_s=opts.max_wait_s,
-            max_queue=opts.max_queue,
-            executor=self._call_executor,
-        )
-        record.batcher.start()
+        # Each batcher runs its model calls on its own num_batch_threads threads.
+        record.batcher = self.batching.create(servable, model=model.name, batch_cap=servable.max_batch)
         old, model.current = model.current, record
         record.state = VersionState.AVAILABLE
         log.info(

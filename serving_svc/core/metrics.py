@@ -31,3 +31,23 @@ LOAD_SECONDS = Histogram(
     ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+
+# -- batching knobs and de-duplication (helper C) --------------------------------
+DEADLINE_EXPIRED = Counter(
+    "mlmesh_serving_deadline_expired_total",
+    "Requests answered DEADLINE_EXCEEDED without running: their deadline passed while queued",
+    ["model"],
+)
+PADDED_EXAMPLES = Counter(
+    "mlmesh_serving_padded_examples_total",
+    "Padding rows added to reach an allowed batch size (computed, then sliced off)",
+    ["model"],
+)
+DEDUP_HITS = Counter(
+    "mlmesh_serving_dedup_hits_total",
+    "De-duplicated requests by kind: coalesced (joined a running execution), replayed (a stored "
+    "answer), mismatch (key reused for another request: FAILED_PRECONDITION)",
+    ["method", "kind"],
+)
+DEDUP_CACHE_BYTES = Gauge("mlmesh_serving_dedup_cache_bytes", "Bytes held by the de-duplication replay cache")
+DEDUP_CACHE_ENTRIES = Gauge("mlmesh_serving_dedup_cache_entries", "Answers held by the replay cache")
