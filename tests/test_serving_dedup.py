@@ -19,7 +19,7 @@ import pytest
 from mlmesh import tensor
 from mlmesh.serving.v1 import serving_pb2
 
-from gateway.tests.conftest import ProcessGroup, Proc, wait_until
+from gateway.tests.conftest import Proc, ProcessGroup, wait_until
 from gateway.tests.http_util import http, serving_stub
 from serving_svc.tests.helpers import ImageModel, export, metric_value
 
@@ -110,7 +110,7 @@ def test_duplicates_reach_one_replica_and_keyless_requests_stay_round_robin(mesh
     channel, stub = serving_stub(f"127.0.0.1:{mesh.port}")
     with channel:
         start = predicts(mesh)
-        for i in range(6):
+        for _ in range(6):
             stub.Predict(request(images(1, seed=2)), timeout=30, metadata=(("idempotency-key", "same"),))
         keyed = [b - a for a, b in zip(start, predicts(mesh), strict=True)]
         start = predicts(mesh)
@@ -150,7 +150,8 @@ def test_json_key_header_reaches_the_replica_replays_and_mismatch_is_422(mesh: M
 
 
 def test_other_errors_keep_their_http_status(mesh: Mesh) -> None:
-    r = http(mesh.port, "POST", "/v1/models/absent:predict", {"instances": [[1]]}, {"idempotency-key": "k404"})
+    key = {"idempotency-key": "k404"}
+    r = http(mesh.port, "POST", "/v1/models/absent:predict", {"instances": [[1]]}, key)
     assert r.status == 404
     r = http(mesh.port, "POST", PREDICT, {"instances": [[1, 2]]}, {"idempotency-key": "k400"})
     assert r.status == 400
