@@ -6,8 +6,9 @@ import asyncio
 
 import grpc
 from mlmesh.server import run_service
-from mlmesh.serving.v1 import serving_pb2_grpc
+from mlmesh.serving.v1 import admin_pb2_grpc, serving_pb2_grpc
 
+from serving_svc.admin_servicer import ADMIN_SERVICE_NAME, ServingAdminServicer
 from serving_svc.config import ServingSettings
 from serving_svc.core.dedup import Deduplicator
 from serving_svc.core.manager import ModelManager
@@ -34,7 +35,11 @@ async def serve(settings: ServingSettings, stop_event: asyncio.Event | None = No
 
     def add_servicers(server: grpc.aio.Server) -> list[str]:
         serving_pb2_grpc.add_ServingServiceServicer_to_server(servicer, server)
-        return [SERVICE_NAME]
+        # On the replica's port only: the gateway routes ServingService, not the admin service.
+        admin_pb2_grpc.add_ServingAdminServiceServicer_to_server(
+            ServingAdminServicer(manager.batching), server
+        )
+        return [SERVICE_NAME, ADMIN_SERVICE_NAME]
 
     await run_service(
         settings,

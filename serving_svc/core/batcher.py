@@ -437,6 +437,11 @@ class BatchingRegistry:
         """Models with a live batcher."""
         return sorted(m for m, batchers in self._live.items() if batchers)
 
+    def require(self, model: str) -> None:
+        """NotFound naming the loaded models unless `model` has a live batcher."""
+        if model not in self.models():
+            raise NotFound(f"model {model!r} is not loaded; loaded models: {self.models() or 'none'}")
+
     def create(
         self, call: ModelCall, *, model: str, batch_cap: int | None = None, executor: Executor | None = None
     ) -> Batcher:
@@ -461,8 +466,7 @@ class BatchingRegistry:
         resulting options per model it touched.
         """
         if model is not None:
-            if model not in self.models():
-                raise NotFound(f"model {model!r} is not loaded; loaded models: {self.models() or 'none'}")
+            self.require(model)
             updated = {model: self.options_for(model).replace(**changes)}
         else:
             defaults = self.defaults.replace(**changes)
