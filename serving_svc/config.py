@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlmesh.errors import InvalidArgument
 from mlmesh.settings import ServiceSettings
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -87,7 +88,10 @@ class ServingSettings(ServiceSettings):
     @field_validator("allowed_batch_sizes")
     @classmethod
     def _valid_allowed_sizes(cls, value: str, info: ValidationInfo) -> str:
-        check_allowed_batch_sizes(parse_sizes(value), info.data.get("max_batch_size", 0))
+        try:
+            check_allowed_batch_sizes(parse_sizes(value), info.data.get("max_batch_size", 0))
+        except InvalidArgument as e:
+            raise ValueError(e.message) from None
         return value
 
     @property

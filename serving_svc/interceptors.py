@@ -101,10 +101,10 @@ class DedupInterceptor(grpc.aio.ServerInterceptor):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"{METADATA_KEY} has {len(key)} characters; expected 1..{MAX_KEY_LENGTH}",
                 )
+            if key is None and not self.content_hash:
+                return serialize(await behavior(request, context))  # no digest: keyless costs nothing
             digest = request_digest(method, request)
             if key is None:
-                if not self.content_hash:
-                    return serialize(await behavior(request, context))
                 key = "sha256:" + digest.hex()
 
             async def execute() -> bytes:
