@@ -130,6 +130,7 @@ class DedupInterceptor(grpc.aio.ServerInterceptor):
             except _CallFailed as e:
                 if e.origin is context and e.__cause__ is not None:
                     raise e.__cause__ from None  # this call's own failure, status already set
+                metrics.DEDUP_HITS.labels(label, "coalesced").inc()  # joined an execution that failed
                 await context.abort(e.code, e.details)
                 raise  # unreachable: abort raises
             finally:

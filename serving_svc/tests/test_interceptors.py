@@ -3,6 +3,7 @@ methods (mlmesh's and TF Serving's, by name) and content hashing."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +37,9 @@ class CountingPredictionService(prediction_service_pb2_grpc.PredictionServiceSer
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         self.calls += 1
+        if request.model_spec.name == "slow-missing":
+            await asyncio.sleep(0.2)  # long enough for duplicates to join it
+            await context.abort(grpc.StatusCode.NOT_FOUND, "model 'slow-missing' is not available")
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         return response
@@ -161,3 +165,22 @@ def test_overlong_key_is_invalid_argument(served: Served) -> None:
         served.stub.Predict(request(4), timeout=10, metadata=(("idempotency-key", "k" * 300),))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "idempotency-key has 300 characters; expected 1..256" in str(e.value.details())
+
+
+def test_a_failed_execution_answers_its_coalesced_duplicates_with_the_same_status(served: Served) -> None:
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = "slow-missing"
+    before, coalesced = served.tfs.calls, hits("coalesced")
+
+    def one(_: int) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as e:
+            served.tfs_stub.Predict(req, timeout=10, metadata=(("idempotency-key", "tfs-err"),))
+        return e.value
+
+    with ThreadPoolExecutor(5) as pool:
+        errors = list(pool.map(one, range(5)))
+    assert {(e.code(), e.details()) for e in errors} == {
+        (grpc.StatusCode.NOT_FOUND, "model 'slow-missing' is not available")
+    }
+    assert served.tfs.calls - before == 1
+    assert hits("coalesced") - coalesced == 4
