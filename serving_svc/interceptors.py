@@ -1,8 +1,6 @@
 """Server interceptors of the serving replica: de-duplication and deadlines.
 
-De-duplication: a server interceptor over the predict methods.
-
-Keyed on full method names, so it covers mlmesh's own `ServingService/Predict`
+De-duplication is keyed on full method names, so it covers mlmesh's own `ServingService/Predict`
 and TensorFlow Serving's `PredictionService/Predict|Classify|Regress` without
 touching their servicers. A request carrying `idempotency-key` metadata (JSON
 clients send the HTTP header; Envoy's transcoder forwards it as metadata) is
@@ -23,7 +21,7 @@ import grpc
 
 from serving_svc.core import metrics
 from serving_svc.core.batcher import REQUEST_DEADLINE
-from serving_svc.core.dedup import Deduplicator, KeyMismatch, Restart
+from serving_svc.core.dedup import Deduplicator, KeyMismatch, Outcome, Restart
 
 METADATA_KEY = "idempotency-key"
 MAX_KEY_LENGTH = 256
@@ -136,7 +134,7 @@ class DedupInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 metrics.DEDUP_CACHE_BYTES.set(self.dedup.cached_bytes)
                 metrics.DEDUP_CACHE_ENTRIES.set(self.dedup.cached_entries)
-            if outcome.value != "executed":
+            if outcome is not Outcome.EXECUTED:
                 metrics.DEDUP_HITS.labels(label, outcome.value).inc()
             return answer
 
