@@ -151,6 +151,7 @@ class _Pending:
     future: asyncio.Future[dict[str, np.ndarray]]
     deadline: float | None
     enqueued: float = field(default_factory=time.monotonic)
+    taken: bool = False  # in a batch handed to the model
 
 
 class Batcher:
@@ -222,7 +223,8 @@ class Batcher:
         self._check_room(size)
         key = tuple(sorted((name, arr.shape[1:]) for name, arr in inputs.items()))
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(inputs, size, key, future, deadline))
+        pending = _Pending(inputs, size, key, future, deadline)
+        self._queue.append(pending)
         self._queued_units += min(size, self._opts.max_batch_size)
         metrics.REQUESTS.labels(self._model).inc()
         metrics.EXAMPLES.labels(self._model).inc(size)
@@ -233,8 +235,17 @@ class Batcher:
         try:
             return await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            metrics.DEADLINE_EXPIRED.labels(self._model).inc()
+            self._count_expired(pending)
             raise self._expired() from None
+        except asyncio.CancelledError:
+            # gRPC cancels the call at the same deadline, and may do so first.
+            if time.monotonic() >= deadline:
+                self._count_expired(pending)
+            raise
+
+    def _count_expired(self, pending: _Pending) -> None:
+        if not pending.taken:  # it never reaches the model: _take_batch skips it
+            metrics.DEADLINE_EXPIRED.labels(self._model).inc()
 
     def _check_room(self, size: int) -> None:
         opts = self._opts
@@ -338,13 +349,14 @@ class Batcher:
                 continue
             if item.deadline is not None and item.deadline <= now:
                 self._pop()
-                metrics.DEADLINE_EXPIRED.labels(self._model).inc()
+                self._count_expired(item)
                 item.future.set_exception(self._expired())
                 continue
             # A request larger than max_batch_size runs alone rather than being refused.
             if batch and (item.key != batch[0].key or total + item.size > limit):
                 break
             batch.append(self._pop())
+            item.taken = True
             total += item.size
             if total >= limit:
                 break

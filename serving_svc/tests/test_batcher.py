@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 from mlmesh.errors import InvalidArgument, MlmeshError, NotFound, ResourceExhausted, Unavailable
+from prometheus_client import REGISTRY
 
 from serving_svc.core.batcher import (
     REQUEST_DEADLINE,
@@ -219,6 +220,10 @@ def test_queue_beyond_max_enqueued_batches_is_resource_exhausted() -> None:
     assert [r["y"][0, 0] for r in results] == [1.0, 3.0]
 
 
+def expired() -> float:
+    return REGISTRY.get_sample_value("mlmesh_serving_deadline_expired_total", {"model": "affine"}) or 0.0
+
+
 def test_deadline_passed_while_queued_is_deadline_exceeded_without_a_model_call() -> None:
     model = Slow(0.3)
 
@@ -235,8 +240,10 @@ def test_deadline_passed_while_queued_is_deadline_exceeded_without_a_model_call(
         REQUEST_DEADLINE.set(None)
         await busy
 
+    before = expired()
     run(scenario, model, max_batch_size=1, num_batch_threads=1, max_wait_s=0)
     assert model.sizes == [1]  # only the request that held the thread ran
+    assert expired() - before == 2
 
 
 def test_request_already_expired_when_its_batch_forms_is_left_out() -> None:
