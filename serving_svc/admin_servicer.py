@@ -8,7 +8,8 @@ import grpc
 from mlmesh.errors import InvalidArgument, grpc_errors
 from mlmesh.serving.v1 import admin_pb2, admin_pb2_grpc
 
-from serving_svc.core.batcher import BatchingOptions, BatchingRegistry
+from serving_svc.core.batch_options import BatchingOptions
+from serving_svc.core.batcher import BatchingRegistry
 
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["ServingAdminService"].full_name
 

@@ -9,7 +9,7 @@ from mlmesh.settings import ServiceSettings
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from serving_svc.core.batcher import BatchingOptions, check_allowed_batch_sizes, parse_sizes
+from serving_svc.core.batch_options import BatchingOptions, check_allowed_batch_sizes, parse_sizes
 
 
 def parse_model_names(value: str) -> list[str]:

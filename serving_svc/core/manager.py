@@ -23,7 +23,8 @@ from mlmesh.errors import NotFound
 from mlmesh.logging import get_logger
 
 from serving_svc.core import metrics
-from serving_svc.core.batcher import Batcher, BatchingOptions, BatchingRegistry
+from serving_svc.core.batch_options import BatchingOptions
+from serving_svc.core.batcher import Batcher, BatchingRegistry
 from serving_svc.core.loader import Servable, load_servable
 from serving_svc.core.source import AspiredVersion, RepositorySource, SourceError
 

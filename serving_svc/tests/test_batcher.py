@@ -15,13 +15,8 @@ import pytest
 from mlmesh.errors import InvalidArgument, MlmeshError, NotFound, ResourceExhausted, Unavailable
 from prometheus_client import REGISTRY
 
-from serving_svc.core.batcher import (
-    REQUEST_DEADLINE,
-    Batcher,
-    BatchingOptions,
-    BatchingRegistry,
-    DeadlineExceeded,
-)
+from serving_svc.core.batch_options import BatchingOptions
+from serving_svc.core.batcher import REQUEST_DEADLINE, Batcher, BatchingRegistry, DeadlineExceeded
 
 pytestmark = pytest.mark.unit
 T = TypeVar("T")

@@ -8,7 +8,7 @@ import pytest
 from mlmesh.settings import load_settings
 
 from serving_svc.config import ServingSettings
-from serving_svc.core.batcher import BatchingOptions
+from serving_svc.core.batch_options import BatchingOptions
 
 pytestmark = pytest.mark.unit
 
