@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlmesh.errors import InvalidArgument
 from mlmesh.settings import ServiceSettings
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from serving_svc.core.batch_options import BatchingOptions, check_allowed_batch_sizes, parse_sizes
 from serving_svc.core.model_config import ModelConfigError, read_model_config
 from serving_svc.core.resources import DEFAULT_ESTIMATE_FACTOR
 
@@ -88,6 +90,60 @@ class ServingSettings(ServiceSettings):
         description="A version's memory estimate is the size of its files on disk times this "
         "(TF Serving uses 1.2).",
     )
+
+    # -- batching knobs (TF Serving's names) and de-duplication ------------------------
+    # max_batch_wait_ms and max_queue above still work: batch_timeout_micros, when set, wins
+    # over max_batch_wait_ms; max_queue (requests) and max_enqueued_batches both bound the queue.
+    batch_timeout_micros: int | None = Field(
+        None,
+        ge=0,
+        le=10_000_000,
+        description="Longest a request waits for others to join its batch, in µs; unset = max_batch_wait_ms.",
+    )
+    max_enqueued_batches: int = Field(
+        64,
+        ge=1,
+        le=1_000_000,
+        description="Batches that may wait per model; a request beyond that gets RESOURCE_EXHAUSTED (429).",
+    )
+    num_batch_threads: int | None = Field(
+        None, ge=1, le=64, description="Batches of one model in flight at once; unset = model_threads."
+    )
+    allowed_batch_sizes: str = Field(
+        "",
+        description="Comma-separated increasing batch sizes; a batch is padded up to the next one. "
+        "The last must equal max_batch_size. Empty: no padding.",
+    )
+    dedup_ttl_seconds: float = Field(
+        60.0, ge=0, le=86_400, description="How long a completed answer is replayed for its idempotency key."
+    )
+    dedup_cache_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, le=1 << 40, description="Bytes of answers kept for replay (oldest evicted)."
+    )
+    dedup_content_hash: bool = Field(
+        False, description="De-duplicate requests without an idempotency key by a digest of their content."
+    )
+
+    @field_validator("allowed_batch_sizes")
+    @classmethod
+    def _valid_allowed_sizes(cls, value: str, info: ValidationInfo) -> str:
+        try:
+            check_allowed_batch_sizes(parse_sizes(value), info.data.get("max_batch_size", 0))
+        except InvalidArgument as e:
+            raise ValueError(e.message) from None
+        return value
+
+    @property
+    def batching_options(self) -> BatchingOptions:
+        timeout_us = self.batch_timeout_micros
+        return BatchingOptions(
+            max_batch_size=self.max_batch_size,
+            batch_timeout_micros=round(self.max_batch_wait_ms * 1000) if timeout_us is None else timeout_us,
+            max_enqueued_batches=self.max_enqueued_batches,
+            num_batch_threads=self.num_batch_threads or self.model_threads,
+            allowed_batch_sizes=tuple(parse_sizes(self.allowed_batch_sizes)),
+            max_queue=self.max_queue,
+        )
 
     @field_validator("model_names")
     @classmethod

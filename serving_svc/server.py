@@ -8,12 +8,15 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 from mlmesh.server import run_service
-from mlmesh.serving.v1 import serving_pb2_grpc
+from mlmesh.serving.v1 import admin_pb2_grpc, serving_pb2_grpc
 
 from serving_svc import tfs_servicer
+from serving_svc.admin_servicer import ADMIN_SERVICE_NAME, ServingAdminServicer
 from serving_svc.config import ServingSettings
-from serving_svc.core.manager import AvailabilityListener, BatchingOptions, MemoryOptions, ModelManager
+from serving_svc.core.dedup import Deduplicator
+from serving_svc.core.manager import AvailabilityListener, MemoryOptions, ModelManager
 from serving_svc.core.source import ConfigFileSource, RepositorySource, Source
+from serving_svc.interceptors import DeadlineInterceptor, DedupInterceptor
 from serving_svc.servicer import SERVICE_NAME, ServingServicer
 
 
@@ -38,13 +41,8 @@ def build(
     manager = ModelManager(
         build_source(settings),
         poll_seconds=settings.poll_seconds,
-        batching=BatchingOptions(
-            max_batch_size=settings.max_batch_size,
-            max_wait_s=settings.max_batch_wait_ms / 1000.0,
-            max_queue=settings.max_queue,
-        ),
+        batching=settings.batching_options,
         warmup=settings.warmup,
-        model_threads=settings.model_threads,
         load_threads=settings.load_threads,
         memory=MemoryOptions(settings.memory_budget_bytes, settings.memory_estimate_factor),
         on_availability=on_availability,
@@ -77,7 +75,11 @@ async def serve(settings: ServingSettings, stop_event: asyncio.Event | None = No
         tfs_names = tfs_servicer.add_to_server(
             manager, server, max_request_examples=settings.max_request_examples
         )
-        return [SERVICE_NAME, *tfs_names]
+        # On the replica's port only: the gateway routes the prediction services, not the admin one.
+        admin_pb2_grpc.add_ServingAdminServiceServicer_to_server(
+            ServingAdminServicer(manager.batching), server
+        )
+        return [SERVICE_NAME, *tfs_names, ADMIN_SERVICE_NAME]
 
     source = settings.model_config_file or settings.model_repo
     await run_service(
@@ -89,4 +91,11 @@ async def serve(settings: ServingSettings, stop_event: asyncio.Event | None = No
         log_context={"model_source": str(source)},
         stop_event=stop_event,
         health=health,
+        interceptors=interceptors(settings),
     )
+
+
+def interceptors(settings: ServingSettings) -> list[grpc.aio.ServerInterceptor]:
+    """Deadline first, so a coalesced execution still sees its caller's deadline."""
+    dedup = Deduplicator(ttl_s=settings.dedup_ttl_seconds, max_bytes=settings.dedup_cache_bytes)
+    return [DeadlineInterceptor(), DedupInterceptor(dedup, content_hash=settings.dedup_content_hash)]

@@ -170,6 +170,7 @@ async def run_service(
     stop_event: asyncio.Event | None = None,
     install_signal_handlers: bool = True,
     health: HealthServicer | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> None:
     """Serve until SIGTERM/SIGINT (or `stop_event`), then stop gracefully.
 
@@ -178,6 +179,7 @@ async def run_service(
     off the main thread pass `stop_event` and `install_signal_handlers=False`.
     A service that reports health under names of its own passes its `health`
     servicer (it is registered here, and drained with the rest).
+    `interceptors` run inside the metrics interceptor (which so sees their statuses).
     """
     die_with_parent()
     configure_logging(settings.log_format, settings.log_level, service=name, **(log_context or {}))
@@ -192,7 +194,9 @@ async def run_service(
         metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host)
         metrics_port = metrics_server.server_port
 
-    server = grpc.aio.server(options=server_options(settings), interceptors=[MetricsInterceptor()])
+    server = grpc.aio.server(
+        options=server_options(settings), interceptors=[MetricsInterceptor(), *interceptors]
+    )
     service_names = list(add_servicers(server))
     health = health or HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

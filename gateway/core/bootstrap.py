@@ -20,6 +20,10 @@ from gateway.core.backends import Backend
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "envoy.template.json"
 SERVING_CLUSTER = "serving"
+# The same replicas balanced by consistent hashing on the idempotency key (MAGLEV),
+# so duplicates of one request reach one replica, which coalesces or replays them.
+SERVING_KEYED_CLUSTER = "serving_keyed"
+IDEMPOTENCY_HEADER = "idempotency-key"
 SERVING_SERVICE = "mlmesh.serving.v1.ServingService"
 # TensorFlow Serving's own gRPC API, served by the same replicas (drop-in for its clients).
 TFS_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
@@ -84,13 +88,17 @@ def _typed(type_name: str, **fields: Any) -> dict[str, Any]:
 
 
 def serving_cluster(
-    backends: Sequence[Backend], options: ClusterOptions = ClusterOptions(), name: str = SERVING_CLUSTER
+    backends: Sequence[Backend],
+    options: ClusterOptions = ClusterOptions(),
+    name: str = SERVING_CLUSTER,
+    lb_policy: str = "ROUND_ROBIN",
 ) -> dict[str, Any]:
     """The upstream cluster of serving replicas (a v3 `Cluster`).
 
-    HTTP/2 upstream (gRPC), round robin, active gRPC health checks, outlier
-    detection and raised circuit breakers. IP literals give a STATIC cluster;
-    any DNS name gives STRICT_DNS (every resolved address is an endpoint).
+    HTTP/2 upstream (gRPC), round robin (or MAGLEV for the keyed cluster),
+    active gRPC health checks, outlier detection and raised circuit breakers.
+    IP literals give a STATIC cluster; any DNS name gives STRICT_DNS (every
+    resolved address is an endpoint).
     """
     if not backends:
         raise ValueError("a cluster needs at least one backend")
@@ -99,7 +107,7 @@ def serving_cluster(
         "name": name,
         "type": "STATIC" if all(b.is_ip for b in backends) else "STRICT_DNS",
         "connect_timeout": duration(options.connect_timeout_seconds),
-        "lb_policy": "ROUND_ROBIN",
+        "lb_policy": lb_policy,
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -184,6 +192,19 @@ def retry_policy(options: RetryOptions) -> dict[str, Any]:
     return policy
 
 
+def keyed_route(route: dict[str, Any], cluster: str = SERVING_KEYED_CLUSTER) -> dict[str, Any]:
+    """The same route for requests carrying `idempotency-key`: to the MAGLEV cluster,
+    hashed on the key. Put it before `route` (first match wins); requests without
+    the header fall through to `route` and stay round robin."""
+    match = {**route["match"], "headers": [{"name": IDEMPOTENCY_HEADER, "present_match": True}]}
+    action = {
+        **route["route"],
+        "cluster": cluster,
+        "hash_policy": [{"header": {"header_name": IDEMPOTENCY_HEADER}}],
+    }
+    return {"match": match, "route": action}
+
+
 def serving_route_config(
     retry: RetryOptions = RetryOptions(), cluster: str = SERVING_CLUSTER, name: str = "ingress"
 ) -> dict[str, Any]:
@@ -192,36 +213,28 @@ def serving_route_config(
 
     JSON requests reach the gRPC route after the transcoder rewrote them.
     `timeout: 0s` plus `grpc_timeout_header_max: 0s` make the client's deadline
-    (grpc-timeout) the only limit, instead of Envoy's default 15 s.
+    (grpc-timeout) the only limit, instead of Envoy's default 15 s. Requests
+    with an `idempotency-key` header go to the MAGLEV cluster (`keyed_route`).
     """
-    config: dict[str, Any] = {
-        "name": name,
-        "virtual_hosts": [
-            {
-                "name": "mlmesh",
-                "domains": ["*"],
-                "routes": [
-                    {
-                        "match": {"path": "/healthz"},
-                        "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
-                    },
-                    {
-                        "match": {"prefix": f"/{SERVING_SERVICE}/", "grpc": {}},
-                        "route": {
-                            "cluster": cluster,
-                            "timeout": "0s",
-                            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
-                            "retry_policy": retry_policy(retry),
-                        },
-                    },
-                ],
-            }
-        ],
+    serving = {
+        "match": {"prefix": f"/{SERVING_SERVICE}/", "grpc": {}},
+        "route": {
+            "cluster": cluster,
+            "timeout": "0s",
+            "max_stream_duration": {"grpc_timeout_header_max": "0s"},
+            "retry_policy": retry_policy(retry),
+        },
     }
-    routes = config["virtual_hosts"][0]["routes"]
-    serving = routes[-1]
-    routes.extend({**serving, "match": {"prefix": f"/{service}/", "grpc": {}}} for service in TFS_SERVICES)
-    return config
+    routes: list[dict[str, Any]] = [
+        {
+            "match": {"path": "/healthz"},
+            "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
+        }
+    ]
+    for service in (SERVING_SERVICE, *TFS_SERVICES):
+        route = {**serving, "match": {"prefix": f"/{service}/", "grpc": {}}}
+        routes += [keyed_route(route), route]
+    return {"name": name, "virtual_hosts": [{"name": "mlmesh", "domains": ["*"], "routes": routes}]}
 
 
 def file_access_log(path: Path) -> dict[str, Any]:
@@ -303,6 +316,9 @@ def build_bootstrap(inputs: BootstrapInputs, template: Any | None = None) -> dic
             "max_body_bytes": inputs.max_body_bytes,
             "access_log": [file_access_log(inputs.access_log_path)] if inputs.access_log_path else [],
             "route_config": serving_route_config(inputs.retry),
-            "clusters": [serving_cluster(inputs.backends, inputs.cluster)],
+            "clusters": [
+                serving_cluster(inputs.backends, inputs.cluster),
+                serving_cluster(inputs.backends, inputs.cluster, SERVING_KEYED_CLUSTER, "MAGLEV"),
+            ],
         },
     )

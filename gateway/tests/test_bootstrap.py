@@ -110,17 +110,21 @@ def test_cluster_with_dns_names_is_strict_dns() -> None:
 
 
 def test_tf_serving_grpc_services_route_to_the_serving_cluster_like_ours() -> None:
-    _, ours, *tfs = serving_route_config()["virtual_hosts"][0]["routes"]
-    assert [r["match"] for r in tfs] == [
+    _, ours_keyed, ours, *tfs = serving_route_config()["virtual_hosts"][0]["routes"]
+    keyed, plain = tfs[0::2], tfs[1::2]
+    assert [r["match"] for r in plain] == [
         {"prefix": "/tensorflow.serving.PredictionService/", "grpc": {}},
         {"prefix": "/tensorflow.serving.ModelService/", "grpc": {}},
     ]
-    assert all(r["route"] == ours["route"] for r in tfs)
+    assert all(r["route"] == ours["route"] for r in plain)
+    # Requests with an idempotency key are hashed to one replica on every API.
+    assert all(r["route"] == ours_keyed["route"] for r in keyed)
+    assert all(r["match"]["headers"] == ours_keyed["match"]["headers"] for r in keyed)
 
 
 def test_route_honours_client_deadlines_and_retries_on_other_hosts() -> None:
     rc = serving_route_config(RetryOptions(per_try_timeout_seconds=0.5))
-    healthz, grpc_route, *_ = rc["virtual_hosts"][0]["routes"]
+    healthz, _keyed, grpc_route, *_ = rc["virtual_hosts"][0]["routes"]
     assert healthz["match"] == {"path": "/healthz"} and healthz["direct_response"]["status"] == 200
     assert grpc_route["match"] == {"prefix": "/mlmesh.serving.v1.ServingService/", "grpc": {}}
     route = grpc_route["route"]
@@ -134,7 +138,7 @@ def test_route_honours_client_deadlines_and_retries_on_other_hosts() -> None:
     assert retry["per_try_timeout"] == "0.5s"
     assert (
         "per_try_timeout"
-        not in serving_route_config()["virtual_hosts"][0]["routes"][1]["route"]["retry_policy"]
+        not in serving_route_config()["virtual_hosts"][0]["routes"][-1]["route"]["retry_policy"]
     )
 
 
@@ -156,7 +160,8 @@ def test_bootstrap_wires_listener_transcoder_and_admin(tmp_path: Path) -> None:
     assert listener["enable_reuse_port"] is False
     h = hcm(b)
     assert h["codec_type"] == "AUTO"
-    transcoder, router = h["http_filters"]
+    lua, transcoder, router = h["http_filters"]
+    assert lua["name"] == "envoy.filters.http.lua"  # FAILED_PRECONDITION -> 422 (test_dedup_gateway)
     assert router["name"] == "envoy.filters.http.router"
     tc = transcoder["typed_config"]
     assert tc["proto_descriptor"] == str(tmp_path / "serving.pb")
@@ -179,7 +184,7 @@ def test_prepare_work_dir_writes_descriptor_and_bootstrap(tmp_path: Path) -> Non
     assert "google/api/annotations.proto" in names
     b = json.loads(files.config.read_text())
     assert hcm(b)["access_log"][0]["typed_config"]["path"] == str(files.access_log)
-    assert hcm(b)["http_filters"][0]["typed_config"]["max_request_body_size"] == 2097152
+    assert hcm(b)["http_filters"][1]["typed_config"]["max_request_body_size"] == 2097152
     assert not files.admin_address.exists()
     assert not list(files.config.parent.glob(".*.tmp"))
 

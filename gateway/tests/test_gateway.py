@@ -118,7 +118,9 @@ def test_grpc_errors_keep_code_and_message_through_gateway(mesh: Mesh) -> None:
 def healthy_replicas(mesh: Mesh) -> str:
     """Envoy's view of the serving hosts, e.g. 'serving::127.0.0.1:1::health_flags::healthy' lines."""
     body = http(mesh.gateway.ports["admin_port"], "GET", "/clusters").body.decode()
-    return "\n".join(line for line in body.splitlines() if "::health_flags::" in line)
+    return "\n".join(
+        line for line in body.splitlines() if line.startswith("serving::") and "::health_flags::" in line
+    )
 
 
 def test_round_robin_spreads_requests_over_both_replicas(mesh: Mesh) -> None:

@@ -74,7 +74,8 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
         def both_healthy() -> bool:
             clusters = http(gateway.ports["admin_port"], "GET", "/clusters").body.decode()
-            return clusters.count("::health_flags::healthy") == 2
+            # Both clusters (round robin and keyed) hold the same two replicas.
+            return clusters.count("::health_flags::healthy") == 4
 
         assert wait_until(both_healthy, 30), "the replicas never passed Envoy's health checks"
         yield gateway.ports["port"]

@@ -31,7 +31,8 @@ from mlmesh.errors import InvalidArgument, MlmeshError, NotFound
 from mlmesh.logging import get_logger
 
 from serving_svc.core import metrics
-from serving_svc.core.batcher import Batcher
+from serving_svc.core.batch_options import BatchingOptions
+from serving_svc.core.batcher import Batcher, BatchingRegistry
 from serving_svc.core.loader import Servable, load_servable
 from serving_svc.core.resources import DEFAULT_ESTIMATE_FACTOR, MemoryBudget, estimate_bytes
 from serving_svc.core.source import AspiredModel, Source, SourceError
@@ -52,13 +53,6 @@ class VersionState(enum.Enum):
 # Error codes kept in a version's status: names of TensorFlow's (and gRPC's) status codes.
 UNKNOWN = "UNKNOWN"
 RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
-
-
-@dataclass(frozen=True)
-class BatchingOptions:
-    max_batch_size: int = 32
-    max_wait_s: float = 0.002
-    max_queue: int = 1024
 
 
 @dataclass(frozen=True)
@@ -128,9 +122,8 @@ class ModelManager:
         source: Source,
         *,
         poll_seconds: float = 1.0,
-        batching: BatchingOptions | None = None,
+        batching: BatchingOptions | BatchingRegistry | None = None,
         warmup: bool = True,
-        model_threads: int = 2,
         load_threads: int = 1,
         memory: MemoryOptions | None = None,
         loader: Loader = load_servable,
@@ -138,7 +131,8 @@ class ModelManager:
     ) -> None:
         self._source = source
         self._poll_seconds = poll_seconds
-        self._batching = batching or BatchingOptions()
+        # Batchers come from the registry, so run-time changes (admin RPC) reach them.
+        self.batching = batching if isinstance(batching, BatchingRegistry) else BatchingRegistry(batching)
         self._warmup = warmup
         self._loader = loader
         self._memory = memory or MemoryOptions()
@@ -152,7 +146,6 @@ class ModelManager:
         # neither starve model calls nor wait behind them.
         self._load_threads = load_threads
         self._load_executor = ThreadPoolExecutor(load_threads, thread_name_prefix="model-load")
-        self._call_executor = ThreadPoolExecutor(model_threads, thread_name_prefix="model-call")
         metrics.MEMORY_BUDGET.set(self._memory.budget_bytes)
 
     # -- lifecycle -------------------------------------------------------
@@ -181,7 +174,6 @@ class ModelManager:
                     self._unload(model, record)
         await self._wait_tasks()
         self._load_executor.shutdown(wait=False, cancel_futures=True)
-        self._call_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _wait_tasks(self) -> None:
         while self._tasks:
@@ -324,17 +316,8 @@ class ModelManager:
             self._after_change(model)
             return
         record.servable = servable
-        opts = self._batching
-        max_batch = min(opts.max_batch_size, servable.max_batch or opts.max_batch_size)
-        record.batcher = Batcher(
-            servable,
-            model=model.name,
-            max_batch_size=max_batch,
-            max_wait_s=opts.max_wait_s,
-            max_queue=opts.max_queue,
-            executor=self._call_executor,
-        )
-        record.batcher.start()
+        # Each batcher runs its model calls on its own num_batch_threads threads.
+        record.batcher = self.batching.create(servable, model=model.name, batch_cap=servable.max_batch)
         record.state = VersionState.AVAILABLE  # the switch: the next lease may pick it
         log.info(
             "version available",

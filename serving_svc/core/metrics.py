@@ -44,3 +44,23 @@ MEMORY_RESERVED = Gauge(
     "mlmesh_serving_memory_reserved_bytes",
     "Estimated memory reserved by LOADING, AVAILABLE and UNLOADING versions",
 )
+
+# -- batching knobs and de-duplication (helper C) --------------------------------
+DEADLINE_EXPIRED = Counter(
+    "mlmesh_serving_deadline_expired_total",
+    "Requests answered DEADLINE_EXCEEDED without running: their deadline passed while queued",
+    ["model"],
+)
+PADDED_EXAMPLES = Counter(
+    "mlmesh_serving_padded_examples_total",
+    "Padding rows added to reach an allowed batch size (computed, then sliced off)",
+    ["model"],
+)
+DEDUP_HITS = Counter(
+    "mlmesh_serving_dedup_hits_total",
+    "De-duplicated requests by kind: coalesced (joined a running execution), replayed (a stored "
+    "answer), mismatch (key reused for another request: FAILED_PRECONDITION)",
+    ["method", "kind"],
+)
+DEDUP_CACHE_BYTES = Gauge("mlmesh_serving_dedup_cache_bytes", "Bytes held by the de-duplication replay cache")
+DEDUP_CACHE_ENTRIES = Gauge("mlmesh_serving_dedup_cache_entries", "Answers held by the replay cache")

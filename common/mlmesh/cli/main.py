@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlmesh.cli import ingest, scenario, transform
+from mlmesh.cli import ingest, scenario, serving, transform
 from mlmesh.cli.demo import demo
 from mlmesh.cli.predict import predict
 from mlmesh.cli.service import service
@@ -38,6 +38,7 @@ app.command()(demo)
 app.add_typer(ingest.app, name="ingest")
 app.add_typer(transform.app, name="transform")
 app.add_typer(scenario.app, name="scenario")
+app.add_typer(serving.app, name="serving")
 app.command()(train)
 app.command()(predict)
 app.command()(status)
