@@ -480,6 +480,7 @@ def ray_cleanup(ray_tmp: Path, leader: list[int]) -> Iterator[None]:
     try:
         yield
     finally:
+
         def leftovers() -> list[int]:
             return sorted(set(pids_mentioning(str(ray_tmp))) | {p for s in leader for p in session_pids(s)})
 
@@ -545,9 +546,7 @@ def start_all(
     replicas = [
         kids.start(
             f"serving-{i}",
-            service_argv(
-                "serving_svc", run / f"serving{i}.json", "--model-repo", str(repo), "--model-names", MODEL
-            ),
+            service_argv("serving_svc", run / f"serving{i}.json", "--model-repo", str(repo)),
             port_file=run / f"serving{i}.json",
             wait=None,
         )
@@ -640,8 +639,9 @@ def inclusive(raw: Path, needles: Sequence[str]) -> dict[str, float]:
 def profile_gateway(s: Setup, out: Path, duration: float, warmup: float) -> None:
     """One more gateway_c64 run with py-spy recording both replicas; Envoy stats beside it."""
     out.mkdir(parents=True, exist_ok=True)
-    if not shutil.which("py-spy"):
-        print("profile: py-spy not found (pip install py-spy); skipped")
+    spy_bin = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if not spy_bin:
+        print("profile: py-spy not found (it comes with ray[serve]: pip install -e '.[bench]'); skipped")
         return
     admin = int(s.gateway.info["admin_port"])
     (out / "envoy-stats-before.txt").write_text(scrape(admin, "/stats?usedonly"))
@@ -654,7 +654,7 @@ def profile_gateway(s: Setup, out: Path, duration: float, warmup: float) -> None
                 raw,
                 subprocess.Popen(
                     [
-                        *("py-spy", "record", "--pid", str(r.info["pid"]), "--rate", "200"),
+                        *(spy_bin, "record", "--pid", str(r.info["pid"]), "--rate", "200"),
                         *("--duration", f"{duration + warmup:g}", "--format", "raw"),
                         *("--nonblocking", "--threads", "--output", str(raw)),
                     ],
