@@ -46,9 +46,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import struct
@@ -95,6 +97,14 @@ MODEL = "fashion"
 PREDICT_PATH = "/mlmesh.serving.v1.ServingService/Predict"
 REST_PATH = f"/v1/models/{MODEL}:predict"
 C_HIGH, C_LOW, DEDUP_N = 64, 16, 10
+# The timed runs each reported case needs (a run shared by two cases is made once per repetition).
+CASE_RUNS: dict[str, tuple[str, ...]] = {
+    "gateway_c64": ("gateway_c64", "minimal_unbatched_c64"),
+    "p99_c16_ms": ("gateway_c16", "minimal_unbatched_c16"),
+    "reload_p99": ("gateway_c16", "reload"),
+    "dedup_10x": ("dedup",),
+    "vs_ray_serve_http_c16": ("gateway_http_c16", "ray_serve_http_c16"),
+}
 # Batching of the Ray Serve peer: the same limits as serving_svc's defaults.
 RAY_MAX_BATCH, RAY_BATCH_WAIT_S = 32, 0.002
 H2LOAD_MISSING = "h2load not found: apt-get install nghttp2-client (Debian/Ubuntu), or `make bench` as root"
@@ -247,6 +257,7 @@ class LoadRun:
     pid: int = 0
     t0: float = 0.0  # perf_counter bounds of the run, for CPU accounting
     t1: float = 0.0
+    cpu_s: float = 0.0  # h2load's own CPU seconds (user + system)
 
     @property
     def latencies(self) -> list[float]:
@@ -287,6 +298,8 @@ def run_h2load(
 ) -> LoadRun:
     """Run h2load to completion and parse its summary and per-request log."""
     log.unlink(missing_ok=True)
+    # h2load's CPU: the reaped children's totals grow by it (no other child ends meanwhile).
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if on_start is not None:
@@ -298,6 +311,8 @@ def run_h2load(
         proc.communicate()
         raise RuntimeError(f"h2load did not finish within {timeout:.0f}s: {' '.join(argv)}") from None
     t1 = time.perf_counter()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     m = re.search(r"finished in ([\d.]+)(?:s|ms|us), ([\d.]+) req/s", text)
     r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", text)
     s = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
@@ -310,7 +325,7 @@ def run_h2load(
             reqs.append((int(cols[0]) / 1e6, int(cols[2]) / 1e6))
     statuses = dict(zip(("2xx", "3xx", "4xx", "5xx"), map(int, s.groups()), strict=True))
     failed = int(r.group(5)) + statuses["3xx"] + statuses["4xx"] + statuses["5xx"]
-    return LoadRun(float(m.group(2)), int(r.group(4)), failed, statuses, reqs, proc.pid, t0, t1)
+    return LoadRun(float(m.group(2)), int(r.group(4)), failed, statuses, reqs, proc.pid, t0, t1, cpu_s)
 
 
 # --- answers and counters -------------------------------------------------------------------
@@ -505,38 +520,25 @@ class Setup:
     minimal: Child
     replicas: list[Child]
     gateway: Child
-    ray: Child
+    ray: Child | None  # started only when a Ray Serve case runs
     payload_grpc: Path
     payload_json: Path
     request: Any
 
 
 def start_all(
-    run: Path, kids: Children, ray_tmp: Path, ray_leader: list[int]
-) -> tuple[Path, Child, list[Child], Child, Child]:
+    run: Path, kids: Children, ray_tmp: Path, ray_leader: list[int], with_ray: bool
+) -> tuple[Path, Child, list[Child], Child, Child | None]:
     repo = run / "models"
     export = kids.start("export", role_argv(SCRIPT, "export", "--repo", str(repo)), wait=None)
     if export.proc.wait(300) != 0:
         raise RuntimeError(f"export failed:\n{export.log_tail()}")
     v1 = repo / MODEL / "1"
     ray_env = child_env(RAY_AUTH_MODE="disabled", RAY_worker_niceness="0", RAY_USAGE_STATS_ENABLED="0")
-    ray = kids.start(
-        "ray-serve",
-        role_argv(
-            SCRIPT,
-            "ray-serve",
-            "--model-dir",
-            str(v1),
-            "--port-file",
-            str(run / "ray.json"),
-            "--ray-tmp",
-            str(ray_tmp),
-        ),
-        port_file=run / "ray.json",
-        env=ray_env,
-        wait=None,
-    )
-    ray_leader.append(ray.proc.pid)
+    ray = None
+    if with_ray:
+        ray = start_ray(run, kids, v1, ray_tmp, ray_env)
+        ray_leader.append(ray.proc.pid)
     minimal = kids.start(
         "minimal-server",
         role_argv(SCRIPT, "minimal-server", "--model-dir", str(v1), "--port-file", str(run / "minimal.json")),
@@ -567,8 +569,28 @@ def start_all(
         port_file=run / "gateway.json",
     )
     kids.also_kill(int(gateway.info["envoy_pid"]))
-    ray.wait_port_file(300)
+    if ray is not None:
+        ray.wait_port_file(300)
     return repo, minimal, replicas, gateway, ray
+
+
+def start_ray(run: Path, kids: Children, model_dir: Path, ray_tmp: Path, env: dict[str, str]) -> Child:
+    return kids.start(
+        "ray-serve",
+        role_argv(
+            SCRIPT,
+            "ray-serve",
+            "--model-dir",
+            str(model_dir),
+            "--port-file",
+            str(run / "ray.json"),
+            "--ray-tmp",
+            str(ray_tmp),
+        ),
+        port_file=run / "ray.json",
+        env=env,
+        wait=None,
+    )
 
 
 # --- reload ---------------------------------------------------------------------------------
@@ -654,9 +676,9 @@ def profile_gateway(s: Setup, out: Path, duration: float, warmup: float) -> None
                 raw,
                 subprocess.Popen(
                     [
-                        *(spy_bin, "record", "--pid", str(r.info["pid"]), "--rate", "200"),
+                        *(spy_bin, "record", "--pid", str(r.info["pid"]), "--rate", "100", "--gil"),
                         *("--duration", f"{duration + warmup:g}", "--format", "raw"),
-                        *("--nonblocking", "--threads", "--output", str(raw)),
+                        *("--nonblocking", "--output", str(raw)),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
@@ -688,7 +710,70 @@ def profile_gateway(s: Setup, out: Path, duration: float, warmup: float) -> None
         share = inclusive(raw, needles)
         print("    inclusive: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in share.items()))
     (out / "envoy-stats-after.txt").write_text(scrape(admin, "/stats?usedonly"))
-    print(f"profile: raw stacks and Envoy stats in {out}")
+    perf_profile(s, out, duration, warmup)
+    print(f"profile: raw stacks, perf reports and Envoy stats in {out}")
+
+
+def perf_profile(s: Setup, out: Path, duration: float, warmup: float) -> None:
+    """One more gateway_c64 run under `perf record` (replicas and Envoy): CPU by process, thread
+    and shared object, native code included (TensorFlow, gRPC core, CPython, the kernel)."""
+    perf = shutil.which("perf")
+    if not perf:
+        print("profile: perf not found; native profile skipped")
+        return
+    pids = [int(r.info["pid"]) for r in s.replicas] + [int(s.gateway.info["envoy_pid"])]
+    data = out / "perf.data"
+    rec = subprocess.Popen(
+        [
+            perf,
+            "record",
+            "-F",
+            "499",
+            "-p",
+            ",".join(map(str, pids)),
+            "-o",
+            str(data),
+            "--",
+            "sleep",
+            f"{duration:g}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://{s.gateway.addr}{PREDICT_PATH}"
+    log = out / "h2load-perf.log"
+    res = run_h2load(
+        h2load_argv(url, s.payload_grpc, "grpc", C_HIGH, log, duration=duration, warmup=0), log, duration + 60
+    )
+    _, err = rec.communicate(timeout=120)
+    if rec.returncode != 0 or not data.exists():
+        print(f"profile: perf record failed: {err.strip()[-400:]}")
+        return
+    print(f"profile: gateway_c64 under perf: {res.rps:.0f} requests/s; CPU samples by process/thread/object:")
+    for sort, top in (("comm,dso", 20), ("dso,sym", 30)):
+        report = subprocess.run(
+            [
+                perf,
+                "report",
+                "-i",
+                str(data),
+                "--stdio",
+                "--no-children",
+                "--sort",
+                sort,
+                "--percent-limit",
+                "0.7",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        name = f"perf-{sort.replace(',', '-')}.txt"
+        (out / name).write_text(report)
+        lines = [line for line in report.splitlines() if line.strip() and not line.startswith("#")]
+        for line in lines[:top]:
+            print(f"    {line.strip()}")
 
 
 # --- the driver -----------------------------------------------------------------------------
@@ -698,6 +783,11 @@ def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--duration", type=float, default=0, help="Measured seconds per run (0: 10, quick 3).")
     p.add_argument("--profile", type=Path, default=None, help="Profile one more gateway_c64 run into DIR.")
+    p.add_argument(
+        "--only",
+        default="",
+        help=f"Comma-separated cases to measure (default all): {', '.join(CASE_RUNS)}.",
+    )
     for hidden in ("--repo", "--model-dir", "--port-file", "--ray-tmp"):
         p.add_argument(hidden, default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -708,9 +798,12 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("h2load"):
         print(H2LOAD_MISSING, file=sys.stderr)
         return 2
-    try:
-        import ray  # only the child imports it; fail before starting anything
-    except ImportError:
+    only = [c.strip() for c in args.only.split(",") if c.strip()] or list(CASE_RUNS)
+    if unknown := sorted(set(only) - set(CASE_RUNS)):
+        p.error(f"--only: unknown case(s) {unknown}; choose from {list(CASE_RUNS)}")
+    with_ray = "vs_ray_serve_http_c16" in only
+    # Only the Ray child imports it; fail before starting anything.
+    if with_ray and importlib.util.find_spec("ray") is None:
         print("ray[serve] not installed: pip install -e '.[bench]'", file=sys.stderr)
         return 2
 
@@ -740,15 +833,15 @@ def main(argv: list[str] | None = None) -> int:
         scratch_dir(args, BENCHMARK) as run,
         Children(run) as kids,
     ):
-        repo, minimal, replicas, gateway, ray = start_all(run, kids, ray_tmp, ray_leader)
+        repo, minimal, replicas, gateway, ray = start_all(run, kids, ray_tmp, ray_leader, with_ray)
         payload_grpc, payload_json = run / "predict.grpc", run / "predict.json"
         payload_grpc.write_bytes(grpc_frame(request.SerializeToString()))
         payload_json.write_bytes(json_body)
         s = Setup(run, kids, repo, minimal, replicas, gateway, ray, payload_grpc, payload_json, request)
-        result = measure(s, reps, duration, warmup, reload_duration)
+        result = measure(s, only, reps, duration, warmup, reload_duration)
         if args.profile is not None:
             profile_gateway(s, args.profile, duration, warmup)
-    report(args, result, reps, duration)
+    report(args, only, result, reps, duration)
     return 0
 
 
@@ -760,7 +853,7 @@ def check_answers(s: Setup, json_body: bytes) -> None:
         ("replica 1", lambda: predict_grpc(s.replicas[1].addr, s.request)[0]),
         ("gateway gRPC", lambda: predict_grpc(s.gateway.addr, s.request)[0]),
         ("gateway JSON", lambda: predict_json(s.gateway.addr, json_body)),
-        ("Ray Serve JSON", lambda: predict_json(s.ray.addr, json_body)),
+        *([("Ray Serve JSON", lambda: predict_json(ray.addr, json_body))] if (ray := s.ray) else []),
     ):
         got = wait_answers(what, fn)
         if got.shape != want.shape or not np.allclose(got, want, atol=1e-5):
@@ -768,7 +861,9 @@ def check_answers(s: Setup, json_body: bytes) -> None:
     print(f"all servers answer the same probabilities for the test image (shape {list(want.shape)})")
 
 
-def measure(s: Setup, reps: int, duration: float, warmup: float, reload_duration: float) -> dict[str, Any]:
+def measure(
+    s: Setup, only: Sequence[str], reps: int, duration: float, warmup: float, reload_duration: float
+) -> dict[str, Any]:
     check_answers(s, s.payload_json.read_bytes())
     counters = Counters(s.replicas, s.minimal)
     admin = int(s.gateway.info["admin_port"])
@@ -777,13 +872,15 @@ def measure(s: Setup, reps: int, duration: float, warmup: float, reload_duration
     for r in s.replicas:
         sampler.watch(r.name, int(r.info["pid"]))
     sampler.watch("minimal", int(s.minimal.info["pid"]))
-    ray_pids = session_pids(s.ray.proc.pid)
-    for pid in ray_pids:
-        sampler.watch(f"ray:{pid}", pid)
-    print(f"Ray Serve: {len(ray_pids)} processes in its session")
+    if s.ray is not None:
+        ray_pids = session_pids(s.ray.proc.pid)
+        for pid in ray_pids:
+            sampler.watch(f"ray:{pid}", pid)
+        print(f"Ray Serve: {len(ray_pids)} processes in its session")
     sampler.start()
 
-    gw, mini, ray = s.gateway.addr, s.minimal.addr, s.ray.addr
+    gw, mini = s.gateway.addr, s.minimal.addr
+    ray = s.ray.addr if s.ray is not None else ""
     runs: dict[str, tuple[str, Path, str, int]] = {
         "gateway_c64": (f"http://{gw}{PREDICT_PATH}", s.payload_grpc, "grpc", C_HIGH),
         "minimal_unbatched_c64": (f"http://{mini}{PREDICT_PATH}", s.payload_grpc, "grpc", C_HIGH),
@@ -792,8 +889,9 @@ def measure(s: Setup, reps: int, duration: float, warmup: float, reload_duration
         "gateway_http_c16": (f"http://{gw}{REST_PATH}", s.payload_json, "json", C_LOW),
         "ray_serve_http_c16": (f"http://{ray}{REST_PATH}", s.payload_json, "json", C_LOW),
     }
-    order = [*runs, "reload", "dedup"]
-    rows: dict[str, list[dict[str, float]]] = {k: [] for k in order}
+    wanted = {run for case in only for run in CASE_RUNS[case]}
+    order = [k for k in (*runs, "reload", "dedup") if k in wanted]
+    rows: dict[str, list[dict[str, Any]]] = {k: [] for k in order}
     loads: list[float] = []
     for rep in range(reps):
         shift = rep % len(order)
@@ -801,6 +899,7 @@ def measure(s: Setup, reps: int, duration: float, warmup: float, reload_duration
         print(f"rep {rep + 1}/{reps} (load average {loads[-1]:.2f})", flush=True)
         for key in order[shift:] + order[:shift]:
             before, env_before = counters.read(), envoy_stats(admin, ENVOY_COUNTERS)
+            load = os.getloadavg()[0]
             if key == "dedup":
                 row = run_dedup(s, counters, rep)
             else:
@@ -815,18 +914,17 @@ def measure(s: Setup, reps: int, duration: float, warmup: float, reload_duration
                         duration + warmup + 120,
                     )
                     extra = {}
-                    if key == "gateway_c16":  # the reload case's steady state, same repetition
-                        rows.setdefault("_steady", []).append({"p99": res.p(99)})
                 if res.failed:
                     raise RuntimeError(f"{key}: h2load saw {res.failed} failures ({res.statuses})")
                 time.sleep(sampler.interval * 1.5)  # a CPU sample after the run's end
                 cpu = sampler.between(res.t0, res.t1)
                 row = {"rps": res.rps, "ok": res.ok, "p50": res.p(50), "p99": res.p(99), **extra}
                 # Over the whole h2load process (warm-up included), so per request at its rate.
-                row.update(cpu_per_request(cpu, res.rps * (res.t1 - res.t0)))
+                row.update(cpu_per_request({**cpu, "h2load": res.cpu_s}, res.rps * (res.t1 - res.t0)))
             codes = delta(counters.read(), before)
             retried = delta(envoy_stats(admin, ENVOY_COUNTERS), env_before)
             check_codes(key, codes, retried)
+            row["load"] = load
             rows[key].append(row)
             print(f"  {key:22s} {fmt_row(row)}" + (f"  envoy {retried}" if retried else ""), flush=True)
     sampler.stop()
@@ -842,14 +940,17 @@ def cpu_per_request(cpu: dict[str, float], requests: float) -> dict[str, float]:
     return {f"cpu_ms_{g}": v * 1e3 / requests for g, v in groups.items()} if requests else {}
 
 
-def fmt_row(row: dict[str, float]) -> str:
+def fmt_row(row: dict[str, Any]) -> str:
     if "executions" in row:
         return (
             f"with key {row['executions']:.0f} executions ({row['model_calls']:.0f} model calls); "
             f"without key {row['executions_nokey']:.0f} ({row['model_calls_nokey']:.0f} model calls)"
             + (f"; dedup metrics {row['dedup_metrics']}" if row.get("dedup_metrics") else "")
+            + f"  load {row['load']:.1f}"
         )
-    text = f"{row['rps']:8.1f} req/s  p50 {row['p50']:6.2f} ms  p99 {row['p99']:6.2f} ms"
+    text = (
+        f"{row['rps']:8.1f} req/s  p50 {row['p50']:6.2f} ms  p99 {row['p99']:6.2f} ms  load {row['load']:.1f}"
+    )
     if "window_p99" in row:
         text += (
             f"  | reload window {row['window_s']:.1f} s, {row['window_n']:.0f} req, "
@@ -957,59 +1058,76 @@ def run_dedup(s: Setup, counters: Counters, rep: int) -> dict[str, Any]:
     return out
 
 
-def report(args: argparse.Namespace, result: dict[str, Any], reps: int, duration: float) -> None:
+def report(
+    args: argparse.Namespace, only: Sequence[str], result: dict[str, Any], reps: int, duration: float
+) -> None:
     rows, loads = result["rows"], result["loads"]
 
     def med(key: str, f: str) -> float:
         return median([r[f] for r in rows[key]])
 
-    cases = [
-        Case(
-            "gateway_c64",
-            "requests/s",
-            med("gateway_c64", "rps"),
-            "minimal_unbatched_c64",
-            med("minimal_unbatched_c64", "rps"),
-        ),
-        Case(
-            "p99_c16_ms",
-            "ms",
-            med("gateway_c16", "p99"),
-            "minimal_unbatched_c16_p99_ms",
-            med("minimal_unbatched_c16", "p99"),
-        ),
-        Case(
-            "reload_p99",
-            "ms",
-            med("reload", "window_p99"),
-            "steady_p99_c16_ms",
-            median([r["p99"] for r in rows["_steady"]]),
-        ),
-        Case(
-            "dedup_10x",
-            "executions",
-            med("dedup", "executions"),
-            "no_key_10x",
-            med("dedup", "executions_nokey"),
-        ),
-        Case(
-            "vs_ray_serve_http_c16",
-            "requests/s",
-            med("gateway_http_c16", "rps"),
-            "ray_serve_http_c16",
-            med("ray_serve_http_c16", "rps"),
-        ),
-    ]
-    cases[0].note = "goal ratio >= 2"
-    cases[1].note = "goal value <= 25 ms"
-    window, switch = med("reload", "window_s"), med("reload", "switch_s")
-    cases[2].note = f"goal ratio <= 1.5; reload window {window:.1f} s (both switched after {switch:.1f} s)"
-    cases[3].note = "goal value 1 (requests reaching a replica's batch queue, summed over replicas)"
-    cases[4].note = "goal ratio >= 4"
+    cases: list[Case] = []
+    if "gateway_c64" in only:
+        cases.append(
+            Case(
+                "gateway_c64",
+                "requests/s",
+                med("gateway_c64", "rps"),
+                "minimal_unbatched_c64",
+                med("minimal_unbatched_c64", "rps"),
+                note="goal ratio >= 2",
+            )
+        )
+    if "p99_c16_ms" in only:
+        cases.append(
+            Case(
+                "p99_c16_ms",
+                "ms",
+                med("gateway_c16", "p99"),
+                "minimal_unbatched_c16_p99_ms",
+                med("minimal_unbatched_c16", "p99"),
+                note="goal value <= 25 ms",
+            )
+        )
+    if "reload_p99" in only:
+        window, switch = med("reload", "window_s"), med("reload", "switch_s")
+        cases.append(
+            Case(
+                "reload_p99",
+                "ms",
+                med("reload", "window_p99"),
+                "steady_p99_c16_ms",
+                med("gateway_c16", "p99"),
+                note=f"goal ratio <= 1.5; reload window {window:.1f} s (both replicas switched "
+                f"{switch:.1f} s after the rename)",
+            )
+        )
+    if "dedup_10x" in only:
+        cases.append(
+            Case(
+                "dedup_10x",
+                "executions",
+                med("dedup", "executions"),
+                "no_key_10x",
+                med("dedup", "executions_nokey"),
+                note="goal value 1 (requests reaching a replica's batch queue, summed over both replicas)",
+            )
+        )
+    if "vs_ray_serve_http_c16" in only:
+        cases.append(
+            Case(
+                "vs_ray_serve_http_c16",
+                "requests/s",
+                med("gateway_http_c16", "rps"),
+                "ray_serve_http_c16",
+                med("ray_serve_http_c16", "rps"),
+                note="goal ratio >= 4",
+            )
+        )
     print_table(BENCHMARK, cases)
-    print("medians per run (p50/p99 ms, CPU ms per request by process group):")
+    print("medians per run (p50/p99 ms, 1-min load average at the run's start, CPU ms per request):")
     for key, rs in rows.items():
-        if key.startswith("_") or key == "dedup":
+        if key == "dedup":
             continue
         m = {f: median([r[f] for r in rs if f in r]) for f in rs[0] if isinstance(rs[0][f], float)}
         print(f"  {key:22s} {fmt_row(m)}")
