@@ -38,7 +38,8 @@ warm-up then a fixed measured duration; latencies from its per-request log. Ever
 answer is checked against the minimal server's before timing; after each run h2load's status
 counts and the servers' own counters (h2load cannot see gRPC trailers) must show no failure.
 Cases are interleaved per repetition (order rotated); figures are medians. With `--profile DIR`
-one more gateway_c64 run is profiled with py-spy (both replicas) and Envoy's admin stats are
+the gRPC c64 and JSON c16 paths through the gateway are run again under py-spy (the replicas'
+GIL holder) and under perf (replicas and Envoy, native code), with Envoy's admin stats
 saved there.
 """
 
@@ -658,65 +659,82 @@ def inclusive(raw: Path, needles: Sequence[str]) -> dict[str, float]:
     return {k: v / total for k, v in hits.items()} if total else {}
 
 
-def profile_gateway(s: Setup, out: Path, duration: float, warmup: float) -> None:
-    """One more gateway_c64 run with py-spy recording both replicas; Envoy stats beside it."""
+@dataclass
+class Load:
+    """What one h2load run sends: to which URL, which body, how, at what concurrency."""
+
+    url: str
+    payload: Path
+    kind: str  # "grpc" or "json"
+    concurrency: int
+
+
+def profile_runs(s: Setup, out: Path, duration: float, warmup: float) -> None:
+    """Where the time goes on the two paths the goals hinge on: gRPC through the gateway at c64
+    (gateway_c64) and JSON through the gateway at c16 (the mlmesh side of vs_ray_serve_http_c16).
+
+    For each: one run with py-spy sampling the replicas' GIL holder (--gil: the Python work that
+    serialises a replica), one under `perf record` (replicas and Envoy, native code included);
+    Envoy's admin stats around them. Everything is written to `out`; summaries are printed.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    gw = s.gateway.addr
+    for name, load in (
+        ("grpc_c64", Load(f"http://{gw}{PREDICT_PATH}", s.payload_grpc, "grpc", C_HIGH)),
+        ("json_c16", Load(f"http://{gw}{REST_PATH}", s.payload_json, "json", C_LOW)),
+    ):
+        sub = out / name
+        sub.mkdir(exist_ok=True)
+        admin = int(s.gateway.info["admin_port"])
+        (sub / "envoy-stats-before.txt").write_text(scrape(admin, "/stats?usedonly"))
+        pyspy_profile(s, name, load, sub, duration, warmup)
+        perf_profile(s, name, load, sub, duration)
+        (sub / "envoy-stats-after.txt").write_text(scrape(admin, "/stats?usedonly"))
+    print(f"profile: raw stacks, perf reports and Envoy stats in {out}")
+
+
+def pyspy_profile(s: Setup, name: str, load: Load, out: Path, duration: float, warmup: float) -> None:
     spy_bin = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if not spy_bin:
         print("profile: py-spy not found (it comes with ray[serve]: pip install -e '.[bench]'); skipped")
         return
-    admin = int(s.gateway.info["admin_port"])
-    (out / "envoy-stats-before.txt").write_text(scrape(admin, "/stats?usedonly"))
     spies = []
     for r in s.replicas:
-        raw = out / f"{r.name}.raw"
-        spies.append(
-            (
-                r,
-                raw,
-                subprocess.Popen(
-                    [
-                        *(spy_bin, "record", "--pid", str(r.info["pid"]), "--rate", "100", "--gil"),
-                        *("--duration", f"{duration + warmup:g}", "--format", "raw"),
-                        *("--nonblocking", "--output", str(raw)),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                ),
-            )
-        )
-    url = f"http://{s.gateway.addr}{PREDICT_PATH}"
+        raw = out / f"{r.name}.pyspy.raw"
+        argv = [
+            *(spy_bin, "record", "--pid", str(r.info["pid"]), "--rate", "100", "--gil", "--nonblocking"),
+            *("--duration", f"{duration + warmup:g}", "--format", "raw", "--output", str(raw)),
+        ]
+        spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        spies.append((r, raw, spy))
+    log = out / "h2load-pyspy.log"
     res = run_h2load(
         h2load_argv(
-            url, s.payload_grpc, "grpc", C_HIGH, out / "h2load.log", duration=duration, warmup=warmup
+            load.url, load.payload, load.kind, load.concurrency, log, duration=duration, warmup=warmup
         ),
-        out / "h2load.log",
+        log,
         duration + warmup + 60,
     )
-    print(f"profile: gateway_c64 under py-spy: {res.rps:.0f} requests/s")
+    print(f"profile {name}: {res.rps:.0f} requests/s under py-spy (replicas' GIL holder sampled)")
+    needles = (
+        *("Servable.__call__", "_execute (serving_svc", "_instances", "prepare_instances"),
+        *("map_from_proto", "map_to_proto", "intercept_service", "Predict (serving_svc"),
+    )
     for r, raw, spy in spies:
         _, err = spy.communicate(timeout=60)
         if spy.returncode != 0 or not raw.exists():
-            print(f"profile: py-spy on {r.name} failed: {err.strip()[-400:]}")
+            print(f"profile {name}: py-spy on {r.name} failed: {err.strip()[-400:]}")
             continue
-        print(f"profile: {r.name} self time (top 15), all threads, idle excluded by py-spy:")
-        for name, share in top_frames(raw, 15):
-            print(f"    {share * 100:5.1f}%  {name}")
-        needles = (
-            *("model-call", "_execute", "Servable.__call__", "map_to_proto", "from_proto"),
-            *("intercept_service", "Predict (serving_svc", "_run (serving_svc/core/batcher"),
-        )
+        print(f"  {r.name}, self time with the GIL (top 12):")
+        for frame, share in top_frames(raw, 12):
+            print(f"    {share * 100:5.1f}%  {frame}")
         share = inclusive(raw, needles)
         print("    inclusive: " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in share.items()))
-    (out / "envoy-stats-after.txt").write_text(scrape(admin, "/stats?usedonly"))
-    perf_profile(s, out, duration, warmup)
-    print(f"profile: raw stacks, perf reports and Envoy stats in {out}")
 
 
-def perf_profile(s: Setup, out: Path, duration: float, warmup: float) -> None:
-    """One more gateway_c64 run under `perf record` (replicas and Envoy): CPU by process, thread
-    and shared object, native code included (TensorFlow, gRPC core, CPython, the kernel)."""
+def perf_profile(s: Setup, name: str, load: Load, out: Path, duration: float) -> None:
+    """CPU samples of the replicas and Envoy by thread and shared object (TensorFlow, gRPC core,
+    CPython, the kernel) during one run."""
     perf = shutil.which("perf")
     if not perf:
         print("profile: perf not found; native profile skipped")
@@ -725,55 +743,37 @@ def perf_profile(s: Setup, out: Path, duration: float, warmup: float) -> None:
     data = out / "perf.data"
     rec = subprocess.Popen(
         [
-            perf,
-            "record",
-            "-F",
-            "499",
-            "-p",
-            ",".join(map(str, pids)),
-            "-o",
-            str(data),
-            "--",
-            "sleep",
-            f"{duration:g}",
+            *(perf, "record", "-F", "499", "-p", ",".join(map(str, pids))),
+            *("-o", str(data), "--", "sleep", f"{duration:g}"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    url = f"http://{s.gateway.addr}{PREDICT_PATH}"
     log = out / "h2load-perf.log"
     res = run_h2load(
-        h2load_argv(url, s.payload_grpc, "grpc", C_HIGH, log, duration=duration, warmup=0), log, duration + 60
+        h2load_argv(load.url, load.payload, load.kind, load.concurrency, log, duration=duration, warmup=0),
+        log,
+        duration + 60,
     )
     _, err = rec.communicate(timeout=120)
     if rec.returncode != 0 or not data.exists():
-        print(f"profile: perf record failed: {err.strip()[-400:]}")
+        print(f"profile {name}: perf record failed: {err.strip()[-400:]}")
         return
-    print(f"profile: gateway_c64 under perf: {res.rps:.0f} requests/s; CPU samples by process/thread/object:")
-    for sort, top in (("comm,dso", 20), ("dso,sym", 30)):
+    print(f"profile {name}: {res.rps:.0f} requests/s under perf; CPU samples of replicas + Envoy:")
+    for sort, top in (("comm,dso", 14), ("dso,sym", 14)):
         report = subprocess.run(
             [
-                perf,
-                "report",
-                "-i",
-                str(data),
-                "--stdio",
-                "--no-children",
-                "--sort",
-                sort,
-                "--percent-limit",
-                "0.7",
+                *(perf, "report", "-i", str(data), "--stdio", "--no-children"),
+                *("--sort", sort, "--percent-limit", "0.7"),
             ],
             capture_output=True,
             text=True,
             check=False,
         ).stdout
-        name = f"perf-{sort.replace(',', '-')}.txt"
-        (out / name).write_text(report)
-        lines = [line for line in report.splitlines() if line.strip() and not line.startswith("#")]
-        for line in lines[:top]:
-            print(f"    {line.strip()}")
+        (out / f"perf-{sort.replace(',', '-')}.txt").write_text(report)
+        lines = [line.strip() for line in report.splitlines() if line.strip() and not line.startswith("#")]
+        print(f"  by {sort}: " + "; ".join(" ".join(line.split()) for line in lines[:top]))
 
 
 # --- the driver -----------------------------------------------------------------------------
@@ -782,7 +782,12 @@ def perf_profile(s: Setup, out: Path, duration: float, warmup: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--duration", type=float, default=0, help="Measured seconds per run (0: 10, quick 3).")
-    p.add_argument("--profile", type=Path, default=None, help="Profile one more gateway_c64 run into DIR.")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="After the cases, profile the gRPC c64 and JSON c16 paths through the gateway into DIR.",
+    )
     p.add_argument(
         "--only",
         default="",
@@ -840,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         s = Setup(run, kids, repo, minimal, replicas, gateway, ray, payload_grpc, payload_json, request)
         result = measure(s, only, reps, duration, warmup, reload_duration)
         if args.profile is not None:
-            profile_gateway(s, args.profile, duration, warmup)
+            profile_runs(s, args.profile, duration, warmup)
     report(args, only, result, reps, duration)
     return 0
 
