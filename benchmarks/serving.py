@@ -528,7 +528,12 @@ class Setup:
 
 
 def start_all(
-    run: Path, kids: Children, ray_tmp: Path, ray_leader: list[int], with_ray: bool
+    run: Path,
+    kids: Children,
+    ray_tmp: Path,
+    ray_leader: list[int],
+    with_ray: bool,
+    replica_env: dict[str, str],
 ) -> tuple[Path, Child, list[Child], Child, Child | None]:
     repo = run / "models"
     export = kids.start("export", role_argv(SCRIPT, "export", "--repo", str(repo)), wait=None)
@@ -551,6 +556,7 @@ def start_all(
             f"serving-{i}",
             service_argv("serving_svc", run / f"serving{i}.json", "--model-repo", str(repo)),
             port_file=run / f"serving{i}.json",
+            env=child_env(**replica_env),
             wait=None,
         )
         for i in range(2)
@@ -789,6 +795,14 @@ def main(argv: list[str] | None = None) -> int:
         help="After the cases, profile the gRPC c64 and JSON c16 paths through the gateway into DIR.",
     )
     p.add_argument(
+        "--replica-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Extra environment of the serving_svc replicas, to try a setting "
+        "(e.g. TF_NUM_INTRAOP_THREADS=1); repeatable.",
+    )
+    p.add_argument(
         "--only",
         default="",
         help=f"Comma-separated cases to measure (default all): {', '.join(CASE_RUNS)}.",
@@ -807,6 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(set(only) - set(CASE_RUNS)):
         p.error(f"--only: unknown case(s) {unknown}; choose from {list(CASE_RUNS)}")
     with_ray = "vs_ray_serve_http_c16" in only
+    bad_env = [kv for kv in args.replica_env if "=" not in kv]
+    if bad_env:
+        p.error(f"--replica-env wants KEY=VALUE, got {bad_env}")
+    replica_env = dict(kv.split("=", 1) for kv in args.replica_env)
     # Only the Ray child imports it; fail before starting anything.
     if with_ray and importlib.util.find_spec("ray") is None:
         print("ray[serve] not installed: pip install -e '.[bench]'", file=sys.stderr)
@@ -818,6 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     warmup = 1.0 if args.quick else 2.0
     reload_duration = max(duration, 10.0 if args.quick else 14.0)
     wait_for_quiet(args)
+    if replica_env:
+        print(f"serving_svc replicas run with {replica_env}")
     print(
         f"h2load closed loop, batch 1, {duration:g} s runs after {warmup:g} s warm-up, {reps} repetition(s)"
     )
@@ -838,7 +858,9 @@ def main(argv: list[str] | None = None) -> int:
         scratch_dir(args, BENCHMARK) as run,
         Children(run) as kids,
     ):
-        repo, minimal, replicas, gateway, ray = start_all(run, kids, ray_tmp, ray_leader, with_ray)
+        repo, minimal, replicas, gateway, ray = start_all(
+            run, kids, ray_tmp, ray_leader, with_ray, replica_env
+        )
         payload_grpc, payload_json = run / "predict.grpc", run / "predict.json"
         payload_grpc.write_bytes(grpc_frame(request.SerializeToString()))
         payload_json.write_bytes(json_body)
