@@ -2,6 +2,7 @@
 and against Ray Serve; p99 latency, p99 during a hot reload, and de-duplication.
 
     python benchmarks/serving.py --json benchmarks/results/serving.json [--quick] [--profile DIR]
+        [--only CASE,...] [--replica-env KEY=VALUE]
 
 One model for every server: a freshly initialised `mlmesh.models.fashion_cnn:build()` CNN,
 exported by the trainer's own exporter (signature "serving_default", input "image" float32
@@ -294,17 +295,13 @@ def h2load_argv(
     return [*cmd, url]
 
 
-def run_h2load(
-    argv: list[str], log: Path, timeout: float, on_start: Callable[[int], None] | None = None
-) -> LoadRun:
+def run_h2load(argv: list[str], log: Path, timeout: float) -> LoadRun:
     """Run h2load to completion and parse its summary and per-request log."""
     log.unlink(missing_ok=True)
     # h2load's CPU: the reaped children's totals grow by it (no other child ends meanwhile).
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if on_start is not None:
-        on_start(proc.pid)
     try:
         text, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
