@@ -68,7 +68,14 @@ test-integration: setup
 test-faults: setup
 	$(PY) -m pytest -m faults
 
+# The peers the benchmarks compare against (the `bench` extra: tf_keras, Ray Serve) and h2load,
+# the load generator of benchmarks/serving.py (Debian's nghttp2-client, installed when root).
 bench: setup
+	$(PY) -m pip install --quiet -e '.[bench]'
+	@if ! command -v h2load >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing nghttp2-client (h2load) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null; \
+	fi
 	@mkdir -p benchmarks/results; for b in benchmarks/[!_]*.py; do $(PY) $$b --json benchmarks/results/$$(basename $$b .py).json || exit 1; done
 
 clean:
