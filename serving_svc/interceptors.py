@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
+from mlmesh.server import WrappingInterceptor
 
 from serving_svc.core import metrics
 from serving_svc.core.batcher import REQUEST_DEADLINE
@@ -65,24 +66,19 @@ def idempotency_key(context: grpc.aio.ServicerContext) -> str | None:
     return None
 
 
-class DedupInterceptor(grpc.aio.ServerInterceptor):
+class DedupInterceptor(WrappingInterceptor):
     """Wraps unary handlers of `methods`; every other method passes through untouched."""
 
     def __init__(
         self, dedup: Deduplicator, *, content_hash: bool = False, methods: Iterable[str] = DEFAULT_METHODS
     ) -> None:
+        super().__init__()
         self.dedup = dedup
         self.content_hash = content_hash
         self.methods = frozenset(methods)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method not in self.methods or handler.unary_unary is None:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if method not in self.methods or handler.unary_unary is None:
             return handler
         serialize = handler.response_serializer or (lambda m: m)
         wrapped = self._wrap(method, handler.unary_unary, serialize)
@@ -145,18 +141,13 @@ class DedupInterceptor(grpc.aio.ServerInterceptor):
         return unary
 
 
-class DeadlineInterceptor(grpc.aio.ServerInterceptor):
+class DeadlineInterceptor(WrappingInterceptor):
     """Hands each unary call's gRPC deadline to core as an absolute time.monotonic()
     (`batcher.REQUEST_DEADLINE`), so a request whose deadline passes while queued is
     answered DEADLINE_EXCEEDED without running, whichever servicer queued it."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        if handler.unary_unary is None:
             return handler
         behavior = handler.unary_unary
 

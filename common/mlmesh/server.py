@@ -52,8 +52,16 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
     return str(code)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts calls by final status code and times them, for every RPC kind."""
+class WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps a method's handler once, not on every call.
+
+    gRPC asks every interceptor for the handler on each call; a registered method's
+    handler is the same object each time, so the wrapped one is kept per method (and
+    replaced if the inner handler changes). Interceptors built on this chain cheaply:
+    each returns the same wrapped object, so the next one's cache hits too."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -63,15 +71,36 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        full = handler_call_details.method  # "/pkg.Service/Method"
-        service, _, method = full.lstrip("/").partition("/")
+        method = handler_call_details.method
+        hit = self._wrapped.get(method)
+        if hit is not None and hit[0] is handler:
+            return hit[1]
+        wrapped = self.wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler to use for `method` ("/pkg.Service/Method") instead of `handler`."""
+        raise NotImplementedError
+
+
+class MetricsInterceptor(WrappingInterceptor):
+    """Counts calls by final status code and times them, for every RPC kind."""
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        service, _, name = method.lstrip("/").partition("/")
+        latency = LATENCY.labels(service, name)
+        counters: dict[str, Any] = {}  # code -> the labelled counter
 
         def observe(started: float, context: grpc.aio.ServicerContext, failed: str | None) -> None:
             code = _code_name(context)
             if failed and code == "OK":
                 code = failed
-            RPCS.labels(service, method, code).inc()
-            LATENCY.labels(service, method).observe(time.perf_counter() - started)
+            counter = counters.get(code)
+            if counter is None:
+                counter = counters[code] = RPCS.labels(service, name, code)
+            counter.inc()
+            latency.observe(time.perf_counter() - started)
 
         def wrap_unary(fn: Callable[..., Any]) -> Callable[..., Any]:
             async def wrapped(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:

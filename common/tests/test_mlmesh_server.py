@@ -83,3 +83,49 @@ def test_taken_port_fails_fast(tmp_path: Path, spawn: list[subprocess.Popen[byte
     spawn.append(second)
     assert second.wait(timeout=15) != 0
     assert first.poll() is None
+
+
+def test_interceptors_wrap_each_method_once_and_still_see_every_call() -> None:
+    """gRPC asks interceptors for the handler on every call; WrappingInterceptor wraps a
+    method's handler once (a registered handler is the same object each time), chained
+    behind the metrics interceptor, and the wrapped handler still runs for each call."""
+    import asyncio
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1._async import HealthServicer
+    from mlmesh.server import MetricsInterceptor, WrappingInterceptor
+
+    class Counting(WrappingInterceptor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wraps = 0
+            self.calls = 0
+
+        def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+            self.wraps += 1
+            inner = handler.unary_unary
+
+            async def unary(request: object, context: grpc.aio.ServicerContext) -> object:
+                self.calls += 1
+                return await inner(request, context)
+
+            return handler._replace(unary_unary=unary)
+
+    async def scenario() -> tuple[int, int, list[int]]:
+        counting = Counting()
+        server = grpc.aio.server(interceptors=[MetricsInterceptor(), counting])
+        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                answers = [await stub.Check(health_pb2.HealthCheckRequest(), timeout=5) for _ in range(5)]
+        finally:
+            await server.stop(None)
+        return counting.wraps, counting.calls, [a.status for a in answers]
+
+    wraps, calls, statuses = asyncio.run(scenario())
+    assert (wraps, calls) == (1, 5)
+    assert statuses == [health_pb2.HealthCheckResponse.SERVING] * 5
