@@ -102,6 +102,10 @@ class GatewaySettings(ServiceSettings):
         description="Largest JSON request/response body the transcoder buffers (larger: 413/500).",
     )
     # Upstream cluster.
+    lb_policy: Literal["ROUND_ROBIN", "LEAST_REQUEST"] = Field(
+        "ROUND_ROBIN",
+        description="How requests without an idempotency key pick a replica (keyed ones: MAGLEV on the key).",
+    )
     connect_timeout_seconds: float = Field(1.0, gt=0, le=60, description="TCP connect timeout to a replica.")
     health_check_service_name: str = Field(
         SERVING_SERVICE, min_length=1, description="grpc.health.v1 service name the replicas report."

@@ -136,6 +136,7 @@ def bootstrap_inputs(settings: GatewaySettings, files: WorkFiles) -> BootstrapIn
                 max_retries=settings.max_retries,
             ),
             healthy_panic_threshold=settings.healthy_panic_threshold,
+            lb_policy=settings.lb_policy,
         ),
         retry=RetryOptions(
             retry_on=settings.retry_on,

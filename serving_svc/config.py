@@ -77,6 +77,14 @@ class ServingSettings(ServiceSettings):
     load_threads: int = Field(
         1, ge=1, le=64, description="Threads that load versions (in the background, apart from model calls)."
     )
+    stagger_loads_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="Replicas sharing the repository load a new version of a model one at a time "
+        "(flock on the model directory), so the others serve at full speed meanwhile; the longest a "
+        "load waits for its turn. 0: load at once.",
+    )
     memory_budget_bytes: int = Field(
         0,
         ge=0,

@@ -44,6 +44,7 @@ def build(
         batching=settings.batching_options,
         warmup=settings.warmup,
         load_threads=settings.load_threads,
+        stagger_loads_s=settings.stagger_loads_seconds,
         memory=MemoryOptions(settings.memory_budget_bytes, settings.memory_estimate_factor),
         on_availability=on_availability,
     )

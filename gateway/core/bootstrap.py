@@ -66,6 +66,9 @@ class ClusterOptions:
     outlier: OutlierOptions = OutlierOptions()
     breakers: CircuitBreakerOptions = CircuitBreakerOptions()
     healthy_panic_threshold: float = 50.0
+    # Keyless requests: ROUND_ROBIN, or LEAST_REQUEST (power of two choices on active
+    # requests: steers around a replica that is slow for a moment, e.g. loading a version).
+    lb_policy: str = "ROUND_ROBIN"
 
 
 @dataclass(frozen=True)
@@ -317,7 +320,7 @@ def build_bootstrap(inputs: BootstrapInputs, template: Any | None = None) -> dic
             "access_log": [file_access_log(inputs.access_log_path)] if inputs.access_log_path else [],
             "route_config": serving_route_config(inputs.retry),
             "clusters": [
-                serving_cluster(inputs.backends, inputs.cluster),
+                serving_cluster(inputs.backends, inputs.cluster, lb_policy=inputs.cluster.lb_policy),
                 serving_cluster(inputs.backends, inputs.cluster, SERVING_KEYED_CLUSTER, "MAGLEV"),
             ],
         },

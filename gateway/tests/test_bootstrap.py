@@ -189,6 +189,15 @@ def test_prepare_work_dir_writes_descriptor_and_bootstrap(tmp_path: Path) -> Non
     assert not list(files.config.parent.glob(".*.tmp"))
 
 
+def test_lb_policy_setting_picks_the_keyless_clusters_policy_and_keyed_stays_maglev(tmp_path: Path) -> None:
+    for policy in ("ROUND_ROBIN", "LEAST_REQUEST"):
+        files = prepare_work_dir(settings(tmp_path / policy, "--lb-policy", policy))
+        clusters = json.loads(files.config.read_text())["static_resources"]["clusters"]
+        assert {c["name"]: c["lb_policy"] for c in clusters} == {"serving": policy, "serving_keyed": "MAGLEV"}
+    with pytest.raises(SystemExit):
+        settings(tmp_path / "bad", "--lb-policy", "FASTEST")
+
+
 def test_rendered_bootstrap_passes_envoy_validation(tmp_path: Path) -> None:
     # Envoy itself parses every field: catches typos no dict assertion would.
     s = settings(tmp_path, "--access-log", "true", "--per-try-timeout-seconds", "2")

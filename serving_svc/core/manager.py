@@ -33,6 +33,7 @@ from mlmesh.logging import get_logger
 from serving_svc.core import metrics
 from serving_svc.core.batch_options import BatchingOptions
 from serving_svc.core.batcher import Batcher, BatchingRegistry
+from serving_svc.core.load_lock import turn_to_load
 from serving_svc.core.loader import Servable, load_servable
 from serving_svc.core.resources import DEFAULT_ESTIMATE_FACTOR, MemoryBudget, estimate_bytes
 from serving_svc.core.source import AspiredModel, Source, SourceError
@@ -125,6 +126,7 @@ class ModelManager:
         batching: BatchingOptions | BatchingRegistry | None = None,
         warmup: bool = True,
         load_threads: int = 1,
+        stagger_loads_s: float = 0.0,
         memory: MemoryOptions | None = None,
         loader: Loader = load_servable,
         on_availability: AvailabilityListener | None = None,
@@ -145,6 +147,7 @@ class ModelManager:
         # Loads are rare and CPU-heavy: a budget of their own (default one thread), so they
         # neither starve model calls nor wait behind them.
         self._load_threads = load_threads
+        self._stagger_s = stagger_loads_s  # 0: replicas do not take turns (core/load_lock.py)
         self._load_executor = ThreadPoolExecutor(load_threads, thread_name_prefix="model-load")
         metrics.MEMORY_BUDGET.set(self._memory.budget_bytes)
 
@@ -295,11 +298,19 @@ class ModelManager:
     async def _load(self, model: _Model, record: ModelVersion) -> None:
         log.info("loading", model=model.name, version=record.version, path=str(record.path))
         started = time.perf_counter()
+        # A replacement takes its turn with the other replicas (the first version does not
+        # wait: there is nothing to serve meanwhile).
+        replacing = any(v.state is VersionState.AVAILABLE for v in model.versions.values())
+        stagger_s = self._stagger_s if replacing else 0.0
+
+        def load() -> Servable:
+            with turn_to_load(record.path.parent, stagger_s) as waited:
+                if waited > 0.01:
+                    log.info("waited for another replica's load", model=model.name, seconds=round(waited, 3))
+                return self._loader(model.name, record.version, record.path, warmup=self._warmup)
+
         try:
-            servable = await asyncio.get_running_loop().run_in_executor(
-                self._load_executor,
-                lambda: self._loader(model.name, record.version, record.path, warmup=self._warmup),
-            )
+            servable = await asyncio.get_running_loop().run_in_executor(self._load_executor, load)
         except Exception as e:
             code = e.status if isinstance(e, MlmeshError) else getattr(e, "error_code", UNKNOWN)
             self._fail(model, record, str(code), str(e))
