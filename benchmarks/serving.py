@@ -12,7 +12,8 @@ Servers, all real processes on loopback:
 - mlmesh: `python -m gateway` (Envoy) in front of 2 `python -m serving_svc` replicas at their
   default settings (dynamic batching). gRPC requests are mlmesh's own
   `mlmesh.serving.v1.ServingService/Predict`; JSON requests are
-  `POST /v1/models/fashion:predict {"instances": [...]}` (transcoded by Envoy).
+  `POST /v1/models/fashion:predict {"instances": [...]}` (Envoy's transcoder passes the JSON
+  body through as google.api.HttpBody; the replica parses it).
 - minimal: a plain `grpc.aio` server written here, implementing the same Predict RPC by calling
   the SavedModel's "serving_default" function once per request (no batching).
 - Ray Serve (PyPI `ray[serve]`): 2 replicas of a deployment that loads the same SavedModel,

@@ -4,7 +4,7 @@
 
 - Predict with `instances` (lists of numbers) -> predictions = each number x 2;
   with tensor `inputs` -> outputs[name] = input x 2 (float64). RestPredict (JSON
-  `POST /v1/models/<m>:predict`) doubles `instances` the same way; RestGetModelStatus
+  `POST /v1/models/<m>:predict`, raw body in and out) doubles `instances` the same way; RestGetModelStatus
   answers version 1 AVAILABLE in TF Serving's JSON.
 - Model "missing" -> NOT_FOUND; a non-numeric instance or no input -> INVALID_ARGUMENT.
 - Request header `x-test-delay-ms: N` sleeps N ms first; the remaining client
@@ -17,10 +17,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 
 import grpc
 import numpy as np
+from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
 from mlmesh import tensor
 from mlmesh.errors import InvalidArgument, NotFound, grpc_errors
@@ -46,6 +48,18 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
         if k == key:
             return v if isinstance(v, str) else v.decode()
     return None
+
+
+def _double_json(instances: list[object]) -> list[list[float]]:
+    out = []
+    for i, row in enumerate(instances):
+        if not isinstance(row, list):
+            raise InvalidArgument(f"instance {i} is {type(row).__name__}, expected a list of numbers")
+        for j, x in enumerate(row):
+            if isinstance(x, bool) or not isinstance(x, int | float):
+                raise InvalidArgument(f"instance {i} element {j} is {type(x).__name__}, expected a number")
+        out.append([x * 2 for x in row])
+    return out
 
 
 def _double_instances(instances: struct_pb2.ListValue) -> struct_pb2.ListValue:
@@ -122,16 +136,21 @@ class FakeServingServicer(serving_pb2_grpc.ServingServiceServicer):
     @grpc_errors
     async def RestPredict(
         self, request: serving_pb2.RestPredictRequest, context: grpc.aio.ServicerContext
-    ) -> serving_pb2.RestPredictResponse:
+    ) -> httpbody_pb2.HttpBody:
         await self._maybe_delay(context)
         if request.model_name == "missing":
             raise NotFound(f"model {request.model_name!r} not found; available: ['m']")
-        if request.instances.WhichOneof("kind") != "list_value":
+        try:
+            instances = json.loads(request.body.data).get("instances")
+        except (ValueError, AttributeError):
+            raise InvalidArgument("request body is not a JSON object") from None
+        if not isinstance(instances, list):
             raise InvalidArgument("request has neither inputs nor instances")
-        response = serving_pb2.RestPredictResponse()
-        response.predictions.list_value.CopyFrom(_double_instances(request.instances.list_value))
+        predictions = _double_json(instances)
         await context.send_initial_metadata((("x-replica-id", self._replica_id),))
-        return response
+        return httpbody_pb2.HttpBody(
+            content_type="application/json", data=json.dumps({"predictions": predictions}).encode()
+        )
 
     @grpc_errors
     async def RestGetModelStatus(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from mlmesh.cli.suite import child_env
 from mlmesh.serving.v1 import serving_pb2
 
 from gateway.tests.conftest import REPO, ProcessGroup, pid_alive, wait_until
-from gateway.tests.http_util import header, http, serving_stub
+from gateway.tests.http_util import HttpResponse, header, http, serving_stub
 
 pytestmark = pytest.mark.faults
 
@@ -169,16 +170,20 @@ def test_envoy_death_ends_launcher_with_envoy_exit_code(group: ProcessGroup) -> 
     assert "envoy_exited" in gw.log()
 
 
-def test_response_larger_than_max_message_bytes_is_500(group: ProcessGroup) -> None:
+def test_bodies_larger_than_max_message_bytes_are_413_and_500(group: ProcessGroup) -> None:
     r0 = group.backend("r0")
     gw = group.gateway("gw", [r0], "--max-message-bytes", str(1 << 20))
-    big = http(
-        gw.ports["port"], "POST", "/v1/models/m:predict", {"instances": [list(range(200_000))]}, timeout=30
-    )
-    assert big.status == 500
-    assert b"exceeds the configured limit" in big.body
-    small = http(gw.ports["port"], "POST", "/v1/models/m:predict", {"instances": [list(range(1000))]})
-    assert small.status == 200
+
+    def predict(n: int, padding: int = 0) -> HttpResponse:
+        # Compact JSON in; the doubled answer comes back with ", " separators (larger).
+        body = json.dumps({"instances": [list(range(n))]}, separators=(",", ":")).encode()
+        return http(gw.ports["port"], "POST", "/v1/models/m:predict", body + b" " * padding, timeout=30)
+
+    assert predict(100_000).status == 200  # ~0.59 MB in, ~0.74 MB out
+    assert predict(150_000).status == 500  # ~0.94 MB in, ~1.14 MB out: Envoy's plain 500
+    too_big = predict(1000, padding=1 << 20)
+    assert too_big.status == 413
+    assert predict(1000).status == 200
 
 
 def test_all_replicas_down_answers_503_quickly(group: ProcessGroup) -> None:

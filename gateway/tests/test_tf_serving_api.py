@@ -327,6 +327,11 @@ def test_rest_metadata_is_tf_servings_json(port: int) -> None:
         ("POST", f"{HALF}:predict", {"instances": [1.0] * (MAX_EXAMPLES + 1)}, 400, "exceeds the limit"),
         ("POST", f"{HALF}:predict", {"instances": [1.0], "inputs": [1.0]}, 400, "both were set"),
         ("POST", f"{HALF}:regress", {"examples": [{"x": 1.0}]}, 400, "expected 'tensorflow/serving/regress'"),
+        # The predict body reaches the replica raw: it parses and names what is wrong.
+        ("POST", f"{HALF}:predict", b'{"instances": [1.0,', 400, "request body is not valid JSON"),
+        ("POST", f"{HALF}:predict", b"[1.0]", 400, "request body is a JSON list; expected an object"),
+        ("POST", f"{HALF}:predict", {"instance": [1.0]}, 400, "unknown fields ['instance']"),
+        ("POST", f"{HALF}:predict", {"instances": 1.0}, 400, "'instances' is a JSON number; expected a list"),
     ],
     ids=[
         "status-model",
@@ -342,10 +347,14 @@ def test_rest_metadata_is_tf_servings_json(port: int) -> None:
         "batch-too-big",
         "row-and-columnar",
         "regress-on-predict-signature",
+        "malformed-json",
+        "body-not-an-object",
+        "unknown-field",
+        "instances-not-a-list",
     ],
 )
 def test_rest_bad_requests_get_precise_statuses(
-    port: int, method: str, path: str, body: dict[str, Any] | None, status: int, message: str
+    port: int, method: str, path: str, body: bytes | dict[str, Any] | None, status: int, message: str
 ) -> None:
     r = http(port, method, path, body)
     assert r.status == status, r.body[:500]

@@ -23,12 +23,13 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 from mlmesh.types.v1 import tensor_pb2 as mlmesh_dot_types_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmlmesh/serving/v1/serving.proto\x12\x11mlmesh.serving.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1cmlmesh/types/v1/tensor.proto\"\xeb\x01\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12=\n\x06inputs\x18\x03 \x03(\x0b\x32-.mlmesh.serving.v1.PredictRequest.InputsEntry\x12-\n\tinstances\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x1a\x46\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.mlmesh.types.v1.Tensor:\x02\x38\x01\"\xf2\x01\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12@\n\x07outputs\x18\x03 \x03(\x0b\x32/.mlmesh.serving.v1.PredictResponse.OutputsEntry\x12/\n\x0bpredictions\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x1aG\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.mlmesh.types.v1.Tensor:\x02\x38\x01\"i\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x33\n\x05state\x18\x02 \x01(\x0e\x32$.mlmesh.serving.v1.ModelVersionState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"+\n\x15GetModelStatusRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"e\n\x16GetModelStatusResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x37\n\x08versions\x18\x02 \x03(\x0b\x32%.mlmesh.serving.v1.ModelVersionStatus\"N\n\x10RestModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rversion_label\x18\x03 \x01(\t\"\x95\x03\n\nRestStatus\x12\x36\n\nerror_code\x18\x01 \x01(\x0e\x32\".mlmesh.serving.v1.RestStatus.Code\x12\x15\n\rerror_message\x18\x02 \x01(\t\"\xb7\x02\n\x04\x43ode\x12\x06\n\x02OK\x10\x00\x12\r\n\tCANCELLED\x10\x01\x12\x0b\n\x07UNKNOWN\x10\x02\x12\x14\n\x10INVALID_ARGUMENT\x10\x03\x12\x15\n\x11\x44\x45\x41\x44LINE_EXCEEDED\x10\x04\x12\r\n\tNOT_FOUND\x10\x05\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x06\x12\x15\n\x11PERMISSION_DENIED\x10\x07\x12\x16\n\x12RESOURCE_EXHAUSTED\x10\x08\x12\x17\n\x13\x46\x41ILED_PRECONDITION\x10\t\x12\x0b\n\x07\x41\x42ORTED\x10\n\x12\x10\n\x0cOUT_OF_RANGE\x10\x0b\x12\x11\n\rUNIMPLEMENTED\x10\x0c\x12\x0c\n\x08INTERNAL\x10\r\x12\x0f\n\x0bUNAVAILABLE\x10\x0e\x12\r\n\tDATA_LOSS\x10\x0f\x12\x13\n\x0fUNAUTHENTICATED\x10\x10\"\xed\x01\n\x16RestModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12>\n\x05state\x18\x02 \x01(\x0e\x32/.mlmesh.serving.v1.RestModelVersionStatus.State\x12-\n\x06status\x18\x03 \x01(\x0b\x32\x1d.mlmesh.serving.v1.RestStatus\"S\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\t\n\x05START\x10\n\x12\x0b\n\x07LOADING\x10\x14\x12\r\n\tAVAILABLE\x10\x1e\x12\r\n\tUNLOADING\x10(\x12\x07\n\x03\x45ND\x10\x32\"e\n\x1aRestGetModelStatusResponse\x12G\n\x14model_version_status\x18\x01 \x03(\x0b\x32).mlmesh.serving.v1.RestModelVersionStatus\"\x90\x01\n\rRestModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1b.google.protobuf.Int64ValueH\x00\x12\x17\n\rversion_label\x18\x04 \x01(\tH\x00\x12\x16\n\x0esignature_name\x18\x03 \x01(\tB\x10\n\x0eversion_choice\"\x7f\n\x1cRestGetModelMetadataResponse\x12\x34\n\nmodel_spec\x18\x01 \x01(\x0b\x32 .mlmesh.serving.v1.RestModelSpec\x12)\n\x08metadata\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xbb\x01\n\x12RestPredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rversion_label\x18\x03 \x01(\t\x12\x16\n\x0esignature_name\x18\x04 \x01(\t\x12)\n\tinstances\x18\x05 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06inputs\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\"k\n\x13RestPredictResponse\x12+\n\x0bpredictions\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\x12\'\n\x07outputs\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"\xbe\x01\n\x13RestExamplesRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rversion_label\x18\x03 \x01(\t\x12\x16\n\x0esignature_name\x18\x04 \x01(\t\x12(\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08\x65xamples\x18\x06 \x03(\x0b\x32\x17.google.protobuf.Struct\"@\n\x12RestResultResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.ListValue*\xdc\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x01\x12!\n\x1dMODEL_VERSION_STATE_AVAILABLE\x10\x02\x12!\n\x1dMODEL_VERSION_STATE_UNLOADING\x10\x03\x12\x1b\n\x17MODEL_VERSION_STATE_END\x10\x04\x12\x1e\n\x1aMODEL_VERSION_STATE_FAILED\x10\x05\x32\xcf\x0b\n\x0eServingService\x12P\n\x07Predict\x12!.mlmesh.serving.v1.PredictRequest\x1a\".mlmesh.serving.v1.PredictResponse\x12\x65\n\x0eGetModelStatus\x12(.mlmesh.serving.v1.GetModelStatusRequest\x1a).mlmesh.serving.v1.GetModelStatusResponse\x12\xe9\x01\n\x12RestGetModelStatus\x12#.mlmesh.serving.v1.RestModelRequest\x1a-.mlmesh.serving.v1.RestGetModelStatusResponse\"\x7f\x82\xd3\xe4\x93\x02y\x12\x17/v1/models/{model_name}Z,\x12*/v1/models/{model_name}/versions/{version}Z0\x12./v1/models/{model_name}/labels/{version_label}\x12\x8a\x02\n\x14RestGetModelMetadata\x12#.mlmesh.serving.v1.RestModelRequest\x1a/.mlmesh.serving.v1.RestGetModelMetadataResponse\"\x9b\x01\x82\xd3\xe4\x93\x02\x94\x01\x12 /v1/models/{model_name}/metadataZ5\x12\x33/v1/models/{model_name}/versions/{version}/metadataZ9\x12\x37/v1/models/{model_name}/labels/{version_label}/metadata\x12\x80\x02\n\x0bRestPredict\x12%.mlmesh.serving.v1.RestPredictRequest\x1a&.mlmesh.serving.v1.RestPredictResponse\"\xa1\x01\x82\xd3\xe4\x93\x02\x9a\x01\"\x1f/v1/models/{model_name}:predict:\x01*Z7\"2/v1/models/{model_name}/versions/{version}:predict:\x01*Z;\"6/v1/models/{model_name}/labels/{version_label}:predict:\x01*\x12\x84\x02\n\x0cRestClassify\x12&.mlmesh.serving.v1.RestExamplesRequest\x1a%.mlmesh.serving.v1.RestResultResponse\"\xa4\x01\x82\xd3\xe4\x93\x02\x9d\x01\" /v1/models/{model_name}:classify:\x01*Z8\"3/v1/models/{model_name}/versions/{version}:classify:\x01*Z<\"7/v1/models/{model_name}/labels/{version_label}:classify:\x01*\x12\x80\x02\n\x0bRestRegress\x12&.mlmesh.serving.v1.RestExamplesRequest\x1a%.mlmesh.serving.v1.RestResultResponse\"\xa1\x01\x82\xd3\xe4\x93\x02\x9a\x01\"\x1f/v1/models/{model_name}:regress:\x01*Z7\"2/v1/models/{model_name}/versions/{version}:regress:\x01*Z;\"6/v1/models/{model_name}/labels/{version_label}:regress:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmlmesh/serving/v1/serving.proto\x12\x11mlmesh.serving.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1egoogle/protobuf/wrappers.proto\x1a\x1cmlmesh/types/v1/tensor.proto\"\xeb\x01\n\x0ePredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12=\n\x06inputs\x18\x03 \x03(\x0b\x32-.mlmesh.serving.v1.PredictRequest.InputsEntry\x12-\n\tinstances\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x1a\x46\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.mlmesh.types.v1.Tensor:\x02\x38\x01\"\xf2\x01\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12@\n\x07outputs\x18\x03 \x03(\x0b\x32/.mlmesh.serving.v1.PredictResponse.OutputsEntry\x12/\n\x0bpredictions\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x1aG\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.mlmesh.types.v1.Tensor:\x02\x38\x01\"i\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x33\n\x05state\x18\x02 \x01(\x0e\x32$.mlmesh.serving.v1.ModelVersionState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"+\n\x15GetModelStatusRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"e\n\x16GetModelStatusResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x37\n\x08versions\x18\x02 \x03(\x0b\x32%.mlmesh.serving.v1.ModelVersionStatus\"N\n\x10RestModelRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rversion_label\x18\x03 \x01(\t\"\x95\x03\n\nRestStatus\x12\x36\n\nerror_code\x18\x01 \x01(\x0e\x32\".mlmesh.serving.v1.RestStatus.Code\x12\x15\n\rerror_message\x18\x02 \x01(\t\"\xb7\x02\n\x04\x43ode\x12\x06\n\x02OK\x10\x00\x12\r\n\tCANCELLED\x10\x01\x12\x0b\n\x07UNKNOWN\x10\x02\x12\x14\n\x10INVALID_ARGUMENT\x10\x03\x12\x15\n\x11\x44\x45\x41\x44LINE_EXCEEDED\x10\x04\x12\r\n\tNOT_FOUND\x10\x05\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x06\x12\x15\n\x11PERMISSION_DENIED\x10\x07\x12\x16\n\x12RESOURCE_EXHAUSTED\x10\x08\x12\x17\n\x13\x46\x41ILED_PRECONDITION\x10\t\x12\x0b\n\x07\x41\x42ORTED\x10\n\x12\x10\n\x0cOUT_OF_RANGE\x10\x0b\x12\x11\n\rUNIMPLEMENTED\x10\x0c\x12\x0c\n\x08INTERNAL\x10\r\x12\x0f\n\x0bUNAVAILABLE\x10\x0e\x12\r\n\tDATA_LOSS\x10\x0f\x12\x13\n\x0fUNAUTHENTICATED\x10\x10\"\xed\x01\n\x16RestModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12>\n\x05state\x18\x02 \x01(\x0e\x32/.mlmesh.serving.v1.RestModelVersionStatus.State\x12-\n\x06status\x18\x03 \x01(\x0b\x32\x1d.mlmesh.serving.v1.RestStatus\"S\n\x05State\x12\x0b\n\x07UNKNOWN\x10\x00\x12\t\n\x05START\x10\n\x12\x0b\n\x07LOADING\x10\x14\x12\r\n\tAVAILABLE\x10\x1e\x12\r\n\tUNLOADING\x10(\x12\x07\n\x03\x45ND\x10\x32\"e\n\x1aRestGetModelStatusResponse\x12G\n\x14model_version_status\x18\x01 \x03(\x0b\x32).mlmesh.serving.v1.RestModelVersionStatus\"\x90\x01\n\rRestModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1b.google.protobuf.Int64ValueH\x00\x12\x17\n\rversion_label\x18\x04 \x01(\tH\x00\x12\x16\n\x0esignature_name\x18\x03 \x01(\tB\x10\n\x0eversion_choice\"\x7f\n\x1cRestGetModelMetadataResponse\x12\x34\n\nmodel_spec\x18\x01 \x01(\x0b\x32 .mlmesh.serving.v1.RestModelSpec\x12)\n\x08metadata\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x9d\x01\n\x12RestPredictRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rversion_label\x18\x03 \x01(\t\x12\"\n\x04\x62ody\x18\x07 \x01(\x0b\x32\x14.google.api.HttpBodyJ\x04\x08\x04\x10\x07R\x0esignature_nameR\tinstancesR\x06inputs\"\xbe\x01\n\x13RestExamplesRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x15\n\rversion_label\x18\x03 \x01(\t\x12\x16\n\x0esignature_name\x18\x04 \x01(\t\x12(\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08\x65xamples\x18\x06 \x03(\x0b\x32\x17.google.protobuf.Struct\"@\n\x12RestResultResponse\x12*\n\x06result\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.ListValue*\xdc\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODEL_VERSION_STATE_LOADING\x10\x01\x12!\n\x1dMODEL_VERSION_STATE_AVAILABLE\x10\x02\x12!\n\x1dMODEL_VERSION_STATE_UNLOADING\x10\x03\x12\x1b\n\x17MODEL_VERSION_STATE_END\x10\x04\x12\x1e\n\x1aMODEL_VERSION_STATE_FAILED\x10\x05\x32\xc6\x0b\n\x0eServingService\x12P\n\x07Predict\x12!.mlmesh.serving.v1.PredictRequest\x1a\".mlmesh.serving.v1.PredictResponse\x12\x65\n\x0eGetModelStatus\x12(.mlmesh.serving.v1.GetModelStatusRequest\x1a).mlmesh.serving.v1.GetModelStatusResponse\x12\xe9\x01\n\x12RestGetModelStatus\x12#.mlmesh.serving.v1.RestModelRequest\x1a-.mlmesh.serving.v1.RestGetModelStatusResponse\"\x7f\x82\xd3\xe4\x93\x02y\x12\x17/v1/models/{model_name}Z,\x12*/v1/models/{model_name}/versions/{version}Z0\x12./v1/models/{model_name}/labels/{version_label}\x12\x8a\x02\n\x14RestGetModelMetadata\x12#.mlmesh.serving.v1.RestModelRequest\x1a/.mlmesh.serving.v1.RestGetModelMetadataResponse\"\x9b\x01\x82\xd3\xe4\x93\x02\x94\x01\x12 /v1/models/{model_name}/metadataZ5\x12\x33/v1/models/{model_name}/versions/{version}/metadataZ9\x12\x37/v1/models/{model_name}/labels/{version_label}/metadata\x12\xf7\x01\n\x0bRestPredict\x12%.mlmesh.serving.v1.RestPredictRequest\x1a\x14.google.api.HttpBody\"\xaa\x01\x82\xd3\xe4\x93\x02\xa3\x01\"\x1f/v1/models/{model_name}:predict:\x04\x62odyZ:\"2/v1/models/{model_name}/versions/{version}:predict:\x04\x62odyZ>\"6/v1/models/{model_name}/labels/{version_label}:predict:\x04\x62ody\x12\x84\x02\n\x0cRestClassify\x12&.mlmesh.serving.v1.RestExamplesRequest\x1a%.mlmesh.serving.v1.RestResultResponse\"\xa4\x01\x82\xd3\xe4\x93\x02\x9d\x01\" /v1/models/{model_name}:classify:\x01*Z8\"3/v1/models/{model_name}/versions/{version}:classify:\x01*Z<\"7/v1/models/{model_name}/labels/{version_label}:classify:\x01*\x12\x80\x02\n\x0bRestRegress\x12&.mlmesh.serving.v1.RestExamplesRequest\x1a%.mlmesh.serving.v1.RestResultResponse\"\xa1\x01\x82\xd3\xe4\x93\x02\x9a\x01\"\x1f/v1/models/{model_name}:regress:\x01*Z7\"2/v1/models/{model_name}/versions/{version}:regress:\x01*Z;\"6/v1/models/{model_name}/labels/{version_label}:regress:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,51 +45,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVINGSERVICE'].methods_by_name['RestGetModelMetadata']._loaded_options = None
   _globals['_SERVINGSERVICE'].methods_by_name['RestGetModelMetadata']._serialized_options = b'\202\323\344\223\002\224\001\022 /v1/models/{model_name}/metadataZ5\0223/v1/models/{model_name}/versions/{version}/metadataZ9\0227/v1/models/{model_name}/labels/{version_label}/metadata'
   _globals['_SERVINGSERVICE'].methods_by_name['RestPredict']._loaded_options = None
-  _globals['_SERVINGSERVICE'].methods_by_name['RestPredict']._serialized_options = b'\202\323\344\223\002\232\001\"\037/v1/models/{model_name}:predict:\001*Z7\"2/v1/models/{model_name}/versions/{version}:predict:\001*Z;\"6/v1/models/{model_name}/labels/{version_label}:predict:\001*'
+  _globals['_SERVINGSERVICE'].methods_by_name['RestPredict']._serialized_options = b'\202\323\344\223\002\243\001\"\037/v1/models/{model_name}:predict:\004bodyZ:\"2/v1/models/{model_name}/versions/{version}:predict:\004bodyZ>\"6/v1/models/{model_name}/labels/{version_label}:predict:\004body'
   _globals['_SERVINGSERVICE'].methods_by_name['RestClassify']._loaded_options = None
   _globals['_SERVINGSERVICE'].methods_by_name['RestClassify']._serialized_options = b'\202\323\344\223\002\235\001\" /v1/models/{model_name}:classify:\001*Z8\"3/v1/models/{model_name}/versions/{version}:classify:\001*Z<\"7/v1/models/{model_name}/labels/{version_label}:classify:\001*'
   _globals['_SERVINGSERVICE'].methods_by_name['RestRegress']._loaded_options = None
   _globals['_SERVINGSERVICE'].methods_by_name['RestRegress']._serialized_options = b'\202\323\344\223\002\232\001\"\037/v1/models/{model_name}:regress:\001*Z7\"2/v1/models/{model_name}/versions/{version}:regress:\001*Z;\"6/v1/models/{model_name}/labels/{version_label}:regress:\001*'
-  _globals['_MODELVERSIONSTATE']._serialized_start=2580
-  _globals['_MODELVERSIONSTATE']._serialized_end=2800
-  _globals['_PREDICTREQUEST']._serialized_start=177
-  _globals['_PREDICTREQUEST']._serialized_end=412
-  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=342
-  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=412
-  _globals['_PREDICTRESPONSE']._serialized_start=415
-  _globals['_PREDICTRESPONSE']._serialized_end=657
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=586
-  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=657
-  _globals['_MODELVERSIONSTATUS']._serialized_start=659
-  _globals['_MODELVERSIONSTATUS']._serialized_end=764
-  _globals['_GETMODELSTATUSREQUEST']._serialized_start=766
-  _globals['_GETMODELSTATUSREQUEST']._serialized_end=809
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=811
-  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=912
-  _globals['_RESTMODELREQUEST']._serialized_start=914
-  _globals['_RESTMODELREQUEST']._serialized_end=992
-  _globals['_RESTSTATUS']._serialized_start=995
-  _globals['_RESTSTATUS']._serialized_end=1400
-  _globals['_RESTSTATUS_CODE']._serialized_start=1089
-  _globals['_RESTSTATUS_CODE']._serialized_end=1400
-  _globals['_RESTMODELVERSIONSTATUS']._serialized_start=1403
-  _globals['_RESTMODELVERSIONSTATUS']._serialized_end=1640
-  _globals['_RESTMODELVERSIONSTATUS_STATE']._serialized_start=1557
-  _globals['_RESTMODELVERSIONSTATUS_STATE']._serialized_end=1640
-  _globals['_RESTGETMODELSTATUSRESPONSE']._serialized_start=1642
-  _globals['_RESTGETMODELSTATUSRESPONSE']._serialized_end=1743
-  _globals['_RESTMODELSPEC']._serialized_start=1746
-  _globals['_RESTMODELSPEC']._serialized_end=1890
-  _globals['_RESTGETMODELMETADATARESPONSE']._serialized_start=1892
-  _globals['_RESTGETMODELMETADATARESPONSE']._serialized_end=2019
-  _globals['_RESTPREDICTREQUEST']._serialized_start=2022
-  _globals['_RESTPREDICTREQUEST']._serialized_end=2209
-  _globals['_RESTPREDICTRESPONSE']._serialized_start=2211
-  _globals['_RESTPREDICTRESPONSE']._serialized_end=2318
-  _globals['_RESTEXAMPLESREQUEST']._serialized_start=2321
-  _globals['_RESTEXAMPLESREQUEST']._serialized_end=2511
-  _globals['_RESTRESULTRESPONSE']._serialized_start=2513
-  _globals['_RESTRESULTRESPONSE']._serialized_end=2577
-  _globals['_SERVINGSERVICE']._serialized_start=2803
-  _globals['_SERVINGSERVICE']._serialized_end=4290
+  _globals['_MODELVERSIONSTATE']._serialized_start=2468
+  _globals['_MODELVERSIONSTATE']._serialized_end=2688
+  _globals['_PREDICTREQUEST']._serialized_start=204
+  _globals['_PREDICTREQUEST']._serialized_end=439
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=369
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=439
+  _globals['_PREDICTRESPONSE']._serialized_start=442
+  _globals['_PREDICTRESPONSE']._serialized_end=684
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_start=613
+  _globals['_PREDICTRESPONSE_OUTPUTSENTRY']._serialized_end=684
+  _globals['_MODELVERSIONSTATUS']._serialized_start=686
+  _globals['_MODELVERSIONSTATUS']._serialized_end=791
+  _globals['_GETMODELSTATUSREQUEST']._serialized_start=793
+  _globals['_GETMODELSTATUSREQUEST']._serialized_end=836
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_start=838
+  _globals['_GETMODELSTATUSRESPONSE']._serialized_end=939
+  _globals['_RESTMODELREQUEST']._serialized_start=941
+  _globals['_RESTMODELREQUEST']._serialized_end=1019
+  _globals['_RESTSTATUS']._serialized_start=1022
+  _globals['_RESTSTATUS']._serialized_end=1427
+  _globals['_RESTSTATUS_CODE']._serialized_start=1116
+  _globals['_RESTSTATUS_CODE']._serialized_end=1427
+  _globals['_RESTMODELVERSIONSTATUS']._serialized_start=1430
+  _globals['_RESTMODELVERSIONSTATUS']._serialized_end=1667
+  _globals['_RESTMODELVERSIONSTATUS_STATE']._serialized_start=1584
+  _globals['_RESTMODELVERSIONSTATUS_STATE']._serialized_end=1667
+  _globals['_RESTGETMODELSTATUSRESPONSE']._serialized_start=1669
+  _globals['_RESTGETMODELSTATUSRESPONSE']._serialized_end=1770
+  _globals['_RESTMODELSPEC']._serialized_start=1773
+  _globals['_RESTMODELSPEC']._serialized_end=1917
+  _globals['_RESTGETMODELMETADATARESPONSE']._serialized_start=1919
+  _globals['_RESTGETMODELMETADATARESPONSE']._serialized_end=2046
+  _globals['_RESTPREDICTREQUEST']._serialized_start=2049
+  _globals['_RESTPREDICTREQUEST']._serialized_end=2206
+  _globals['_RESTEXAMPLESREQUEST']._serialized_start=2209
+  _globals['_RESTEXAMPLESREQUEST']._serialized_end=2399
+  _globals['_RESTRESULTRESPONSE']._serialized_start=2401
+  _globals['_RESTRESULTRESPONSE']._serialized_end=2465
+  _globals['_SERVINGSERVICE']._serialized_start=2691
+  _globals['_SERVINGSERVICE']._serialized_end=4169
 # @@protoc_insertion_point(module_scope)

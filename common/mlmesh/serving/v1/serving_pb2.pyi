@@ -1,4 +1,5 @@
 from google.api import annotations_pb2 as _annotations_pb2
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import wrappers_pb2 as _wrappers_pb2
 from mlmesh.types.v1 import tensor_pb2 as _tensor_pb2
@@ -193,28 +194,16 @@ class RestGetModelMetadataResponse(_message.Message):
     def __init__(self, model_spec: _Optional[_Union[RestModelSpec, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class RestPredictRequest(_message.Message):
-    __slots__ = ("model_name", "version", "version_label", "signature_name", "instances", "inputs")
+    __slots__ = ("model_name", "version", "version_label", "body")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSION_LABEL_FIELD_NUMBER: _ClassVar[int]
-    SIGNATURE_NAME_FIELD_NUMBER: _ClassVar[int]
-    INSTANCES_FIELD_NUMBER: _ClassVar[int]
-    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: int
     version_label: str
-    signature_name: str
-    instances: _struct_pb2.Value
-    inputs: _struct_pb2.Value
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., version_label: _Optional[str] = ..., signature_name: _Optional[str] = ..., instances: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., inputs: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
-
-class RestPredictResponse(_message.Message):
-    __slots__ = ("predictions", "outputs")
-    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
-    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
-    predictions: _struct_pb2.Value
-    outputs: _struct_pb2.Value
-    def __init__(self, predictions: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., outputs: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
+    body: _httpbody_pb2.HttpBody
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., version_label: _Optional[str] = ..., body: _Optional[_Union[_httpbody_pb2.HttpBody, _Mapping]] = ...) -> None: ...
 
 class RestExamplesRequest(_message.Message):
     __slots__ = ("model_name", "version", "version_label", "signature_name", "context", "examples")

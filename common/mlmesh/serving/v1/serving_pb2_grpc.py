@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from mlmesh.serving.v1 import serving_pb2 as mlmesh_dot_serving_dot_v1_dot_serving__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -63,7 +64,7 @@ class ServingServiceStub:
         self.RestPredict = channel.unary_unary(
                 '/mlmesh.serving.v1.ServingService/RestPredict',
                 request_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictRequest.SerializeToString,
-                response_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictResponse.FromString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
         self.RestClassify = channel.unary_unary(
                 '/mlmesh.serving.v1.ServingService/RestClassify',
@@ -115,6 +116,8 @@ class ServingServiceServicer:
 
     def RestPredict(self, request, context):
         """POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict
+        The JSON body travels untouched both ways (HttpBody): the replica parses it
+        with json.loads, ~6x cheaper than walking protobuf Values of every number.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,7 +163,7 @@ def add_ServingServiceServicer_to_server(servicer, server):
             'RestPredict': grpc.unary_unary_rpc_method_handler(
                     servicer.RestPredict,
                     request_deserializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictRequest.FromString,
-                    response_serializer=mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictResponse.SerializeToString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
             'RestClassify': grpc.unary_unary_rpc_method_handler(
                     servicer.RestClassify,
@@ -313,7 +316,7 @@ class ServingService:
             target,
             '/mlmesh.serving.v1.ServingService/RestPredict',
             mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictRequest.SerializeToString,
-            mlmesh_dot_serving_dot_v1_dot_serving__pb2.RestPredictResponse.FromString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,
