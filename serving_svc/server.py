@@ -45,6 +45,7 @@ def build(
         warmup=settings.warmup,
         load_threads=settings.load_threads,
         stagger_loads_s=settings.stagger_loads_seconds,
+        load_niceness=settings.load_niceness,
         memory=MemoryOptions(settings.memory_budget_bytes, settings.memory_estimate_factor),
         on_availability=on_availability,
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +52,13 @@ def turn_to_load(model_dir: Path, timeout_s: float) -> Iterator[float]:
     finally:
         if fd >= 0:
             os.close(fd)  # releases the lock too
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Give the calling thread (only it: Linux schedules threads as tasks) the nice value
+    `niceness`, so a load yields the CPU to serving threads and other processes. Never
+    raises: without the permission or the platform, loads run at normal priority."""
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        if os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+            os.setpriority(os.PRIO_PROCESS, tid, niceness)

@@ -33,7 +33,7 @@ from mlmesh.logging import get_logger
 from serving_svc.core import metrics
 from serving_svc.core.batch_options import BatchingOptions
 from serving_svc.core.batcher import Batcher, BatchingRegistry
-from serving_svc.core.load_lock import turn_to_load
+from serving_svc.core.load_lock import lower_thread_priority, turn_to_load
 from serving_svc.core.loader import Servable, load_servable
 from serving_svc.core.resources import DEFAULT_ESTIMATE_FACTOR, MemoryBudget, estimate_bytes
 from serving_svc.core.source import AspiredModel, Source, SourceError
@@ -127,6 +127,7 @@ class ModelManager:
         warmup: bool = True,
         load_threads: int = 1,
         stagger_loads_s: float = 0.0,
+        load_niceness: int = 0,
         memory: MemoryOptions | None = None,
         loader: Loader = load_servable,
         on_availability: AvailabilityListener | None = None,
@@ -148,6 +149,7 @@ class ModelManager:
         # neither starve model calls nor wait behind them.
         self._load_threads = load_threads
         self._stagger_s = stagger_loads_s  # 0: replicas do not take turns (core/load_lock.py)
+        self._load_niceness = load_niceness
         self._load_executor = ThreadPoolExecutor(load_threads, thread_name_prefix="model-load")
         metrics.MEMORY_BUDGET.set(self._memory.budget_bytes)
 
@@ -304,6 +306,8 @@ class ModelManager:
         stagger_s = self._stagger_s if replacing else 0.0
 
         def load() -> Servable:
+            if self._load_niceness:
+                lower_thread_priority(self._load_niceness)
             with turn_to_load(record.path.parent, stagger_s) as waited:
                 if waited > 0.01:
                     log.info("waited for another replica's load", model=model.name, seconds=round(waited, 3))

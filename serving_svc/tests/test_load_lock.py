@@ -82,3 +82,22 @@ def test_a_killed_holder_releases_its_turn(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_a_load_thread_lowers_its_own_priority_only() -> None:
+    from serving_svc.core.load_lock import lower_thread_priority
+
+    seen: dict[str, int] = {}
+
+    def load() -> None:
+        lower_thread_priority(19)
+        seen["loader"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        lower_thread_priority(5)  # never raises it back (that would need privileges)
+        seen["again"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=load)
+    t.start()
+    t.join()
+    assert seen == {"loader": 19, "again": 19}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread untouched
