@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -82,14 +82,11 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
     async def _from_instances(
         self, specs: Mapping[str, InputSpec], instances: struct_pb2.ListValue
     ) -> tuple[dict[str, np.ndarray], int]:
-        def convert() -> tuple[dict[str, np.ndarray], int]:
-            return prepare_instances(specs, _instances(instances), self._max_examples)
-
-        if len(instances.values) <= INLINE_INSTANCES:
-            return convert()
-        # Converting JSON numbers costs ~0.3 ms per 28x28 example: off the event loop so a
-        # large request does not stall everyone else's.
-        return await asyncio.to_thread(convert)
+        # Walking protobuf Values costs ~0.3 ms per 28x28 example (json.loads ~0.05 ms).
+        return await _converted(
+            len(instances.values) <= INLINE_INSTANCES,
+            lambda: prepare_instances(specs, _instances(instances), self._max_examples),
+        )
 
     @grpc_errors
     async def GetModelStatus(
@@ -163,12 +160,14 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
         with tfs.lease(self._manager, request.model_name, request.version, request.version_label) as record:
             signature = tfs.servable_of(record).signature(signature_name)
             if instances is not None:
-                arrays, n = await self._converted(
-                    len(instances), prepare_instances, signature.inputs, instances, self._max_examples
+                arrays, n = await _converted(
+                    len(instances) <= INLINE_JSON_INSTANCES,
+                    lambda: prepare_instances(signature.inputs, instances, self._max_examples),
                 )
             else:
-                arrays, n = await self._converted(
-                    _n_hint(inputs), prepare_columns, signature.inputs, inputs, self._max_examples
+                arrays, n = await _converted(
+                    _n_hint(inputs) <= INLINE_JSON_INSTANCES,
+                    lambda: prepare_columns(signature.inputs, inputs, self._max_examples),
                 )
             outputs = await tfs.run(record, signature, arrays, n)
             names = signature.output_names
@@ -178,13 +177,6 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
                 else {"outputs": json_tensors.columns(outputs, names)}
             )
             return httpbody_pb2.HttpBody(content_type=JSON, data=json.dumps(answer).encode())
-
-    async def _converted(self, size: int, fn: Any, *args: Any) -> tuple[dict[str, np.ndarray], int]:
-        if size <= INLINE_JSON_INSTANCES:
-            return fn(*args)  # type: ignore[no-any-return]
-        # Converting JSON numbers costs ~0.05 ms per 28x28 example: off the event loop so a
-        # large request does not stall everyone else's.
-        return await asyncio.to_thread(fn, *args)  # type: ignore[no-any-return]
 
     @grpc_errors
     async def RestClassify(
@@ -216,6 +208,14 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
             if method == CLASSIFY_METHOD:
                 return tfs.classifications(outputs, len(examples))
             return tfs.regressions(outputs, len(examples))
+
+
+async def _converted(
+    inline: bool, convert: Callable[[], tuple[dict[str, np.ndarray], int]]
+) -> tuple[dict[str, np.ndarray], int]:
+    """Run a request's input conversion: inline when small, else off the event loop so a
+    large request does not stall everyone else's."""
+    return convert() if inline else await asyncio.to_thread(convert)
 
 
 def _n_hint(inputs: Any) -> int:
