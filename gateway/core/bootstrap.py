@@ -19,6 +19,8 @@ from typing import Any
 from gateway.core.backends import Backend
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "envoy.template.json"
+# The Lua filter giving REST clients TF Serving's error bodies ({"error": ...}).
+REST_ERRORS_LUA = (Path(__file__).resolve().parent / "rest_errors.lua").read_text()
 SERVING_CLUSTER = "serving"
 # The same replicas balanced by consistent hashing on the idempotency key (MAGLEV),
 # so duplicates of one request reach one replica, which coalesces or replays them.
@@ -317,6 +319,7 @@ def build_bootstrap(inputs: BootstrapInputs, template: Any | None = None) -> dic
             "listen_port": inputs.listen_port,
             "descriptor_path": str(inputs.descriptor_path),
             "max_body_bytes": inputs.max_body_bytes,
+            "rest_errors_lua": REST_ERRORS_LUA,
             "access_log": [file_access_log(inputs.access_log_path)] if inputs.access_log_path else [],
             "route_config": serving_route_config(inputs.retry),
             "clusters": [

@@ -183,6 +183,7 @@ def test_bodies_larger_than_max_message_bytes_are_413_and_500(group: ProcessGrou
     assert predict(150_000).status == 500  # ~0.94 MB in, ~1.14 MB out: Envoy's plain 500
     too_big = predict(1000, padding=1 << 20)
     assert too_big.status == 413
+    assert "exceeds the configured limit" in too_big.json()["error"]  # TF Serving's REST error shape
     assert predict(1000).status == 200
 
 

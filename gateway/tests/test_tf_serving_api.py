@@ -358,4 +358,4 @@ def test_rest_bad_requests_get_precise_statuses(
 ) -> None:
     r = http(port, method, path, body)
     assert r.status == status, r.body[:500]
-    assert message in r.json()["message"]
+    assert message in r.json()["error"]
