@@ -27,7 +27,8 @@ INLINE_INSTANCES = 8
 INLINE_JSON_INSTANCES = 32
 
 JSON = "application/json"
-_PREDICT_KEYS = {"signature_name", "instances", "inputs"}
+_PREDICT_KEYS = frozenset({"signature_name", "instances", "inputs"})
+_EXAMPLES_KEYS = frozenset({"signature_name", "context", "examples"})
 
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name
 
@@ -153,7 +154,7 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
 
     @grpc_errors
     async def RestPredict(
-        self, request: serving_pb2.RestPredictRequest, context: grpc.aio.ServicerContext
+        self, request: serving_pb2.RestJsonRequest, context: grpc.aio.ServicerContext
     ) -> httpbody_pb2.HttpBody:
         require(bool(request.model_name), "model_name is empty")
         signature_name, instances, inputs = _predict_body(request.body.data)
@@ -176,38 +177,35 @@ class ServingServicer(serving_pb2_grpc.ServingServiceServicer):
                 if instances is not None
                 else {"outputs": json_tensors.columns(outputs, names)}
             )
-            return httpbody_pb2.HttpBody(content_type=JSON, data=json.dumps(answer).encode())
+            return _json_answer(answer)
 
     @grpc_errors
     async def RestClassify(
-        self, request: serving_pb2.RestExamplesRequest, context: grpc.aio.ServicerContext
-    ) -> serving_pb2.RestResultResponse:
+        self, request: serving_pb2.RestJsonRequest, context: grpc.aio.ServicerContext
+    ) -> httpbody_pb2.HttpBody:
         rows = await self._examples(request, CLASSIFY_METHOD)
-        response = serving_pb2.RestResultResponse()
-        response.result.extend([[[c.label, c.score] for c in row] for row in rows])
-        return response
+        return _json_answer({"result": [[[c.label, c.score] for c in row] for row in rows]})
 
     @grpc_errors
     async def RestRegress(
-        self, request: serving_pb2.RestExamplesRequest, context: grpc.aio.ServicerContext
-    ) -> serving_pb2.RestResultResponse:
-        values = await self._examples(request, REGRESS_METHOD)
-        response = serving_pb2.RestResultResponse()
-        response.result.extend(values)
-        return response
+        self, request: serving_pb2.RestJsonRequest, context: grpc.aio.ServicerContext
+    ) -> httpbody_pb2.HttpBody:
+        return _json_answer({"result": list(await self._examples(request, REGRESS_METHOD))})
 
-    async def _examples(self, request: serving_pb2.RestExamplesRequest, method: str) -> Any:
+    async def _examples(self, request: serving_pb2.RestJsonRequest, method: str) -> Any:
         require(bool(request.model_name), "model_name is empty")
-        examples = examples_from_json(
-            [json_format.MessageToDict(e) for e in request.examples],
-            json_format.MessageToDict(request.context) if request.HasField("context") else None,
-        )
+        signature_name, examples_json, context_json = _examples_body(request.body.data)
+        examples = examples_from_json(examples_json, context_json)
         with tfs.lease(self._manager, request.model_name, request.version, request.version_label) as record:
-            signature = tfs.examples_signature(tfs.servable_of(record), request.signature_name, method)
+            signature = tfs.examples_signature(tfs.servable_of(record), signature_name, method)
             outputs = await tfs.run_examples(record, signature, examples)
             if method == CLASSIFY_METHOD:
                 return tfs.classifications(outputs, len(examples))
             return tfs.regressions(outputs, len(examples))
+
+
+def _json_answer(answer: Any) -> httpbody_pb2.HttpBody:
+    return httpbody_pb2.HttpBody(content_type=JSON, data=json.dumps(answer).encode())
 
 
 async def _converted(
@@ -224,22 +222,44 @@ def _n_hint(inputs: Any) -> int:
     return len(first) if isinstance(first, list) else 1
 
 
-def _predict_body(data: bytes) -> tuple[str, list[Any] | None, Any]:
-    """TF Serving's predict JSON → (signature_name, instances or None, inputs)."""
+def _json_body(data: bytes, keys: frozenset[str], expected: str) -> tuple[dict[str, Any], str]:
+    """A REST body → (the JSON object, its signature_name); InvalidArgument says what is wrong."""
     if not data:
-        raise InvalidArgument("request body is empty; expected a JSON object with 'instances' or 'inputs'")
+        raise InvalidArgument(f"request body is empty; expected a JSON object with {expected}")
     try:
         body = json.loads(data)
     except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
         raise InvalidArgument(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise InvalidArgument(f"request body is a JSON {_json_kind(body)}; expected an object")
-    unknown = sorted(set(body) - _PREDICT_KEYS)
+    unknown = sorted(set(body) - keys)
     if unknown:
-        raise InvalidArgument(f"request body has unknown fields {unknown}; expected {sorted(_PREDICT_KEYS)}")
+        raise InvalidArgument(f"request body has unknown fields {unknown}; expected {sorted(keys)}")
     signature_name = body.get("signature_name", "")
     if not isinstance(signature_name, str):
         raise InvalidArgument(f"'signature_name' is a JSON {_json_kind(signature_name)}; expected a string")
+    return body, signature_name
+
+
+def _examples_body(data: bytes) -> tuple[str, list[Any], dict[str, Any] | None]:
+    """TF Serving's classify/regress JSON → (signature_name, examples, context or None)."""
+    body, signature_name = _json_body(data, _EXAMPLES_KEYS, "'examples'")
+    examples = body.get("examples")
+    if not isinstance(examples, list):
+        raise InvalidArgument(
+            "'examples' is missing; expected a list of objects"
+            if examples is None
+            else f"'examples' is a JSON {_json_kind(examples)}; expected a list of objects"
+        )
+    context = body.get("context")
+    if context is not None and not isinstance(context, dict):
+        raise InvalidArgument(f"'context' is a JSON {_json_kind(context)}; expected an object")
+    return signature_name, examples, context
+
+
+def _predict_body(data: bytes) -> tuple[str, list[Any] | None, Any]:
+    """TF Serving's predict JSON → (signature_name, instances or None, inputs)."""
+    body, signature_name = _json_body(data, _PREDICT_KEYS, "'instances' or 'inputs'")
     has_instances, has_inputs = "instances" in body, "inputs" in body
     if has_instances == has_inputs:
         raise InvalidArgument(

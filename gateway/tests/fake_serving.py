@@ -135,7 +135,7 @@ class FakeServingServicer(serving_pb2_grpc.ServingServiceServicer):
 
     @grpc_errors
     async def RestPredict(
-        self, request: serving_pb2.RestPredictRequest, context: grpc.aio.ServicerContext
+        self, request: serving_pb2.RestJsonRequest, context: grpc.aio.ServicerContext
     ) -> httpbody_pb2.HttpBody:
         await self._maybe_delay(context)
         if request.model_name == "missing":

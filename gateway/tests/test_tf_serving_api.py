@@ -359,3 +359,13 @@ def test_rest_bad_requests_get_precise_statuses(
     r = http(port, method, path, body)
     assert r.status == status, r.body[:500]
     assert message in r.json()["error"]
+
+
+def test_rest_integers_stay_int64_features_as_in_tf_serving(port: int) -> None:
+    # The body reaches the replica as sent, so `1` is an int64 feature and `1.0` a float one (TF
+    # Serving's rule). half_plus_three parses x as float32: the int64 feature is refused, naming x.
+    r = http(port, "POST", f"{HALF}:regress", {"signature_name": REGRESS, "examples": [{"x": 1}]})
+    assert r.status == 400, r.body[:300]
+    assert "Key: x" in r.json()["error"] and "int64 but expected type: float" in r.json()["error"]
+    as_float = {"signature_name": REGRESS, "examples": [{"x": 1.0}]}
+    assert ok(http(port, "POST", f"{HALF}:regress", as_float)) == {"result": [3.5]}

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from mlmesh.errors import InvalidArgument
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving_svc.core.signature import (
@@ -80,7 +81,12 @@ class Servable:
     def call(self, signature: str, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one signature on arrays already validated against its inputs."""
         spec = self.signatures[signature or DEFAULT_SIGNATURE]
-        result = self._functions[spec.name](**{name: tf.constant(arr) for name, arr in batch.items()})
+        try:
+            result = self._functions[spec.name](**{name: tf.constant(arr) for name, arr in batch.items()})
+        except tf.errors.InvalidArgumentError as e:
+            # The model's own ops refused the values (e.g. an Example feature of the wrong
+            # type): the client's input is at fault, as in TF Serving, not the server.
+            raise InvalidArgument(f"signature {spec.name!r} rejected the input: {_op_message(e)}") from None
         return {name: result[name].numpy() for name in spec.output_names}
 
     def warm_up(self) -> None:
@@ -192,3 +198,9 @@ def load_servable(model: str, version: int, path: Path, *, warmup: bool = True) 
 
         warm_up(servable)
     return servable
+
+
+def _op_message(error: tf.errors.OpError) -> str:
+    """The op's own words, without TF's "Graph execution error" traceback and node suffix."""
+    message = (error.message or str(error)).split("[[", 1)[0].strip()
+    return message.splitlines()[-1].strip() if message else type(error).__name__

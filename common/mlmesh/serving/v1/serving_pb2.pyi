@@ -193,7 +193,7 @@ class RestGetModelMetadataResponse(_message.Message):
     metadata: _struct_pb2.Struct
     def __init__(self, model_spec: _Optional[_Union[RestModelSpec, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
-class RestPredictRequest(_message.Message):
+class RestJsonRequest(_message.Message):
     __slots__ = ("model_name", "version", "version_label", "body")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -204,25 +204,3 @@ class RestPredictRequest(_message.Message):
     version_label: str
     body: _httpbody_pb2.HttpBody
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., version_label: _Optional[str] = ..., body: _Optional[_Union[_httpbody_pb2.HttpBody, _Mapping]] = ...) -> None: ...
-
-class RestExamplesRequest(_message.Message):
-    __slots__ = ("model_name", "version", "version_label", "signature_name", "context", "examples")
-    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
-    VERSION_FIELD_NUMBER: _ClassVar[int]
-    VERSION_LABEL_FIELD_NUMBER: _ClassVar[int]
-    SIGNATURE_NAME_FIELD_NUMBER: _ClassVar[int]
-    CONTEXT_FIELD_NUMBER: _ClassVar[int]
-    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
-    model_name: str
-    version: int
-    version_label: str
-    signature_name: str
-    context: _struct_pb2.Struct
-    examples: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., version_label: _Optional[str] = ..., signature_name: _Optional[str] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., examples: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
-
-class RestResultResponse(_message.Message):
-    __slots__ = ("result",)
-    RESULT_FIELD_NUMBER: _ClassVar[int]
-    result: _struct_pb2.ListValue
-    def __init__(self, result: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ...) -> None: ...
