@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 
 import grpc
-from google.protobuf import any_pb2, wrappers_pb2
+from google.protobuf import any_pb2, text_format, wrappers_pb2
 from mlmesh.errors import InvalidArgument, grpc_errors
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -147,7 +147,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus; HandleReloadConfigRequest is UNIMPLEMENTED (the model-config file is watched)."""
+    """GetModelStatus, and HandleReloadConfigRequest (which rewrites the watched model-config file)."""
 
     def __init__(self, manager: ModelManager) -> None:
         self._manager = manager
@@ -172,14 +172,19 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             ]
         )
 
+    @grpc_errors
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "HandleReloadConfigRequest is not supported: edit the model-config file the server watches",
+        if not request.HasField("config"):
+            raise InvalidArgument("config is not set: send the whole ModelServerConfig to serve")
+        outcome = await tfs.reload_config(self._manager, text_format.MessageToString(request.config))
+        return model_management_pb2.ReloadConfigResponse(
+            status=status_pb2.StatusProto(
+                error_code=_ERROR_CODES.values_by_name[outcome.error_code].number,
+                error_message=outcome.error_message,
+            )
         )
-        raise AssertionError("unreachable")  # abort raises
 
 
 def add_to_server(manager: ModelManager, server: grpc.aio.Server, *, max_request_examples: int) -> list[str]:

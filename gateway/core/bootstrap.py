@@ -28,7 +28,8 @@ SERVING_KEYED_CLUSTER = "serving_keyed"
 IDEMPOTENCY_HEADER = "idempotency-key"
 SERVING_SERVICE = "mlmesh.serving.v1.ServingService"
 # TensorFlow Serving's own gRPC API, served by the same replicas (drop-in for its clients).
-TFS_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+TFS_MODEL_SERVICE = "tensorflow.serving.ModelService"
+TFS_SERVICES = ("tensorflow.serving.PredictionService", TFS_MODEL_SERVICE)
 LISTENER_NAME = "ingress"
 HTTP_STAT_PREFIX = "ingress_http"
 
@@ -234,7 +235,13 @@ def serving_route_config(
         {
             "match": {"path": "/healthz"},
             "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}},
-        }
+        },
+        # Rewriting the model config is an admin action: on the replica's port, not the public one
+        # (gRPC clients see UNIMPLEMENTED, as for a method the server lacks).
+        {
+            "match": {"path": f"/{TFS_MODEL_SERVICE}/HandleReloadConfigRequest"},
+            "direct_response": {"status": 404},
+        },
     ]
     for service in (SERVING_SERVICE, *TFS_SERVICES):
         route = {**serving, "match": {"prefix": f"/{service}/", "grpc": {}}}

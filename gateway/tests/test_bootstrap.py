@@ -110,7 +110,12 @@ def test_cluster_with_dns_names_is_strict_dns() -> None:
 
 
 def test_tf_serving_grpc_services_route_to_the_serving_cluster_like_ours() -> None:
-    _, ours_keyed, ours, *tfs = serving_route_config()["virtual_hosts"][0]["routes"]
+    _, reload, ours_keyed, ours, *tfs = serving_route_config()["virtual_hosts"][0]["routes"]
+    # Except the admin method that rewrites the model config: not on the public listener.
+    assert reload == {
+        "match": {"path": "/tensorflow.serving.ModelService/HandleReloadConfigRequest"},
+        "direct_response": {"status": 404},
+    }
     keyed, plain = tfs[0::2], tfs[1::2]
     assert [r["match"] for r in plain] == [
         {"prefix": "/tensorflow.serving.PredictionService/", "grpc": {}},
@@ -124,7 +129,7 @@ def test_tf_serving_grpc_services_route_to_the_serving_cluster_like_ours() -> No
 
 def test_route_honours_client_deadlines_and_retries_on_other_hosts() -> None:
     rc = serving_route_config(RetryOptions(per_try_timeout_seconds=0.5))
-    healthz, _keyed, grpc_route, *_ = rc["virtual_hosts"][0]["routes"]
+    healthz, _reload, _keyed, grpc_route, *_ = rc["virtual_hosts"][0]["routes"]
     assert healthz["match"] == {"path": "/healthz"} and healthz["direct_response"]["status"] == 200
     assert grpc_route["match"] == {"prefix": "/mlmesh.serving.v1.ServingService/", "grpc": {}}
     route = grpc_route["route"]

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from mlmesh.errors import InvalidArgument, MlmeshError, NotFound
 from mlmesh.logging import get_logger
@@ -105,6 +106,7 @@ class _Model:
 
 
 Loader = Callable[..., Servable]
+T = TypeVar("T")
 # Called with (model, False) when the source first lists a model, then on every change of
 # "has an AVAILABLE version".
 AvailabilityListener = Callable[[str, bool], None]
@@ -143,6 +145,8 @@ class ModelManager:
         self._on_availability = on_availability
         self._models: dict[str, _Model] = {}
         self._poll_task: asyncio.Task[None] | None = None
+        # One reader of the source at a time (sources are not thread-safe; polls run in threads).
+        self._source_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         # Loads are rare and CPU-heavy: a budget of their own (default one thread), so they
@@ -196,7 +200,8 @@ class ModelManager:
         """Read the source and start the loads/unloads that move toward it;
         with `wait_for_loads`, return once no load is in flight or startable."""
         try:
-            aspired = await asyncio.get_running_loop().run_in_executor(None, self._source.poll)
+            async with self._source_lock:
+                aspired = await asyncio.get_running_loop().run_in_executor(None, self._source.poll)
         except SourceError as e:
             log.warning("repository unreadable; keeping current versions", error=str(e))
             return
@@ -211,6 +216,18 @@ class ModelManager:
         self._pump()
         while wait_for_loads and self._loading():
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    @property
+    def source(self) -> Source:
+        return self._source
+
+    async def change_source(self, change: Callable[[], T]) -> T:
+        """Run `change` on the source between polls (in a thread: it may touch files), then
+        poll at once and wait for the loads that started; returns what `change` returned."""
+        async with self._source_lock:
+            result = await asyncio.get_running_loop().run_in_executor(None, change)
+        await self.poll_once(wait_for_loads=True)
+        return result
 
     def _loading(self) -> bool:
         """A load is running (loads that wait for memory do not count: they may wait for good)."""

@@ -24,9 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from mlmesh.files import atomic_write_bytes
 from mlmesh.logging import get_logger
 
-from serving_svc.core.model_config import ModelConfig, ModelConfigError, read_model_config
+from serving_svc.core.model_config import (
+    ModelConfig,
+    ModelConfigError,
+    parse_model_config,
+    read_model_config,
+)
 from serving_svc.core.policy import Latest, VersionPolicy
 
 log = get_logger(__name__)
@@ -198,6 +204,17 @@ class ConfigFileSource:
         self._text, self.models, self._rejected = text, models, ""
         log.info("model config file reloaded", path=str(self.path), models=[m.name for m in models])
         return True
+
+    def replace(self, text: str, origin: str) -> list[ModelConfig]:
+        """Take a new config (TF Serving's HandleReloadConfigRequest): validated first
+        (ModelConfigError names the problem, nothing changes), then written over the file
+        atomically, so it outlives a restart and every replica watching the file follows."""
+        models = parse_model_config(text, self.path.parent, origin=origin)
+        atomic_write_bytes(self.path, text.encode())
+        self._text, self.models, self._rejected = text, models, ""
+        self._checked = time.monotonic()
+        log.info("model config replaced", path=str(self.path), models=[m.name for m in models], origin=origin)
+        return models
 
     def poll(self) -> dict[str, AspiredModel]:
         if self.reload_seconds and time.monotonic() - self._checked >= self.reload_seconds:

@@ -14,10 +14,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
-from mlmesh.errors import InvalidArgument, NotFound
+from mlmesh.errors import FailedPrecondition, InvalidArgument, NotFound
 
 from serving_svc.core.loader import Servable
-from serving_svc.core.manager import ModelManager, ModelVersion
+from serving_svc.core.manager import ModelManager, ModelVersion, VersionState
+from serving_svc.core.model_config import ModelConfigError
 from serving_svc.core.signature import (
     CLASSES_OUTPUT,
     DEFAULT_SIGNATURE,
@@ -26,6 +27,7 @@ from serving_svc.core.signature import (
     SCORES_OUTPUT,
     SignatureSpec,
 )
+from serving_svc.core.source import ConfigFileSource
 
 
 def lease(
@@ -201,3 +203,46 @@ def version_statuses(
         VersionStatus(r.version, r.state.value, _error_code(r.error_code), r.error if r.error_code else "")
         for r in records
     ]
+
+
+ORIGIN = "ReloadConfigRequest.config"  # how validation errors name the config they refuse
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What HandleReloadConfigRequest answers: OK, or the first model that has nothing to serve."""
+
+    error_code: str  # tensorflow.error.Code name
+    error_message: str
+
+
+async def reload_config(manager: ModelManager, config_text: str) -> ReloadOutcome:
+    """TF Serving's HandleReloadConfigRequest: take a new ModelServerConfig (text format) and
+    wait for the loads it starts. A config that does not validate changes nothing
+    (InvalidArgument); one that validates is written over the model-config file, so the
+    replicas watching the file follow. A model left with no AVAILABLE version is reported in
+    the outcome (the config stays: its status shows in GetModelStatus, as TF Serving does)."""
+    source = manager.source
+    if not isinstance(source, ConfigFileSource):
+        raise FailedPrecondition(
+            "this server serves a model repository (--model-repo); start it with --model-config-file "
+            "to change its models with HandleReloadConfigRequest"
+        )
+    try:
+        models = await manager.change_source(lambda: source.replace(config_text, ORIGIN))
+    except ModelConfigError as e:
+        raise InvalidArgument(str(e)) from None
+    for model in models:
+        records = manager.status(model.name)
+        if any(r.state is VersionState.AVAILABLE for r in records):
+            continue
+        failed = next((r for r in records if r.failed), None)
+        if failed is not None:
+            message = f"model {model.name!r} version {failed.version}: {failed.error}"
+            return ReloadOutcome(_error_code(failed.error_code), message)
+        states = ", ".join(f"{r.version}: {r.state.value}" for r in records) or "none found"
+        return ReloadOutcome(
+            "UNAVAILABLE",
+            f"model {model.name!r} has no AVAILABLE version under {model.base_path} (versions: {states})",
+        )
+    return ReloadOutcome("OK", "")

@@ -118,6 +118,43 @@ def test_changed_file_adds_and_removes_models_and_a_bad_one_is_logged_and_ignore
     assert served.version("second") == 1 and served.status("second") == SERVING
 
 
+def test_reload_config_request_from_google_client_swaps_models_and_rewrites_the_file(served: Served) -> None:
+    from google.protobuf import text_format
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    from tensorflow_serving.config import model_server_config_pb2
+
+    def reload(text: str) -> model_management_pb2.ReloadConfigResponse:
+        config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+        request = model_management_pb2.ReloadConfigRequest(config=config)
+        with grpc.insecure_channel(served.process.addr) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            return stub.HandleReloadConfigRequest(request, timeout=60)
+
+    # Answered once the new models are loaded: fashion serves at once, second is gone.
+    answer = reload(config_text("fashion"))
+    assert (answer.status.error_code, answer.status.error_message) == (0, "")
+    assert served.version("fashion") == 2 and served.status("fashion") == SERVING
+    wait_for(lambda: served.version("second") == 0, what="second to be unloaded")
+    # Written over the watched file (so it outlives a restart, and every replica watching follows).
+    assert 'name: "fashion"' in served.config.read_text()
+
+    # A config that does not validate changes nothing.
+    with pytest.raises(grpc.RpcError) as e:
+        reload(config_text("second").replace('"store/second" }', '"store/second" model_platform: "x" }'))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    expected = "ReloadConfigRequest.config: model 'second': model_platform 'x' is not supported"
+    assert expected in e.value.details()
+    assert 'name: "fashion"' in served.config.read_text() and served.version("fashion") == 2
+
+    # A model with nothing to serve: the config is taken, the answer's status says why.
+    answer = reload(config_text("fashion", "second").replace("store/second", "store/empty"))
+    assert answer.status.error_code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert "model 'second' has no AVAILABLE version" in answer.status.error_message
+
+    assert reload(config_text("second")).status.error_code == 0
+    assert served.version("second") == 1 and served.status("second") == SERVING
+
+
 def test_sigterm_turns_every_model_not_serving_while_draining(served: Served) -> None:
     assert served.status("second") == SERVING
     served.process.proc.send_signal(signal.SIGTERM)

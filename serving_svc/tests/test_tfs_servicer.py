@@ -329,8 +329,14 @@ def test_model_status_of_unknown_things_is_not_found(
     assert code == grpc.StatusCode.NOT_FOUND and message in details
 
 
-def test_reload_config_requests_are_unimplemented_naming_the_watched_file(models: Any) -> None:
+def test_reload_config_needs_a_config_and_a_server_run_from_a_config_file(models: Any) -> None:
     from tensorflow_serving.apis import model_management_pb2
+    from tensorflow_serving.config import model_server_config_pb2
 
     code, details = error(models.HandleReloadConfigRequest, model_management_pb2.ReloadConfigRequest())
-    assert code == grpc.StatusCode.UNIMPLEMENTED and "model-config file" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "config is not set" in details
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name="half", base_path="/models/half")
+    request = model_management_pb2.ReloadConfigRequest(config=config)
+    code, details = error(models.HandleReloadConfigRequest, request)  # this server reads a repository
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "--model-config-file" in details
