@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import grpc
 import numpy as np
-from mlmesh import keys, tensor
+from mlmesh import keys, tensor, wire
 from mlmesh.errors import InvalidArgument, grpc_errors
 from mlmesh.paramserver.v1 import paramserver_pb2 as pb
 from mlmesh.paramserver.v1 import paramserver_pb2_grpc
@@ -228,10 +228,12 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
         head: pb.RegisterVariablesRequest | None = None
         sink: tensor.Assembler | None = None
         streamed: list[int] = []  # indices of the header's variables whose values are chunked
+        index = -1  # which message of the stream, for errors
         async for message in request_iterator:
+            index += 1
             data = tensor.frame_data(message)
             if data is None:
-                chunk = pb.RegisterChunk.FromString(message)
+                chunk = wire.parse(pb.RegisterChunk, message, f"RegisterVariablesStream message {index}")
                 if chunk.HasField("header"):
                     if head is not None:
                         raise InvalidArgument(
@@ -365,14 +367,16 @@ class ParameterServerServicer(paramserver_pb2_grpc.ParameterServerServiceService
         head: pb.PushRequest | None = None
         sink: tensor.Assembler | StreamedPush | None = None
         names: list[str] = []
+        index = -1  # which message of the stream, for errors
         async for message in request_iterator:
+            index += 1
             data = tensor.frame_data(message)
             if data is not None:
                 if sink is None:
                     raise InvalidArgument(_NO_HEADER)
                 sink.feed(data)
                 continue
-            chunk = pb.PushChunk.FromString(message)
+            chunk = wire.parse(pb.PushChunk, message, f"PushStream message {index}")
             if head is None:
                 if not chunk.HasField("header"):
                     raise InvalidArgument(_NO_HEADER)

@@ -18,8 +18,10 @@ from tensorflow_serving.apis import (
     get_model_status_pb2,
     model_management_pb2,
     model_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
     status_pb2,
@@ -32,8 +34,10 @@ from serving_svc.core.manager import ModelManager, ModelVersion
 from serving_svc.core.signature import CLASSIFY_METHOD, REGRESS_METHOD
 from serving_svc.core.tfs_codec import arrays_from_protos, to_proto
 
-PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
-MODEL_SERVICE = "tensorflow.serving.ModelService"
+# From the descriptors (importing them also puts the services in the default pool, which
+# reflection serves: the *_pb2_grpc modules alone do not).
+PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 SIGNATURE_DEF_FIELD = "signature_def"
 
 _STATES = get_model_status_pb2.ModelVersionStatus.State

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
 from mlmesh.files import atomic_write_json
+from mlmesh.interceptors import UndecodableInterceptor, WrappingInterceptor
 from mlmesh.lifeline import die_with_parent
 from mlmesh.logging import configure_logging, get_logger
 from mlmesh.memory import keep_large_blocks
@@ -50,38 +51,6 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
     if isinstance(code, grpc.StatusCode):
         return code.name
     return str(code)
-
-
-class WrappingInterceptor(grpc.aio.ServerInterceptor):
-    """An interceptor that wraps a method's handler once, not on every call.
-
-    gRPC asks every interceptor for the handler on each call; a registered method's
-    handler is the same object each time, so the wrapped one is kept per method (and
-    replaced if the inner handler changes). Interceptors built on this chain cheaply:
-    each returns the same wrapped object, so the next one's cache hits too."""
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        hit = self._wrapped.get(method)
-        if hit is not None and hit[0] is handler:
-            return hit[1]
-        wrapped = self.wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """The handler to use for `method` ("/pkg.Service/Method") instead of `handler`."""
-        raise NotImplementedError
 
 
 class MetricsInterceptor(WrappingInterceptor):
@@ -224,7 +193,8 @@ async def run_service(
         metrics_port = metrics_server.server_port
 
     server = grpc.aio.server(
-        options=server_options(settings), interceptors=[MetricsInterceptor(), *interceptors]
+        options=server_options(settings),
+        interceptors=[MetricsInterceptor(), UndecodableInterceptor(), *interceptors],
     )
     service_names = list(add_servicers(server))
     health = health or HealthServicer()

@@ -10,6 +10,9 @@ here: varints and length-delimited fields.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
 
 from mlmesh.errors import InvalidArgument
 
@@ -91,3 +94,17 @@ def packed_varints(buf: memoryview) -> list[int]:
 def signed64(value: int) -> int:
     """An int64 field's varint as a Python int (negatives are ten-byte two's complement)."""
     return value - (1 << 64) if value >= 1 << 63 else value
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse(cls: type[M], data: bytes, where: str) -> M:
+    """`data` parsed as a `cls` message; InvalidArgument names `where` and the message type
+    (a servicer that takes raw bytes parses its messages itself, so it must say so too)."""
+    try:
+        return cls.FromString(data)
+    except DecodeError as e:
+        raise InvalidArgument(
+            f"{where}: the bytes do not parse as {cls.DESCRIPTOR.full_name} ({e})"
+        ) from None
