@@ -18,6 +18,8 @@ stdout and stderr appended to `<run_dir>/logs/<name>.log`.
   stopped (children and their process groups gone) before the one started
   before it is signalled, so stopping costs about the slowest child of each
   group, and a child never outlives what it depends on.
+- `remove(name)` stops one child the same way (SIGTERM, grace, SIGKILL) and
+  forgets it: scaling down. Scaling up is `start` at any time.
 - Children get PR_SET_PDEATHSIG=SIGKILL, so none outlives the supervisor even
   if the supervisor is SIGKILLed: each child asks for it itself
   (`mlmesh.lifeline`, from `MLMESH_PARENT_PID`), since a `preexec_fn` would
@@ -266,6 +268,25 @@ class Supervisor:
                     f"see its log {child.log_path}" + self._tail_text(child)
                 )
             time.sleep(0.1)
+
+    def remove(self, name: str) -> ChildInfo:
+        """Stop one child for good and forget it (scaling down): SIGTERM, so it drains
+        (a service deregisters and turns NOT_SERVING first), SIGKILL to its process group
+        after `grace_seconds`. It is not restarted; its name can be started again.
+        KeyError for an unknown name."""
+        with self._lock:
+            if self._stopping:
+                raise SupervisorError(f"cannot remove {name}: the supervisor is stopping")
+            child = next((c for c in self._children if c.spec.name == name), None)
+            if child is None:
+                raise KeyError(name)
+        self._terminate([child])
+        with self._lock:
+            if child in self._children:
+                self._children.remove(child)
+            child.port_file.unlink(missing_ok=True)
+            self._event(child, "removed")
+            return self._info(child)
 
     def info(self, name: str) -> ChildInfo:
         with self._lock:

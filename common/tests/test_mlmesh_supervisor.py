@@ -161,6 +161,23 @@ def test_gives_up_after_the_restart_limit_with_growing_backoff(tmp_path: Path) -
     assert all(g > first_gap * 0.8 for g in gaps)
 
 
+def test_removed_child_drains_is_not_restarted_and_its_name_can_start_again(tmp_path: Path) -> None:
+    stop_log = tmp_path / "stops"
+    with make(tmp_path, backoff_initial=0.1) as sup:
+        sup.start(tiny("a", stop_log))
+        b = sup.start(tiny("b", stop_log, drain=0.3))
+        removed = sup.remove("b")
+        assert removed.state == "stopped" and not pid_alive(b.pid or 0)
+        assert stopped_names(stop_log) == ["b"]  # SIGTERM: its on_stop hook ran (a drain, not a kill)
+        assert [c.name for c in sup.children()] == ["a"]
+        time.sleep(0.5)  # past the restart backoff: nothing brings it back
+        assert [c.name for c in sup.children()] == ["a"] and not (sup.run_dir / "b.json").exists()
+        again = sup.start(tiny("b", stop_log))
+        assert again.state == "running" and check_health(again.addr, "") == "SERVING"
+        with pytest.raises(KeyError):
+            sup.remove("nobody")
+
+
 def test_duplicate_name_is_refused(tmp_path: Path) -> None:
     with make(tmp_path) as sup:
         sup.start(tiny("one", tmp_path / "stops"))
