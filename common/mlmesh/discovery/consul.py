@@ -11,7 +11,8 @@
   reset when it goes backwards and never sent as 0, and the loop is rate-limited.
 
 The ACL token comes from `CONSUL_HTTP_TOKEN` (read by py-consul). While the agent
-cannot be reached, watchers keep the last set they had and the loop retries.
+cannot be reached, watchers keep the last set they had and the loop retries (an
+agent never reached yet reads as no healthy instances).
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class ConsulRegistry:
     async def _follow(self, service: str, publish: Publish) -> None:
         index: int | None = None
         failures = 0
+        answered = False
         while True:
             started = asyncio.get_running_loop().time()
             try:
@@ -158,11 +160,14 @@ class ConsulRegistry:
                         error=repr(e),
                     )
                 failures += 1
+                if not answered:  # nothing known yet: say so rather than keep healthy() waiting
+                    await publish(())
                 await asyncio.sleep(delay)
                 continue
             if failures:
                 log.info("consul watch recovered", service=service, after_failures=failures)
                 failures = 0
+            answered = True
             await publish(instances_of(service, entries))
             new = int(new_index or 0)
             # Blocking-query rules: an index that went backwards restarts from scratch; never send 0.
