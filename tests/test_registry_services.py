@@ -18,6 +18,12 @@ import pytest
 from mlmesh.clients import TrainerClient, check_health, job_spec, rpc_error_text
 from mlmesh.discovery import Instance
 from mlmesh.discovery.file import FileRegistry
+from mlmesh.discovery.resolve import Follower
+from mlmesh.errors import NotFound
+
+from trainer_svc.clients import CallPolicy, Connector
+from trainer_svc.config import WorkerSettings
+from trainer_svc.peers import WorkerPeers
 
 pytestmark = pytest.mark.integration
 
@@ -124,10 +130,8 @@ def test_the_coordinator_found_ingest_through_the_registry(services: tuple[Path,
     assert f"does not exist in ingest (127.0.0.1:{started['ingest'][2]})" in error
 
 
-def test_sigterm_deregisters_ingest_and_the_coordinator_follows_its_restart(
-    services: tuple[Path, dict[str, list]],
-) -> None:
-    registry, started = services
+def _restart_ingest(registry: Path, started: dict[str, list]) -> int:
+    """SIGTERM ingest (its record must go before it exits), start it again on a new port; the port."""
     proc, log, port = started["ingest"]
     record = registry / "ingest" / f"ingest-127.0.0.1-{port}.json"
     assert record.exists()
@@ -142,18 +146,82 @@ def test_sigterm_deregisters_ingest_and_the_coordinator_follows_its_restart(
 
     root = started["root"][2]
     args = ["--data-dir", str(root / "ingest"), "--registry", f"file://{registry}", "--metrics-port", "-1"]
-    log, port_file = root / "ingest2.log", root / "ingest2.port"
+    n = len(list(root.glob("ingest*.port"))) + 1
+    log, port_file = root / f"ingest{n}.log", root / f"ingest{n}.port"
     proc = _start("ingest_svc", args, log, port_file)
     started["ingest"] = [proc, log, port_file]
     new_port = _wait_file(port_file, proc, log)["port"]
     started["ingest"][2] = new_port
     assert new_port != port
+    return int(new_port)
+
+
+def test_sigterm_deregisters_ingest_and_the_coordinator_follows_its_restart(
+    services: tuple[Path, dict[str, list]],
+) -> None:
+    registry, started = services
+    new_port = _restart_ingest(registry, started)
     deadline = time.monotonic() + 10
     while f"(127.0.0.1:{new_port})" not in (error := _missing_dataset_error(started["coordinator"][2])):
         assert time.monotonic() < deadline, f"coordinator still not at the new ingest: {error}"
         time.sleep(0.2)
     # The shards were not touched.
     assert len(asyncio.run(_healthy(registry, "paramserver", count=2))) == 2
+
+
+def test_a_workers_connector_uses_the_registry_over_the_job_and_follows_ingest(
+    services: tuple[Path, dict[str, list]],
+) -> None:
+    registry, started = services
+    shard_addrs = [f"127.0.0.1:{started[f'ps{i}'][2]}" for i in range(2)]
+
+    async def scenario() -> None:
+        reg = FileRegistry(registry, interval=0.2)
+        connector = Connector(CallPolicy(timeout=5.0, retry_seconds=20.0))
+        followers = [
+            Follower(reg, "ingest", connector.pin_ingest),
+            Follower(reg, "paramserver", connector.pin_shards, shards=True),
+        ]
+        for f in followers:
+            f.start_applying()
+        try:
+            while followers[0].addrs is None or followers[1].addrs is None:
+                await asyncio.sleep(0.05)
+            # A job handed out before the moves names addresses that are gone: the pins win.
+            ingest, params = connector.connect("127.0.0.1:1", ["127.0.0.1:2", "127.0.0.1:3"])
+            assert ingest.addr == f"127.0.0.1:{started['ingest'][2]}"
+            assert params.addrs == shard_addrs
+            with pytest.raises(NotFound):
+                await ingest.get_dataset("no-such-dataset")
+            new_port = await asyncio.to_thread(_restart_ingest, registry, started)
+            # The same client, mid-"job": its next call (retried while ingest was away) reaches the new port.
+            with pytest.raises(NotFound):
+                await ingest.get_dataset("no-such-dataset")
+            assert ingest.addr == f"127.0.0.1:{new_port}"
+            assert connector.connect("127.0.0.1:1", ["127.0.0.1:2", "127.0.0.1:3"])[0] is ingest
+        finally:
+            for f in followers:
+                await f.close()
+            await connector.close()
+            await reg.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_given_only_the_registry_finds_the_coordinator(
+    services: tuple[Path, dict[str, list]], tmp_path: Path
+) -> None:
+    registry, started = services
+    settings = WorkerSettings(registry=f"file://{registry}", cache_dir=tmp_path / "cache")
+
+    async def resolve() -> str:
+        peers = WorkerPeers(settings)
+        try:
+            return await peers.coordinator_addr()
+        finally:
+            await peers.close()
+
+    assert asyncio.run(resolve()) == f"127.0.0.1:{started['coordinator'][2]}"
 
 
 def test_a_coordinator_without_peer_addresses_or_registry_exits_2_naming_them(tmp_path: Path) -> None:

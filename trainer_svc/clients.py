@@ -564,11 +564,22 @@ class CoordinatorClient:
 
     def __init__(self, addr: str, policy: CallPolicy) -> None:
         self.policy = dataclasses.replace(policy, retry_seconds=0.0)
-        self.channel = aio_channel(addr, policy.max_message_bytes)
+        self._retired: list[grpc.aio.Channel] = []
+        self._connect(addr)
+
+    def _connect(self, addr: str) -> None:
+        self.addr = addr
+        self.channel = aio_channel(addr, self.policy.max_message_bytes)
         self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
 
+    def retarget(self, addr: str) -> None:
+        """Send the next calls to `addr` (the registry moved the coordinator)."""
+        if addr != self.addr:
+            self._retired.append(self.channel)
+            self._connect(addr)
+
     async def close(self) -> None:
-        await self.channel.close()
+        await asyncio.gather(*(c.close() for c in [*self._retired, self.channel]))
 
     async def acquire_work(self, worker_id: str, device: str) -> Assignment | None:
         req = trainer_pb2.AcquireWorkRequest(worker_id=worker_id, device=device)
@@ -594,15 +605,36 @@ class CoordinatorClient:
 
 
 class Connector:
-    """Clients for the ingest and shard addresses a job names, reused while they stay the same."""
+    """Clients for the ingest and shard addresses a job names, reused while they stay the same.
+
+    A worker following the registry pins the addresses it sees there (`pin_ingest`,
+    `pin_shards`): they win over a job's (possibly older) ones, and a pin that changes
+    retargets the clients in use, so the next call goes to the peer's new address."""
 
     def __init__(self, policy: CallPolicy) -> None:
         self.policy = policy
         self._key: tuple[str, tuple[str, ...]] | None = None
         self._clients: tuple[IngestClient, ParamClient] | None = None
         self._stale: list[IngestClient | ParamClient] = []
+        self._ingest_pin: str | None = None
+        self._shards_pin: tuple[str, ...] | None = None
+
+    def pin_ingest(self, addrs: Sequence[str]) -> None:
+        self._ingest_pin = addrs[0]
+        if self._clients is not None and self._key is not None:
+            self._clients[0].retarget(addrs[0])
+            self._key = (addrs[0], self._key[1])
+
+    def pin_shards(self, addrs: Sequence[str]) -> None:
+        self._shards_pin = tuple(addrs)
+        if self._clients is not None and self._key is not None and len(addrs) == len(self._key[1]):
+            self._clients[1].retarget(addrs)
+            self._key = (self._key[0], tuple(addrs))
 
     def connect(self, ingest_addr: str, ps_addrs: Sequence[str]) -> tuple[IngestClient, ParamClient]:
+        ingest_addr = self._ingest_pin or ingest_addr
+        if self._shards_pin is not None and len(self._shards_pin) == len(ps_addrs):
+            ps_addrs = self._shards_pin
         key = (ingest_addr, tuple(ps_addrs))
         if self._clients is None or self._key != key:
             if self._clients is not None:

@@ -116,7 +116,11 @@ def _default_worker_id() -> str:
 class WorkerSettings(_Client):
     model_config = SettingsConfigDict(env_prefix="MLMESH_WORKER_")
 
-    coordinator_addr: str = Field(..., description="Coordinator (TrainerService) address, HOST:PORT.")
+    coordinator_addr: str = Field(
+        "",
+        description="Coordinator (TrainerService) address, HOST:PORT; empty = the registry's 'trainer' "
+        "(needs --registry). With --registry, ingest and the shards are also followed there.",
+    )
     worker_id: str = Field(
         default_factory=_default_worker_id,
         min_length=1,
@@ -148,4 +152,13 @@ class WorkerSettings(_Client):
     @field_validator("coordinator_addr")
     @classmethod
     def _coord(cls, v: str) -> str:
-        return _check_addr(v)
+        return _check_addr(v) if v.strip() else ""
+
+    @model_validator(mode="after")
+    def _coordinator_known(self) -> WorkerSettings:
+        if not self.coordinator_addr and not self.registry:
+            raise ValueError(
+                "coordinator_addr must be set (--coordinator-addr HOST:PORT), "
+                "or --registry given to find it by name"
+            )
+        return self

@@ -19,7 +19,7 @@ from trainer_svc.core.spec import JobSpec
 from trainer_svc.core.store import JobStore
 from trainer_svc.core.types import FeatureInfo
 from trainer_svc.core.worker import TrainingWorker, WorkerConfig
-from trainer_svc.peers import Peers
+from trainer_svc.peers import Peers, WorkerPeers
 from trainer_svc.servicer import SERVICE_NAME, TrainerServicer
 
 log = get_logger(__name__)
@@ -88,8 +88,15 @@ async def serve_coordinator(settings: CoordinatorSettings, stop_event: asyncio.E
 
 async def serve_worker(settings: WorkerSettings, stop_event: asyncio.Event | None = None) -> None:
     policy = settings.call_policy()
-    coordinator = CoordinatorClient(settings.coordinator_addr, policy)
+    peers = WorkerPeers(settings)
+    try:
+        coordinator_addr = await peers.coordinator_addr()
+    except RegistryError as e:
+        await peers.close()
+        raise SystemExit(f"trainer worker: {e}") from None
+    coordinator = CoordinatorClient(coordinator_addr, policy)
     connector = Connector(policy)
+    peers.follow(coordinator, connector)
     cache = PartitionCache(settings.cache_dir, settings.cache_max_bytes)
     halt = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -116,6 +123,7 @@ async def serve_worker(settings: WorkerSettings, stop_event: asyncio.Event | Non
     async def on_stop() -> None:
         halt.set()
         await _finish(tasks, timeout=settings.grace_seconds + 5.0)
+        await peers.close()
         await connector.close()
         await coordinator.close()
 

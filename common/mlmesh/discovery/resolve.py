@@ -84,6 +84,11 @@ class Follower:
         assert self.addrs is not None
         return self.addrs
 
+    def start_applying(self) -> None:
+        """Follow from now on without waiting, applying every set, the first included."""
+        self._first.set()
+        self._task = asyncio.get_running_loop().create_task(self._follow(), name=f"follow:{self.service}")
+
     async def _follow(self) -> None:
         async for instances in self.registry.watch(self.service):
             addrs = self.pick(instances)
