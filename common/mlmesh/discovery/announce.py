@@ -56,6 +56,8 @@ class Announcement:
         self.max_backoff = max_backoff
         self.withdraw_timeout = withdraw_timeout
         self.registered = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._in_flight = False
         self._registry: Registry | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -65,14 +67,13 @@ class Announcement:
     async def _register(self) -> None:
         backoff = self.initial_backoff
         attempt = 0
-        while True:
+        while not self._stopping.is_set():
             attempt += 1
             try:
                 if self._registry is None:
                     self._registry = open_registry(self.url)
+                self._in_flight = True
                 await self._registry.register(self.instance)
-            except asyncio.CancelledError:
-                raise
             except Exception as e:
                 log.warning(
                     "registration failed; retrying in the background",
@@ -82,9 +83,12 @@ class Announcement:
                     retry_in=backoff,
                     error=repr(e),
                 )
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
+            finally:
+                self._in_flight = False
             self.registered.set()
             log.info(
                 "registered",
@@ -97,17 +101,24 @@ class Announcement:
 
     async def withdraw(self) -> None:
         """Stop retrying, deregister if registered (within `withdraw_timeout`), release the registry.
-        Idempotent."""
+        Idempotent. A registration in flight is let finish first (bounded by the same timeout),
+        so it cannot land after the withdrawal."""
+        self._stopping.set()
+        interrupted = False
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.withdraw_timeout)
+            except TimeoutError:
+                interrupted = self._in_flight
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         registry, self._registry = self._registry, None
         if registry is None:
             return
         try:
-            if self.registered.is_set():
+            if self.registered.is_set() or interrupted:
                 await asyncio.wait_for(registry.deregister(self.instance), self.withdraw_timeout)
                 self.registered.clear()
                 log.info("deregistered", registry=self.url, instance=self.instance.instance_id)
