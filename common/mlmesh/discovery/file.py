@@ -255,17 +255,23 @@ class FileRegistry:
                     asyncio.get_running_loop().create_task(old.channel.close())
                 continue
             bad.pop(path, None)
+            pid, hostname = rec.get("pid"), rec.get("hostname")
+            owner = (
+                pid if isinstance(pid, int) and pid > 0 else None,
+                hostname if isinstance(hostname, str) else None,
+            )
             if old is not None and old.instance == instance:
-                old.key = key  # rewritten with the same content (re-registered): keep its health
+                # Re-registered at the same address (maybe by a restarted process): keep the
+                # channel and health, take the new owner (the reaper judges by it).
+                old.key, (old.pid, old.hostname) = key, owner
                 continue
             if old is not None:
                 asyncio.get_running_loop().create_task(old.channel.close())
-            pid, hostname = rec.get("pid"), rec.get("hostname")
             tracked[path] = _Tracked(
                 instance=instance,
                 key=key,
-                pid=pid if isinstance(pid, int) and pid > 0 else None,
-                hostname=hostname if isinstance(hostname, str) else None,
+                pid=owner[0],
+                hostname=owner[1],
                 channel=grpc.aio.insecure_channel(instance.addr, options=_CHANNEL_OPTIONS),
             )
         for path in set(tracked) - seen:
