@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from mlmesh.clients import check_health
 from mlmesh.discovery.announce import registry_name
 from mlmesh.discovery.file import FileRegistry
+from mlmesh.settings import ServiceSettings
 from mlmesh_testutil import popen, tiny_env, wait_for_file
 
 pytestmark = pytest.mark.integration
@@ -112,3 +114,9 @@ def test_registry_names_of_the_services() -> None:
     ] == ["ingest", "paramserver", "trainer", "trainer-worker", "serving"]
     assert registry_name("My Tool") == "my-tool"
     assert registry_name("9lives") == "s-9lives"
+
+
+def test_the_advertised_host_is_the_bound_one_unless_wildcard_or_overridden() -> None:
+    assert ServiceSettings(host="127.0.0.1").advertised_host() == "127.0.0.1"
+    assert ServiceSettings(host="0.0.0.0").advertised_host() == socket.gethostname()
+    assert ServiceSettings(host="::", advertise_host="node-3.ml.svc").advertised_host() == "node-3.ml.svc"
