@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import grpc
 import numpy as np
 from mlmesh import records, tensor
 from mlmesh.channels import aio_channel
@@ -74,9 +75,13 @@ _LAYOUT_NAMES = {paramserver_pb2.ROW_LAYOUT_HASH: "hash", paramserver_pb2.ROW_LA
 
 class IngestClient:
     def __init__(self, addr: str, policy: CallPolicy) -> None:
-        self.addr = addr
         self.policy = policy
-        self.channel = aio_channel(addr, policy.max_message_bytes)
+        self._retired: list[grpc.aio.Channel] = []
+        self._connect(addr)
+
+    def _connect(self, addr: str) -> None:
+        self.addr = addr
+        self.channel = aio_channel(addr, self.policy.max_message_bytes)
         self.stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
         # ReadPartition's messages are decoded by hand (`mlmesh.records`): columns are
         # views on the received bytes, not copies made by the generated parser.
@@ -86,8 +91,15 @@ class IngestClient:
             response_deserializer=None,
         )
 
+    def retarget(self, addr: str) -> None:
+        """Send the next calls (retries included) to `addr`; calls in flight finish on the old
+        channel, which is closed with the client (the registry moved ingest)."""
+        if addr != self.addr:
+            self._retired.append(self.channel)
+            self._connect(addr)
+
     async def close(self) -> None:
-        await self.channel.close()
+        await asyncio.gather(*(c.close() for c in [*self._retired, self.channel]))
 
     async def get_dataset(self, name: str) -> DatasetInfo:
         resp = await self.policy.call(
@@ -220,31 +232,53 @@ class ParamClient:
             raise ValueError("at least one parameter-server address is needed")
         self.addrs = list(addrs)
         self.policy = policy
-        self.channels = [aio_channel(a, policy.max_message_bytes) for a in self.addrs]
-        self.stubs = [paramserver_pb2_grpc.ParameterServerServiceStub(c) for c in self.channels]
+        self._retired: list[grpc.aio.Channel] = []
+        self.channels: list[grpc.aio.Channel] = []
+        self.stubs: list[paramserver_pb2_grpc.ParameterServerServiceStub] = []
+        self._push_streams: list[grpc.aio.StreamUnaryMultiCallable] = []
+        self._register_streams: list[grpc.aio.StreamUnaryMultiCallable] = []
+        self._pull_streams: list[grpc.aio.UnaryStreamMultiCallable] = []
+        for i, addr in enumerate(self.addrs):
+            self._connect(i, addr)
+
+    def _connect(self, shard: int, addr: str) -> None:
+        """(Re)build shard `shard`'s channel and callables on `addr`."""
+        c = aio_channel(addr, self.policy.max_message_bytes)
         # The chunked RPCs with our own framing of data chunks (tensor.data_frames / frame_data):
         # the same messages on the wire, two fewer copies of every byte.
-        self._push_streams = [
-            c.stream_unary(_PUSH_STREAM, response_deserializer=paramserver_pb2.PushResponse.FromString)
-            for c in self.channels
-        ]
-        self._register_streams = [
+        calls = (
+            c,
+            paramserver_pb2_grpc.ParameterServerServiceStub(c),
+            c.stream_unary(_PUSH_STREAM, response_deserializer=paramserver_pb2.PushResponse.FromString),
             c.stream_unary(
                 _REGISTER_STREAM, response_deserializer=paramserver_pb2.RegisterVariablesResponse.FromString
-            )
-            for c in self.channels
-        ]
-        self._pull_streams = [
-            c.unary_stream(_PULL_STREAM, request_serializer=paramserver_pb2.PullRequest.SerializeToString)
-            for c in self.channels
-        ]
+            ),
+            c.unary_stream(_PULL_STREAM, request_serializer=paramserver_pb2.PullRequest.SerializeToString),
+        )
+        lists = (self.channels, self.stubs, self._push_streams, self._register_streams, self._pull_streams)
+        for items, value in zip(lists, calls, strict=True):
+            if shard < len(items):
+                items[shard] = value
+            else:
+                items.append(value)
 
     @property
     def num_shards(self) -> int:
         return len(self.stubs)
 
+    def retarget(self, addrs: Sequence[str]) -> None:
+        """Send the next calls to each shard whose address changed (a shard restarted elsewhere).
+        The shard count is fixed for the client's life: a different count is refused."""
+        if len(addrs) != len(self.addrs):
+            raise ValueError(f"{len(addrs)} shard addresses for a client of {len(self.addrs)} shards")
+        for i, addr in enumerate(addrs):
+            if addr != self.addrs[i]:
+                self._retired.append(self.channels[i])
+                self._connect(i, addr)
+                self.addrs[i] = addr
+
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self.channels))
+        await asyncio.gather(*(c.close() for c in [*self._retired, *self.channels]))
 
     async def register(
         self,
@@ -530,11 +564,22 @@ class CoordinatorClient:
 
     def __init__(self, addr: str, policy: CallPolicy) -> None:
         self.policy = dataclasses.replace(policy, retry_seconds=0.0)
-        self.channel = aio_channel(addr, policy.max_message_bytes)
+        self._retired: list[grpc.aio.Channel] = []
+        self._connect(addr)
+
+    def _connect(self, addr: str) -> None:
+        self.addr = addr
+        self.channel = aio_channel(addr, self.policy.max_message_bytes)
         self.stub = trainer_pb2_grpc.TrainerServiceStub(self.channel)
 
+    def retarget(self, addr: str) -> None:
+        """Send the next calls to `addr` (the registry moved the coordinator)."""
+        if addr != self.addr:
+            self._retired.append(self.channel)
+            self._connect(addr)
+
     async def close(self) -> None:
-        await self.channel.close()
+        await asyncio.gather(*(c.close() for c in [*self._retired, self.channel]))
 
     async def acquire_work(self, worker_id: str, device: str) -> Assignment | None:
         req = trainer_pb2.AcquireWorkRequest(worker_id=worker_id, device=device)
@@ -560,15 +605,36 @@ class CoordinatorClient:
 
 
 class Connector:
-    """Clients for the ingest and shard addresses a job names, reused while they stay the same."""
+    """Clients for the ingest and shard addresses a job names, reused while they stay the same.
+
+    A worker following the registry pins the addresses it sees there (`pin_ingest`,
+    `pin_shards`): they win over a job's (possibly older) ones, and a pin that changes
+    retargets the clients in use, so the next call goes to the peer's new address."""
 
     def __init__(self, policy: CallPolicy) -> None:
         self.policy = policy
         self._key: tuple[str, tuple[str, ...]] | None = None
         self._clients: tuple[IngestClient, ParamClient] | None = None
         self._stale: list[IngestClient | ParamClient] = []
+        self._ingest_pin: str | None = None
+        self._shards_pin: tuple[str, ...] | None = None
+
+    def pin_ingest(self, addrs: Sequence[str]) -> None:
+        self._ingest_pin = addrs[0]
+        if self._clients is not None and self._key is not None:
+            self._clients[0].retarget(addrs[0])
+            self._key = (addrs[0], self._key[1])
+
+    def pin_shards(self, addrs: Sequence[str]) -> None:
+        self._shards_pin = tuple(addrs)
+        if self._clients is not None and self._key is not None and len(addrs) == len(self._key[1]):
+            self._clients[1].retarget(addrs)
+            self._key = (self._key[0], tuple(addrs))
 
     def connect(self, ingest_addr: str, ps_addrs: Sequence[str]) -> tuple[IngestClient, ParamClient]:
+        ingest_addr = self._ingest_pin or ingest_addr
+        if self._shards_pin is not None and len(self._shards_pin) == len(ps_addrs):
+            ps_addrs = self._shards_pin
         key = (ingest_addr, tuple(ps_addrs))
         if self._clients is None or self._key != key:
             if self._clients is not None:

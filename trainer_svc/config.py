@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 
 from mlmesh.settings import ServiceSettings
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from trainer_svc.clients import CallPolicy
@@ -43,9 +43,13 @@ class _Client(ServiceSettings):
 class CoordinatorSettings(_Client):
     model_config = SettingsConfigDict(env_prefix="MLMESH_TRAINER_")
 
-    ingest_addr: str = Field(..., description="ingest_svc address, HOST:PORT.")
+    ingest_addr: str = Field(
+        "", description="ingest_svc address, HOST:PORT; empty = the registry's 'ingest' (needs --registry)."
+    )
     ps_addrs: str = Field(
-        ..., description="Parameter-server shard addresses in shard-index order, comma-separated: A0,A1."
+        "",
+        description="Parameter-server shard addresses in shard-index order, comma-separated: A0,A1; "
+        "empty = the registry's 'paramserver' shards, ordered by their shard index (needs --registry).",
     )
     model_repo: Path = Field(
         ..., description="Model repository: exports go to <repo>/<model_name>/<version>/."
@@ -80,19 +84,29 @@ class CoordinatorSettings(_Client):
     @field_validator("ingest_addr")
     @classmethod
     def _ingest(cls, v: str) -> str:
-        return _check_addr(v)
+        return _check_addr(v) if v.strip() else ""
 
     @field_validator("ps_addrs")
     @classmethod
     def _shards(cls, v: str) -> str:
         addrs = [a for a in v.split(",") if a.strip()]
-        if not addrs:
+        if not addrs and v.strip():
             raise ValueError("at least one shard address is needed")
         return ",".join(_check_addr(a) for a in addrs)
 
+    @model_validator(mode="after")
+    def _peers_known(self) -> CoordinatorSettings:
+        missing = [f for f in ("ingest_addr", "ps_addrs") if not getattr(self, f)]
+        if missing and not self.registry:
+            raise ValueError(
+                f"{' and '.join(missing)} must be set (--ingest-addr HOST:PORT, --ps-addrs A0,A1), "
+                "or --registry given to find them by name"
+            )
+        return self
+
     @property
     def ps_addr_list(self) -> list[str]:
-        return self.ps_addrs.split(",")
+        return [a for a in self.ps_addrs.split(",") if a]
 
 
 def _default_worker_id() -> str:
@@ -102,7 +116,11 @@ def _default_worker_id() -> str:
 class WorkerSettings(_Client):
     model_config = SettingsConfigDict(env_prefix="MLMESH_WORKER_")
 
-    coordinator_addr: str = Field(..., description="Coordinator (TrainerService) address, HOST:PORT.")
+    coordinator_addr: str = Field(
+        "",
+        description="Coordinator (TrainerService) address, HOST:PORT; empty = the registry's 'trainer' "
+        "(needs --registry). With --registry, ingest and the shards are also followed there.",
+    )
     worker_id: str = Field(
         default_factory=_default_worker_id,
         min_length=1,
@@ -134,4 +152,13 @@ class WorkerSettings(_Client):
     @field_validator("coordinator_addr")
     @classmethod
     def _coord(cls, v: str) -> str:
-        return _check_addr(v)
+        return _check_addr(v) if v.strip() else ""
+
+    @model_validator(mode="after")
+    def _coordinator_known(self) -> WorkerSettings:
+        if not self.coordinator_addr and not self.registry:
+            raise ValueError(
+                "coordinator_addr must be set (--coordinator-addr HOST:PORT), "
+                "or --registry given to find it by name"
+            )
+        return self

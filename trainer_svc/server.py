@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 import grpc
+from mlmesh.discovery import RegistryError
 from mlmesh.logging import get_logger
 from mlmesh.server import run_service
 from mlmesh.trainer.v1 import trainer_pb2_grpc
@@ -18,18 +19,21 @@ from trainer_svc.core.spec import JobSpec
 from trainer_svc.core.store import JobStore
 from trainer_svc.core.types import FeatureInfo
 from trainer_svc.core.worker import TrainingWorker, WorkerConfig
+from trainer_svc.peers import Peers, WorkerPeers
 from trainer_svc.servicer import SERVICE_NAME, TrainerServicer
 
 log = get_logger(__name__)
 
 
-def build_coordinator(settings: CoordinatorSettings) -> tuple[Coordinator, IngestClient, ParamClient]:
+def build_coordinator(
+    settings: CoordinatorSettings, ingest_addr: str, ps_addrs: list[str]
+) -> tuple[Coordinator, IngestClient, ParamClient]:
     policy = settings.call_policy()
-    ingest = IngestClient(settings.ingest_addr, policy)
-    params = ParamClient(settings.ps_addr_list, policy)
+    ingest = IngestClient(ingest_addr, policy)
+    params = ParamClient(ps_addrs, policy)
     config = CoordinatorConfig(
-        ingest_addr=settings.ingest_addr,
-        ps_addrs=tuple(settings.ps_addr_list),
+        ingest_addr=ingest_addr,
+        ps_addrs=tuple(ps_addrs),
         model_repo=settings.model_repo,
         eval_batch_size=settings.eval_batch_size,
         worker_timeout_seconds=settings.worker_timeout_seconds,
@@ -42,7 +46,14 @@ def build_coordinator(settings: CoordinatorSettings) -> tuple[Coordinator, Inges
 
 
 async def serve_coordinator(settings: CoordinatorSettings, stop_event: asyncio.Event | None = None) -> None:
-    coordinator, ingest, params = build_coordinator(settings)
+    peers = Peers(settings)
+    try:
+        ingest_addr, ps_addrs = await peers.resolve()
+    except RegistryError as e:
+        await peers.close()
+        raise SystemExit(f"trainer coordinator: {e}") from None
+    coordinator, ingest, params = build_coordinator(settings, ingest_addr, ps_addrs)
+    peers.attach(ingest, params, coordinator)
     settings.model_repo.mkdir(parents=True, exist_ok=True)
     halt = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -61,6 +72,7 @@ async def serve_coordinator(settings: CoordinatorSettings, stop_event: asyncio.E
     async def on_stop() -> None:
         halt.set()
         await _finish(tasks, timeout=5.0)
+        await peers.close()
         await coordinator.close()
         await asyncio.gather(ingest.close(), params.close(), return_exceptions=True)
 
@@ -76,8 +88,15 @@ async def serve_coordinator(settings: CoordinatorSettings, stop_event: asyncio.E
 
 async def serve_worker(settings: WorkerSettings, stop_event: asyncio.Event | None = None) -> None:
     policy = settings.call_policy()
-    coordinator = CoordinatorClient(settings.coordinator_addr, policy)
+    peers = WorkerPeers(settings)
+    try:
+        coordinator_addr = await peers.coordinator_addr()
+    except RegistryError as e:
+        await peers.close()
+        raise SystemExit(f"trainer worker: {e}") from None
+    coordinator = CoordinatorClient(coordinator_addr, policy)
     connector = Connector(policy)
+    peers.follow(coordinator, connector)
     cache = PartitionCache(settings.cache_dir, settings.cache_max_bytes)
     halt = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
@@ -104,6 +123,7 @@ async def serve_worker(settings: WorkerSettings, stop_event: asyncio.Event | Non
     async def on_stop() -> None:
         halt.set()
         await _finish(tasks, timeout=settings.grace_seconds + 5.0)
+        await peers.close()
         await connector.close()
         await coordinator.close()
 

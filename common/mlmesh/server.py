@@ -7,7 +7,9 @@ servicers and start/stop hooks:
    `grpc.health.v1`, reflection and a metrics interceptor;
 2. bind, run `on_start` (load state), then report SERVING and write the port
    file — a health check never sees SERVING before the service can answer;
-3. on SIGTERM/SIGINT: NOT_SERVING (load balancers drain), wait
+   and, with `--registry`, register the instance (in the background: an
+   unreachable registry is retried, never fatal);
+3. on SIGTERM/SIGINT: deregister first, then NOT_SERVING (load balancers drain), wait
    `drain_seconds`, stop accepting and give in-flight calls `grace_seconds`,
    then run `on_stop` (flush state).
 """
@@ -28,6 +30,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
+from mlmesh.discovery.announce import Announcement, registry_name
+from mlmesh.discovery.base import Instance
 from mlmesh.files import atomic_write_json
 from mlmesh.interceptors import UndecodableInterceptor, WrappingInterceptor
 from mlmesh.lifeline import die_with_parent
@@ -149,6 +153,30 @@ def write_port_file(path: Path, ports: dict[str, int]) -> None:
     atomic_write_json(path, ports, indent=None)
 
 
+def announcement(
+    settings: ServiceSettings, name: str, port: int, service_names: Sequence[str], metrics_port: int
+) -> Announcement | None:
+    """What this server registers as (None without `--registry`): service name from
+    `registry_name(name)`, health checked on its first proto service; a parameter-server
+    shard carries its index in meta["shard"]."""
+    if not settings.registry:
+        return None
+    host = settings.advertised_host()
+    meta = {"metrics_port": str(metrics_port)}
+    for field in ("shard_index", "num_shards", "worker_id"):
+        value = getattr(settings, field, None)
+        if value is not None:
+            meta["shard" if field == "shard_index" else field] = str(value)
+    instance = Instance(
+        service=registry_name(name),
+        host=host,
+        port=port,
+        health_service=service_names[0] if service_names else "",
+        meta=meta,
+    )
+    return Announcement(settings.registry, instance)
+
+
 def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -216,6 +244,7 @@ async def run_service(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
+    announced = announcement(settings, name, port, service_names, metrics_port)
     try:
         if on_start is not None:
             await on_start()
@@ -226,13 +255,19 @@ async def run_service(
                 settings.port_file, {"port": port, "metrics_port": metrics_port, "pid": os.getpid()}
             )
         log.info("serving", addr=f"{settings.host}:{port}", metrics_port=metrics_port, services=service_names)
+        if announced is not None:
+            announced.start()
         await stop.wait()
+        if announced is not None:  # before NOT_SERVING: watchers stop sending here first
+            await announced.withdraw()
         log.info("stopping", drain_seconds=settings.drain_seconds, grace_seconds=settings.grace_seconds)
         await health.enter_graceful_shutdown()
         if settings.drain_seconds > 0:
             await asyncio.sleep(settings.drain_seconds)
         await server.stop(settings.grace_seconds)
     finally:
+        if announced is not None:
+            await announced.withdraw()
         if on_stop is not None:
             await on_stop()
         await server.stop(0)

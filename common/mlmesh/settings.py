@@ -8,12 +8,15 @@ naming the setting, before anything starts.
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlmesh.discovery.base import RegistryError, check_registry_url
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -54,6 +57,35 @@ class ServiceSettings(BaseSettings):
         description="Serve allocations up to this many MiB from malloc's heap instead of fresh mmap "
         "(tensor-sized buffers otherwise page-fault in on every message); 0 keeps glibc's defaults.",
     )
+    registry: str = Field(
+        "",
+        description="Service registry this instance registers in once SERVING (and leaves first thing "
+        "on SIGTERM), and that clients resolve peers through: file:///DIR, consul://HOST:PORT or "
+        "static:NAME=HOST:PORT,...;NAME=...; empty = none.",
+    )
+    advertise_host: str = Field(
+        "",
+        description="Host other processes reach this one at, as registered; empty = --host, or this "
+        "machine's hostname when --host is a wildcard (0.0.0.0, ::).",
+    )
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_url(cls, v: str) -> str:
+        if not v:
+            return v
+        try:
+            return check_registry_url(v.strip())
+        except RegistryError as e:
+            raise ValueError(str(e)) from None
+
+    def advertised_host(self) -> str:
+        """The host registered for this instance."""
+        if self.advertise_host:
+            return self.advertise_host
+        if self.host in ("0.0.0.0", "::", "[::]", ""):
+            return socket.gethostname()
+        return self.host.strip("[]")
 
 
 S = TypeVar("S", bound=BaseSettings)

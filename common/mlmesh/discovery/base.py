@@ -73,6 +73,28 @@ class Registry(Protocol):
         """Release connections and background tasks."""
 
 
+def check_registry_url(url: str) -> str:
+    """`url` if it names a usable registry, else RegistryError. Parses only: contacts nothing."""
+    scheme, _, rest = url.partition(":")
+    if scheme == "static":
+        from mlmesh.discovery.static import StaticRegistry
+
+        StaticRegistry.parse(rest)
+    elif scheme == "file":
+        from mlmesh.discovery.file import file_url_path
+
+        file_url_path(url)
+    elif scheme == "consul":
+        from mlmesh.discovery.consul import consul_url_address
+
+        consul_url_address(url)
+    else:
+        raise RegistryError(
+            f"registry URL {url!r}: unknown scheme {scheme!r} (use file:, consul: or static:)"
+        )
+    return url
+
+
 def open_registry(url: str) -> Registry:
     """The registry a URL names: file:///DIR, consul://HOST:PORT, static:NAME=ADDR,...;NAME=..."""
     scheme, _, rest = url.partition(":")
@@ -81,11 +103,11 @@ def open_registry(url: str) -> Registry:
 
         return StaticRegistry.parse(rest)
     if scheme == "file":
-        from mlmesh.discovery.file import FileRegistry  # type: ignore[import-not-found]
+        from mlmesh.discovery.file import FileRegistry
 
         return FileRegistry.from_url(url)
     if scheme == "consul":
-        from mlmesh.discovery.consul import ConsulRegistry  # type: ignore[import-not-found]
+        from mlmesh.discovery.consul import ConsulRegistry
 
         return ConsulRegistry.from_url(url)
     raise RegistryError(f"registry URL {url!r}: unknown scheme {scheme!r} (use file:, consul: or static:)")

@@ -38,7 +38,10 @@ class StaticRegistry:
             found = []
             for addr in addrs.split(","):
                 host, port = _split_addr(name, addr)
-                found.append(Instance(service=name, host=host, port=port))
+                try:
+                    found.append(Instance(service=name, host=host, port=port))
+                except RegistryError as e:
+                    raise RegistryError(f"static registry: {e}") from None
             services[name] = tuple(sorted(found, key=lambda i: i.instance_id))
         return cls(services)
 
