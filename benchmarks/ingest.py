@@ -13,7 +13,8 @@ the end. Cases (value and baseline measured in the same run, medians over repeti
   say where Append's time goes: the same bytes, in messages of Append's size, uploaded with
   one client-streaming call to a minimal `grpc.aio` server that discards them
   (`append_diag_upload_discarded`: the gRPC transport's ceiling) or writes them to one file as
-  they arrive and fsyncs it (`append_diag_upload_to_file`: a plain upload server).
+  they arrive and fsyncs it (`append_diag_upload_to_file`: a plain upload server). The four
+  run in one order, then in the reverse order in the next repetition.
 - `read_stream`: MB/s of ReadPartition streaming every partition of the float dataset to one
   reader (one call per partition, messages decoded to arrays) vs a plain `grpc.aio` file
   server streaming the same bytes from the tf.data side's 32 raw files of that dataset (one
@@ -737,18 +738,19 @@ def main(argv: list[str] | None = None) -> int:
             timed = rep >= 0
             if "append" in only:
                 msg = {"records": append_n, "dataset": f"append-{rep + 1}"}
-                a = appender.call({"cmd": "append", **msg}, PASS_TIMEOUT)
-                b = appender.call({"cmd": "npsave", **msg}, PASS_TIMEOUT)
-                d = appender.call({"cmd": "upload", "mode": "discard", **msg}, PASS_TIMEOUT)
-                f = appender.call({"cmd": "upload", "mode": "file", **msg}, PASS_TIMEOUT)
+                runs = {
+                    "append": {"cmd": "append", **msg},
+                    "npsave": {"cmd": "npsave", **msg},
+                    "upload_discard": {"cmd": "upload", "mode": "discard", **msg},
+                    "upload_file": {"cmd": "upload", "mode": "file", **msg},
+                }
+                # Each repetition runs them in the other order: what one leaves behind (memory
+                # freed, writeback, page-cache pages) must not always favour the same one.
+                keys = list(runs) if rep % 2 == 0 else list(reversed(runs))
+                results = {key: appender.call(runs[key], PASS_TIMEOUT) for key in keys}
                 if timed:
-                    for key, result in (
-                        ("append", a),
-                        ("npsave", b),
-                        ("upload_discard", d),
-                        ("upload_file", f),
-                    ):
-                        rate(key, result)
+                    for key in runs:
+                        rate(key, results[key])
                     note("append_load", os.getloadavg()[0], f"load average {os.getloadavg()[0]:.2f}")
             if "read_stream" in only:
                 s = streamer.call(
