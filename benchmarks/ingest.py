@@ -14,7 +14,10 @@ the end. Cases (value and baseline measured in the same run, medians over repeti
   one client-streaming call to a minimal `grpc.aio` server that discards them
   (`append_diag_upload_discarded`: the gRPC transport's ceiling) or writes them to one file as
   they arrive and fsyncs it (`append_diag_upload_to_file`: a plain upload server). The four
-  run in one order, then in the reverse order in the next repetition.
+  run in one order, then in the reverse order in the next repetition. A third diagnostic,
+  `append_diag_client_keeps_blocks`, is the same append from a second client process that
+  keeps large malloc blocks (the services do; `mlmesh ingest` does not): with glibc's
+  defaults every 1 MiB message's pages go back to the kernel and fault in again.
 - `read_stream`: MB/s of ReadPartition streaming every partition of the float dataset to one
   reader (one call per partition, messages decoded to arrays) vs a plain `grpc.aio` file
   server streaming the same bytes from the tf.data side's 32 raw files of that dataset (one
@@ -455,10 +458,16 @@ def role_appender(args: argparse.Namespace) -> None:
     IngestClient.append; {"cmd": "npsave", ...} writes the same arrays with np.save + fsync;
     {"cmd": "upload", "mode", ...} streams the same bytes to the upload sink (--plain) in
     messages of Append's batch size, each a copy of its slice of the arrays (Append's framing
-    copies each column once too)."""
+    copies each column once too).
+
+    With --keep-blocks it keeps large malloc blocks first (`mlmesh.memory.keep_large_blocks`,
+    as the services do); without, it has glibc's defaults, as `mlmesh ingest` has."""
     import grpc
     from mlmesh.clients import APPEND_BATCH_BYTES, IngestClient, record_batches, schema_of
+    from mlmesh.memory import keep_large_blocks
 
+    if args.keep_blocks:
+        keep_large_blocks()
     sink = None
     if args.plain:
         channel = grpc.insecure_channel(
@@ -584,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1024, help=argparse.SUPPRESS)
     p.add_argument("--record-bytes", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--x-dtype", default="uint8", help=argparse.SUPPRESS)
+    p.add_argument("--keep-blocks", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     roles = {
         "tf-dispatcher": role_tf_dispatcher,
@@ -707,7 +717,14 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 protocol=True,
             )
-            helpers.append(appender)
+            kept = kids.start(
+                "appender-kept",
+                role_argv(
+                    SCRIPT, "appender", "--addr", ingest_svc.addr, "--data-dir", str(run), "--keep-blocks"
+                ),
+                protocol=True,
+            )
+            helpers += [appender, kept]
         if "read_stream" in only:
             plain = kids.start(
                 "plain-server",
@@ -739,15 +756,19 @@ def main(argv: list[str] | None = None) -> int:
             if "append" in only:
                 msg = {"records": append_n, "dataset": f"append-{rep + 1}"}
                 runs = {
-                    "append": {"cmd": "append", **msg},
-                    "npsave": {"cmd": "npsave", **msg},
-                    "upload_discard": {"cmd": "upload", "mode": "discard", **msg},
-                    "upload_file": {"cmd": "upload", "mode": "file", **msg},
+                    "append": (appender, {"cmd": "append", **msg}),
+                    "npsave": (appender, {"cmd": "npsave", **msg}),
+                    "upload_discard": (appender, {"cmd": "upload", "mode": "discard", **msg}),
+                    "upload_file": (appender, {"cmd": "upload", "mode": "file", **msg}),
+                    "append_kept": (
+                        kept,
+                        {"cmd": "append", "records": append_n, "dataset": f"kept-{rep + 1}"},
+                    ),
                 }
                 # Each repetition runs them in the other order: what one leaves behind (memory
                 # freed, writeback, page-cache pages) must not always favour the same one.
                 keys = list(runs) if rep % 2 == 0 else list(reversed(runs))
-                results = {key: appender.call(runs[key], PASS_TIMEOUT) for key in keys}
+                results = {key: runs[key][0].call(runs[key][1], PASS_TIMEOUT) for key in keys}
                 if timed:
                     for key in runs:
                         rate(key, results[key])
@@ -909,6 +930,7 @@ def result_cases(
             # grpc.aio server, to tell gRPC's share of the cost from the disk's.
             Case("append_diag_upload_discarded", "MB/s", m["upload_discard"], npsave, m["npsave"]),
             Case("append_diag_upload_to_file", "MB/s", m["upload_file"], npsave, m["npsave"]),
+            Case("append_diag_client_keeps_blocks", "MB/s", m["append_kept"], npsave, m["npsave"]),
         ]
     if "read_stream" in only:
         cases.append(
