@@ -5,9 +5,9 @@ write nothing, and copying into fresh page-cache pages was most of an Append's
 cost. Measured on our VMs (Firecracker, free page reporting on): the kernel's
 copy into new page-cache pages (`copy_folio_from_iter_atomic`) ran at ~0.3 GB/s,
 67 % of the server's CPU, because every fresh page the host had reclaimed faults
-in on the host first; 8 MiB files written with write + fsync moved 150-230 MB/s,
-the same bytes through O_DIRECT from one reused aligned buffer 700-1,100 MB/s at
-a tenth of the CPU. On any machine, O_DIRECT + fsync of a large sequential file
+in on the host first; 8 MiB files written with write + fsync moved 136-205 MB/s
+(2.5-4.1 s of CPU per GB), the same bytes through O_DIRECT from one reused aligned
+buffer 709-1,123 MB/s (0.19-0.30 s/GB). On any machine, O_DIRECT + fsync of a large sequential file
 moves what the device does, and does not evict the page cache's hot partitions
 for bytes nobody is reading yet.
 
@@ -39,7 +39,8 @@ STAGING_BYTES = 4 << 20  # one O_DIRECT write: large enough that per-call costs 
 
 class _StagingPool:
     """Aligned (mmap, so page-aligned) buffers reused across files: a fresh buffer per file
-    would fault its pages in every time, which is the cost this module avoids."""
+    would fault its pages in every time, which is the cost this module avoids. It holds at
+    most one buffer per thread that ever wrote at the same time as others."""
 
     def __init__(self) -> None:
         self._free: list[mmap.mmap] = []
@@ -82,7 +83,11 @@ class SequentialWriter:
                     raise
         if not self.direct:
             self._fd = os.open(path, flags, 0o666)
-        self._buf = _POOL.take() if self.direct else None
+        try:
+            self._buf = _POOL.take() if self.direct else None
+        except BaseException:
+            os.close(self._fd)
+            raise
         # Copies into the staging buffer go through NumPy, which releases the GIL while it
         # copies (a memoryview assignment holds it): the event loop goes on receiving.
         self._staging = np.frombuffer(self._buf, np.uint8) if self._buf is not None else None
