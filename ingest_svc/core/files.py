@@ -74,7 +74,8 @@ def _block_crcs(pieces: Sequence[np.ndarray], block_bytes: int) -> list[int]:
 def write_partition(
     path: Path, schema: Schema, columns: dict[str, Sequence[np.ndarray]], num_records: int
 ) -> int:
-    """Write a partition to `path` (a temp name; the caller renames it) and fsync it.
+    """Write a partition to `path` (a temp name; the caller renames it) and fsync it,
+    around the page cache where the file system allows (`direct.SequentialWriter`).
 
     `columns[name]` is a list of [k, *shape] pieces whose k add up to
     `num_records`; they are written back to back without concatenating.
