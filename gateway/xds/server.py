@@ -1,0 +1,45 @@
+"""`python -m gateway.xds`: the control plane as an mlmesh service (health, reflection, metrics).
+
+The config is loaded and validated and the registry opened before anything
+binds: a bad file or URL exits 2 naming the problem, and Envoy never sees it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
+from mlmesh.descriptors import serving_descriptor_set
+from mlmesh.discovery import RegistryError, open_registry
+from mlmesh.server import run_service
+
+from gateway.xds.ads import AggregatedDiscoveryServicer
+from gateway.xds.config import ConfigError, XdsSettings, load_config
+from gateway.xds.control import ControlPlane
+
+ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
+
+
+def make_control_plane(settings: XdsSettings) -> ControlPlane:
+    """The control plane the settings describe; SystemExit(2) with the reason if they cannot work."""
+    try:
+        config = load_config(settings.config)
+        registry = open_registry(settings.registry)
+    except (ConfigError, RegistryError) as e:
+        print(f"gateway.xds: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    token = settings.admin_token.get_secret_value() if settings.admin_token else None
+    return ControlPlane(config, registry, descriptor_set=serving_descriptor_set(), admin_token=token)
+
+
+async def serve(settings: XdsSettings) -> None:
+    control = make_control_plane(settings)
+
+    def add(server: grpc.aio.Server) -> list[str]:
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            AggregatedDiscoveryServicer(control.cache), server
+        )
+        return [ADS_SERVICE]
+
+    await run_service(settings, name="xds", add_servicers=add, on_start=control.start, on_stop=control.close)
