@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -57,6 +58,8 @@ class SnapshotCache:
     def __init__(self) -> None:
         self.snapshot: Snapshot | None = None
         self.rejected: dict[tuple[str, str], set[str]] = {}
+        # The latest NACKs as (node, type, rejected version, Envoy's error), newest last.
+        self.nacks: deque[tuple[str, str, str, str]] = deque(maxlen=100)
         self._streams: set[asyncio.Queue[object]] = set()
         self._ready = asyncio.Event()
 
@@ -173,13 +176,15 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         if req.HasField("error_detail"):
             NACKS.labels(kind).inc()
             self._cache.rejected.setdefault((stream.node_id, type_url), set()).add(st.sent_version)
+            self._cache.nacks.append((stream.node_id, kind, st.sent_version, req.error_detail.message))
             log.warning(
                 "xds_nack",
                 type=kind,
                 node=stream.node_id,
                 rejected_version=st.sent_version,
                 envoy_keeps_version=req.version_info,
-                error=req.error_detail.message,
+                # Envoy's message repeats the whole resource first; the reason is at the end.
+                error=req.error_detail.message[-1000:],
             )
             return [r for r in [self._respond(stream, snapshot, type_url, force=False)] if r]
         if not req.response_nonce:

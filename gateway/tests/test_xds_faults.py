@@ -1,0 +1,45 @@
+"""Control-plane outage: Envoy keeps serving on its last configuration while the control
+plane is down (kill -9), and reconverges when it comes back, without a failed request."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway.tests.conftest import ProcessGroup, wait_until
+from gateway.tests.http_util import http
+from gateway.tests.test_faults import Load
+
+pytestmark = pytest.mark.faults
+
+
+def connected(admin_port: int) -> bool:
+    body = http(admin_port, "GET", "/stats?filter=^control_plane.connected_state$").body.decode()
+    return body.strip() == "control_plane.connected_state: 1"
+
+
+def test_control_plane_killed_envoy_keeps_serving_and_reconverges_after_restart(group: ProcessGroup) -> None:
+    r0, r1, r2 = group.backend("r0"), group.backend("r1"), group.backend("r2")
+    cp = group.control_plane("xds", [r0, r1])
+    gw = group.static_gateway("gw", [], "--xds-addr", cp.addr)
+    admin = gw.ports["admin_port"]
+    assert wait_until(lambda: connected(admin), 10)
+    with Load(gw.ports["port"]) as load:
+        time.sleep(0.5)
+        cp.popen.kill()  # SIGKILL: no goodbye on the ADS stream
+        cp.popen.wait(5)
+        killed_at = time.monotonic()
+        assert wait_until(lambda: not connected(admin), 5)
+        time.sleep(1.5)
+        assert load.replicas_since(killed_at + 0.5).keys() == {"r0", "r1"}  # the last config serves
+        # The supervisor's restart: same port, and meanwhile the registry gained r2.
+        restarted = group.control_plane("xds-again", [r0, r1, r2], port=cp.ports["port"])
+        back_at = time.monotonic()
+        assert wait_until(lambda: connected(admin), 10)
+        assert wait_until(lambda: "r2" in load.replicas_since(back_at), 10)
+        print(f"reconnected and r2 took traffic {time.monotonic() - back_at:.2f}s after the restart")
+        time.sleep(0.5)
+    assert load.errors() == []
+    assert len(load.results) > 200, len(load.results)
+    assert "xds_stream_opened" in restarted.log()
