@@ -8,7 +8,8 @@ version it sent last, and the versions Envoy rejected. The rules (FIELD-NOTES):
 - `error_detail` set: a NACK of the version sent last; logged with Envoy's
   message, counted, remembered for this node, and never sent again to it;
 - an empty nonce (a new subscription or a reconnect): answered with the full
-  current state of that type, whatever version Envoy says it holds;
+  current state of that type, whatever version Envoy says it holds (unless
+  that node rejected exactly this version before);
 - otherwise an ACK; answered again only if the requested names changed, or,
   for EDS, after a CDS change (a re-created cluster waits for its endpoints);
 - a new snapshot: each type whose version for this stream changed is pushed,
