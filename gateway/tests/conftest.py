@@ -61,6 +61,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return bool(predicate())
 
 
+def serving_hosts_healthy(clusters: str) -> int:
+    """Healthy hosts of clusters `serving` and `serving_keyed` in Envoy's admin /clusters text
+    (not the control plane's `xds` cluster or the other services')."""
+    return sum(
+        1
+        for line in clusters.splitlines()
+        if line.startswith(("serving::", "serving_keyed::")) and line.endswith("::health_flags::healthy")
+    )
+
+
 def write_config(path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
     """The default gateway.yaml with `edit` applied to its data, written to `path`."""
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())

@@ -45,11 +45,18 @@ class ControlPlane:
         return sorted({c.service for c in self.config.clusters})
 
     async def start(self, timeout: float = 10.0) -> None:
-        """Watch every service; returns once each has reported once and a snapshot exists."""
+        """Watch every service; once each has reported (or `timeout` passed: a slow registry
+        must not keep Envoy without listeners) the first snapshot exists."""
         first = {s: asyncio.Event() for s in self.services}
         for service in self.services:
             self._tasks.append(asyncio.create_task(self._watch(service, first[service])))
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in first.values())), timeout)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in first.values())), timeout)
+        except TimeoutError:
+            silent = [s for s, e in first.items() if not e.is_set()]
+            log.warning("registry_slow", services=silent, timeout_seconds=timeout)
+            for e in first.values():
+                e.set()
         self.rebuild("started")
 
     async def _watch(self, service: str, first: asyncio.Event) -> None:
