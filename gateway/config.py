@@ -40,6 +40,32 @@ RETRY_CONDITIONS = frozenset(
         "unavailable",
     }
 )
+# Settings a static bootstrap uses and the control plane's config replaces in xDS mode.
+STATIC_ONLY = frozenset(
+    {
+        "max_message_bytes",
+        "access_log",
+        "lb_policy",
+        "connect_timeout_seconds",
+        "health_check_service_name",
+        "health_check_interval_seconds",
+        "health_check_timeout_seconds",
+        "unhealthy_threshold",
+        "healthy_threshold",
+        "outlier_consecutive_5xx",
+        "outlier_consecutive_gateway_failure",
+        "outlier_base_ejection_seconds",
+        "outlier_max_ejection_percent",
+        "healthy_panic_threshold",
+        "max_connections",
+        "max_pending_requests",
+        "max_requests",
+        "max_retries",
+        "retry_on",
+        "num_retries",
+        "per_try_timeout_seconds",
+    }
+)
 MAX_BASE_ID = (2**32 - 1) // 10  # Envoy derives socket/shm names from base_id * 10 + n.
 
 
@@ -184,6 +210,15 @@ class GatewaySettings(ServiceSettings):
                 "set exactly one of backends (--backends / MLMESH_GATEWAY_BACKENDS) for a static Envoy "
                 "or xds_addr (--xds-addr / MLMESH_GATEWAY_XDS_ADDR) for one configured by the control plane"
             )
+        if self.xds_addr is not None:
+            ignored = sorted(self.model_fields_set & STATIC_ONLY)
+            if ignored:
+                raise ValueError(
+                    f"settings {ignored} shape a static Envoy; with xds_addr the control plane's "
+                    "gateway.yaml decides them (listener limits, cluster policies, routes)"
+                )
+        elif "internal_port" in self.model_fields_set:
+            raise ValueError("internal_port needs xds_addr: a static Envoy has no internal listener")
         return self
 
     @field_validator("retry_on")

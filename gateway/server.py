@@ -368,7 +368,10 @@ async def run_gateway(settings: GatewaySettings, stop_event: asyncio.Event | Non
                         admin.optional_listener_port, INTERNAL_LISTENER_NAME
                     )
             except OSError as e:
-                raise GatewayError(f"cannot read Envoy's listener port: {e}") from None
+                hint = ""
+                if settings.xds_addr is not None:
+                    hint = " (Envoy refuses a listener it cannot bind, e.g. on a port in use: see its log)"
+                raise GatewayError(f"cannot read Envoy's listener port: {e}{hint}") from None
             if settings.port_file is not None:
                 ports = {
                     "port": port,

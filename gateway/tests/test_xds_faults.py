@@ -3,6 +3,7 @@ plane is down (kill -9), and reconverges when it comes back, without a failed re
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -43,3 +44,19 @@ def test_control_plane_killed_envoy_keeps_serving_and_reconverges_after_restart(
     assert load.errors() == []
     assert len(load.results) > 200, len(load.results)
     assert "xds_stream_opened" in restarted.log()
+
+
+def test_listener_port_in_use_is_nacked_and_fails_startup_naming_the_listener(group: ProcessGroup) -> None:
+    r0 = group.backend("r0")
+    cp = group.control_plane("xds", [r0])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError) as e:
+            group.static_gateway("gw", [], "--xds-addr", cp.addr, "--port", str(port))
+    assert "exited with 1" in str(e.value)
+    assert "Envoy has no listener named 'ingress'" in str(e.value)
+    # Envoy refused the listeners it could not bind: a NACK, logged with Envoy's reason.
+    assert wait_until(lambda: "xds_nack" in cp.log(), 5)
+    assert "Address already in use" in cp.log()
