@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+from mlmesh.clients import check_health
 
 from gateway.tests.conftest import ProcessGroup, wait_until
 from gateway.tests.http_util import http
@@ -26,6 +27,12 @@ def test_control_plane_killed_envoy_keeps_serving_and_reconverges_after_restart(
     gw = group.static_gateway("gw", [], "--xds-addr", cp.addr)
     admin = gw.ports["admin_port"]
     assert wait_until(lambda: connected(admin), 10)
+    # The control plane is an mlmesh service: health, and its counters on /metrics.
+    assert check_health(cp.addr, "envoy.service.discovery.v3.AggregatedDiscoveryService") == "SERVING"
+    metrics = http(cp.ports["metrics_port"], "GET", "/metrics").body.decode()
+    for kind in ("LDS", "RDS", "CDS", "EDS"):
+        assert f'mlmesh_xds_acks_total{{type="{kind}"}}' in metrics
+    assert "mlmesh_xds_snapshots_total 1.0" in metrics
     with Load(gw.ports["port"]) as load:
         time.sleep(0.5)
         cp.popen.kill()  # SIGKILL: no goodbye on the ADS stream
