@@ -3,13 +3,15 @@ plane is down (kill -9), and reconverges when it comes back, without a failed re
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
+from typing import Any
 
 import pytest
 from mlmesh.clients import check_health
 
-from gateway.tests.conftest import ProcessGroup, wait_until
+from gateway.tests.conftest import ProcessGroup, listener_of, wait_until, write_config
 from gateway.tests.http_util import http
 from gateway.tests.test_faults import Load
 
@@ -67,3 +69,30 @@ def test_listener_port_in_use_is_nacked_and_fails_startup_naming_the_listener(gr
     # Envoy refused the listeners it could not bind: a NACK, logged with Envoy's reason.
     assert wait_until(lambda: "xds_nack" in cp.log(), 5)
     assert "Address already in use" in cp.log()
+
+
+def test_sighup_pushes_a_valid_config_and_keeps_the_old_one_when_the_new_is_invalid(
+    group: ProcessGroup,
+) -> None:
+    r0 = group.backend("r0")
+    path = write_config(group.workdir / "gateway.yaml", lambda d: None)
+    cp = group.control_plane("xds", [r0], "--config", str(path))
+    gw = group.static_gateway("gw", [], "--xds-addr", cp.addr)
+    port = gw.ports["port"]
+    assert http(port, "GET", "/extra").status == 404
+
+    def extra(d: dict[str, Any]) -> None:
+        listener_of(d, "ingress")["routes"].append(
+            {"name": "extra", "kind": "status", "match": {"path": "/extra"}, "direct_response": "new\n"}
+        )
+
+    write_config(path, extra)
+    cp.popen.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: http(port, "GET", "/extra").status == 200, 10)
+
+    write_config(path, lambda d: d["clusters"][0].update(connect_timeout="soon"))
+    cp.popen.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "config_reload_refused" in cp.log(), 10)
+    assert "clusters[0](serving).connect_timeout: invalid duration 'soon'" in cp.log()
+    assert http(port, "GET", "/extra").body == b"new\n"  # the running config stays
+    assert cp.popen.poll() is None

@@ -21,12 +21,12 @@ from mlmesh.descriptors import serving_descriptor_set
 from mlmesh.discovery import Instance
 
 from gateway.core.backends import Backend
-from gateway.core.bootstrap import load_template
 from gateway.server import resolve_envoy_binary
 from gateway.tests.conftest import listener_of, write_config
 from gateway.xds import resources as rs
 from gateway.xds.bootstrap import build_xds_bootstrap
 from gateway.xds.config import DEFAULT_CONFIG_PATH, GatewayConfig, load_config
+from gateway.xds.resources import static_http_filter
 from gateway.xds.snapshot import build_snapshot
 
 pytestmark = pytest.mark.unit
@@ -121,8 +121,9 @@ def test_public_listener_transcodes_json_and_keeps_the_static_paths_lua() -> Non
         "envoy.filters.http.router",
     ]
     lua = unpack(h.http_filters[0].typed_config, lua_pb2.Lua)
-    template = json.dumps(load_template())
-    assert json.dumps(lua.default_source_code.inline_string)[1:-1] in template  # one source of truth
+    static = static_http_filter("envoy.filters.http.lua")  # one source for both modes
+    assert lua.default_source_code.inline_string == static["default_source_code"]["inline_string"]
+    assert "envoy_on_response" in lua.default_source_code.inline_string
     tc = unpack(h.http_filters[1].typed_config, transcoder_pb2.GrpcJsonTranscoder)
     assert tc.proto_descriptor_bin == b"fds" and list(tc.services) == ["mlmesh.serving.v1.ServingService"]
     assert tc.convert_grpc_status and not tc.match_incoming_request_route

@@ -71,6 +71,15 @@ class SnapshotCache:
         for q in self._streams:
             q.put_nowait(_SNAPSHOT)
 
+    def subscribe(self) -> asyncio.Queue[object]:
+        """A queue that gets a marker each time the snapshot changes (requests go in it too)."""
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        self._streams.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[object]) -> None:
+        self._streams.discard(queue)
+
     async def current(self) -> Snapshot:
         await self._ready.wait()
         assert self.snapshot is not None
@@ -117,7 +126,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         stream = _Stream(peer=context.peer())
-        queue: asyncio.Queue[object] = asyncio.Queue()
+        queue = self._cache.subscribe()
 
         async def read() -> None:
             try:
@@ -127,7 +136,6 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                 queue.put_nowait(None)
 
         reader = asyncio.create_task(read())
-        self._cache._streams.add(queue)
         STREAMS.inc()
         try:
             snapshot = await self._cache.current()
@@ -149,7 +157,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                     yield response
         finally:
             STREAMS.dec()
-            self._cache._streams.discard(queue)
+            self._cache.unsubscribe(queue)
             reader.cancel()
             if stream.node_id:
                 log.info("xds_stream_closed", node=stream.node_id, peer=stream.peer)

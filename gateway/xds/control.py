@@ -96,7 +96,9 @@ class ControlPlane:
         self.config = config
         for service in self.services:
             if service not in self._endpoints:
-                self._tasks.append(asyncio.create_task(self._watch(service, asyncio.Event())))
+                reported = asyncio.Event()
+                reported.set()  # each report of a newly watched service rebuilds, the first too
+                self._tasks.append(asyncio.create_task(self._watch(service, reported)))
         self.rebuild("config")
 
     async def close(self) -> None:

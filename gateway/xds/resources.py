@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
@@ -38,7 +39,8 @@ from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 from mlmesh.discovery import Instance
 
-from gateway.core.bootstrap import IDEMPOTENCY_HEADER, load_template
+from gateway.core.backends import Backend
+from gateway.core.bootstrap import IDEMPOTENCY_HEADER, BootstrapInputs, build_bootstrap
 from gateway.xds.config import Cluster, GatewayConfig, Listener, RateLimit, Route
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -78,16 +80,29 @@ def stat_prefix(listener: Listener) -> str:
 
 
 @cache
-def _template_filter(name: str) -> dict[str, Any]:
-    """The typed_config of an HTTP filter in the static bootstrap template, so both paths share it."""
-    listener = load_template()["static_resources"]["listeners"][0]
+def static_http_filter(name: str) -> dict[str, Any]:
+    """The typed_config of an HTTP filter in the rendered static bootstrap, so both paths share
+    one source (whether it is written in the template or filled in by bootstrap.py)."""
+    rendered = build_bootstrap(
+        BootstrapInputs(
+            node_id="xds",
+            listen_host="127.0.0.1",
+            listen_port=0,
+            admin_host="127.0.0.1",
+            admin_port=0,
+            descriptor_path=Path("unused.pb"),
+            max_body_bytes=1024,
+            backends=(Backend("127.0.0.1", 1),),
+        )
+    )
+    listener = rendered["static_resources"]["listeners"][0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    return next(f["typed_config"] for f in hcm["http_filters"] if f["name"] == name)
+    return dict(next(f["typed_config"] for f in hcm["http_filters"] if f["name"] == name))
 
 
 def status_lua_source() -> str:
-    """The Lua filter turning a transcoded FAILED_PRECONDITION into 422 (from the static template)."""
-    return str(_template_filter(LUA_FILTER)["default_source_code"]["inline_string"])
+    """The Lua filter of the static bootstrap (FAILED_PRECONDITION -> 422 for JSON clients)."""
+    return str(static_http_filter(LUA_FILTER)["default_source_code"]["inline_string"])
 
 
 def admin_auth_lua(token: str | None) -> str:

@@ -2,16 +2,21 @@
 
 The config is loaded and validated and the registry opened before anything
 binds: a bad file or URL exits 2 naming the problem, and Envoy never sees it.
+SIGHUP reloads the config file: a valid one is pushed, an invalid one is
+logged (file, field, reason) and the running config stays.
 """
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from mlmesh.descriptors import serving_descriptor_set
 from mlmesh.discovery import RegistryError, open_registry
+from mlmesh.logging import get_logger
 from mlmesh.server import run_service
 
 from gateway.xds.ads import AggregatedDiscoveryServicer
@@ -19,6 +24,7 @@ from gateway.xds.config import ConfigError, XdsSettings, load_config
 from gateway.xds.control import ControlPlane
 
 ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
+log = get_logger("gateway.xds")
 
 
 def make_control_plane(settings: XdsSettings) -> ControlPlane:
@@ -42,4 +48,17 @@ async def serve(settings: XdsSettings) -> None:
         )
         return [ADS_SERVICE]
 
-    await run_service(settings, name="xds", add_servicers=add, on_start=control.start, on_stop=control.close)
+    def reload() -> None:
+        try:
+            config = load_config(settings.config)
+        except ConfigError as e:
+            log.error("config_reload_refused", error=str(e))
+            return
+        log.info("config_reloaded", path=str(settings.config))
+        control.set_config(config)
+
+    async def start() -> None:
+        await control.start()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+    await run_service(settings, name="xds", add_servicers=add, on_start=start, on_stop=control.close)
