@@ -115,6 +115,11 @@ def listener_ports(node_metadata: struct_pb2.Struct) -> Ports:
     return tuple(sorted(out))
 
 
+def envoy_reason(message: str) -> str:
+    """Envoy's NACK message without the copy of the resource it often starts with."""
+    return message.rsplit("\n: ", 1)[-1][-1000:]
+
+
 class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, cache: SnapshotCache) -> None:
         self._cache = cache
@@ -192,8 +197,7 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
                 node=stream.node_id,
                 rejected_version=st.sent_version,
                 envoy_keeps_version=req.version_info,
-                # Envoy's message repeats the whole resource first; the reason is at the end.
-                error=req.error_detail.message[-1000:],
+                error=envoy_reason(req.error_detail.message),
             )
             return [r for r in [self._respond(stream, snapshot, type_url, force=False)] if r]
         if not req.response_nonce:
