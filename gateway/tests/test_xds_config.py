@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from mlmesh.cli.suite import child_env
+from mlmesh.descriptors import serving_descriptor_set
 from mlmesh.settings import load_settings
 
 from gateway.tests.conftest import REPO, listener_of, write_config
@@ -22,6 +23,7 @@ from gateway.xds.config import (
     load_config,
     parse_duration,
 )
+from gateway.xds.server import load_checked
 
 pytestmark = pytest.mark.unit
 
@@ -165,6 +167,18 @@ def test_admin_token_comes_from_the_environment_and_is_checked(monkeypatch: pyte
     monkeypatch.setenv("MLMESH_XDS_ADMIN_TOKEN", "short'quote")
     with pytest.raises(SystemExit):
         load_settings(XdsSettings, ["--registry", "static:serving=127.0.0.1:1"])
+
+
+def test_json_services_must_be_in_the_descriptor_set(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "g.yaml", lambda d: listener_of(d, "ingress").update(json_services=["pkg.v1.Nope"])
+    )
+    with pytest.raises(ConfigError) as e:
+        load_checked(path, serving_descriptor_set())
+    assert f"{path}: listeners[0](ingress).json_services: ['pkg.v1.Nope'] not in the descriptor set" in str(
+        e.value
+    )
+    assert load_checked(DEFAULT_CONFIG_PATH, serving_descriptor_set()).listeners[0].json_services
 
 
 def test_control_plane_with_a_bad_config_exits_2_before_serving(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
-from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, descriptor_pb2, duration_pb2, wrappers_pb2
 from google.protobuf.message import Message
 from mlmesh.discovery import Instance
 
@@ -202,6 +202,20 @@ def http_filters(
         hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=packed(router_pb2.Router()))
     )
     return filters
+
+
+def check_json_services(config: GatewayConfig, descriptor_set: bytes) -> None:
+    """ValueError naming a listener's `json_services` entry the descriptor set lacks
+    (Envoy would refuse the whole listener update)."""
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set)
+    known = {f"{f.package}.{svc.name}" for f in fds.file for svc in f.service}
+    for i, x in enumerate(config.listeners):
+        missing = [s for s in x.json_services if s not in known]
+        if missing:
+            raise ValueError(
+                f"listeners[{i}]({x.name}).json_services: {missing} not in the descriptor set "
+                f"(it has {sorted(known)})"
+            )
 
 
 # -- LDS -------------------------------------------------------------------------------------
