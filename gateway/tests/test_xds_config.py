@@ -60,7 +60,10 @@ def test_shipped_config_has_todays_public_routes_and_admin_routes_only_inside() 
         "mlmesh.ingest.v1.IngestService",
         "mlmesh.trainer.v1.TrainerService",
         "mlmesh.serving.v1.ServingAdminService",
+        "tensorflow.serving.ModelService",  # HandleReloadConfigRequest only: it rewrites the model config
     }
+    tfs_status = next(r for r in ingress.routes if r.name == "tfs-status")
+    assert list(tfs_status.match.methods) == ["GetModelStatus"]
     assert config.keyed_clusters() == {"serving"}
     assert config.cluster("serving").lb_policy == "LEAST_REQUEST"
 
@@ -97,7 +100,10 @@ def test_two_routes_with_the_same_match_are_refused(tmp_path: Path) -> None:
         routes.append({**routes[-1], "name": "again"})
 
     message = refusal(tmp_path, dup)
-    assert "listeners[0](ingress): routes 'tfs-status' and 'again' both match prefix " in message
+    assert (
+        "listeners[0](ingress): routes 'tfs-status' and 'again' both match path '/tensorflow.serving.ModelService/GetModelStatus'"
+        in message
+    )
 
 
 def test_admin_route_on_the_public_listener_is_refused(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.v3 import percent_pb2, token_bucket_pb2
-from google.protobuf import any_pb2, descriptor_pb2, duration_pb2, wrappers_pb2
+from google.protobuf import any_pb2, descriptor_pb2, duration_pb2, json_format, wrappers_pb2
 from google.protobuf.message import Message
 from mlmesh.discovery import Instance
 
@@ -80,9 +80,9 @@ def stat_prefix(listener: Listener) -> str:
 
 
 @cache
-def static_http_filter(name: str) -> dict[str, Any]:
-    """The typed_config of an HTTP filter in the rendered static bootstrap, so both paths share
-    one source (whether it is written in the template or filled in by bootstrap.py)."""
+def static_hcm() -> dict[str, Any]:
+    """The HTTP connection manager of the rendered static bootstrap, so both paths share one
+    source for what they have in common (written in the template or filled in by bootstrap.py)."""
     rendered = build_bootstrap(
         BootstrapInputs(
             node_id="xds",
@@ -96,12 +96,22 @@ def static_http_filter(name: str) -> dict[str, Any]:
         )
     )
     listener = rendered["static_resources"]["listeners"][0]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    return dict(next(f["typed_config"] for f in hcm["http_filters"] if f["name"] == name))
+    return dict(listener["filter_chains"][0]["filters"][0]["typed_config"])
+
+
+def static_http_filter(name: str) -> dict[str, Any]:
+    """The typed_config of an HTTP filter of the static bootstrap."""
+    return dict(next(f["typed_config"] for f in static_hcm()["http_filters"] if f["name"] == name))
+
+
+def rest_local_replies() -> hcm_pb2.LocalReplyConfig:
+    """Envoy's own error replies (413, 503, ...) in TF Serving's REST shape {"error": ...},
+    as the static template has them; gRPC clients still get grpc-status/grpc-message."""
+    return json_format.ParseDict(static_hcm()["local_reply_config"], hcm_pb2.LocalReplyConfig())
 
 
 def status_lua_source() -> str:
-    """The Lua filter of the static bootstrap (FAILED_PRECONDITION -> 422 for JSON clients)."""
+    """The Lua filter of the static bootstrap: REST errors as {"error": ...}, 422 for FAILED_PRECONDITION."""
     return str(static_http_filter(LUA_FILTER)["default_source_code"]["inline_string"])
 
 
@@ -240,6 +250,8 @@ def build_listener(
         http_filters=http_filters(listener, descriptor_set, admin_token),
         access_log=list(access_log),
     )
+    if listener.json_services:
+        hcm.local_reply_config.CopyFrom(rest_local_replies())
     return listener_pb2.Listener(
         name=listener.name,
         address=address_pb2.Address(

@@ -150,9 +150,12 @@ class Batcher:
             self._count_expired(pending)
             raise self._expired() from None
         except asyncio.CancelledError:
-            # gRPC cancels the call at the same deadline, and may do so first.
+            # gRPC cancels the call at the same deadline, and may do so first; the client's own
+            # deadline (or Envoy's copy of it) passes before ours and arrives as a cancel.
             if time.monotonic() >= deadline:
                 self._count_expired(pending)
+            elif not pending.taken:
+                metrics.CANCELLED_QUEUED.labels(self._model).inc()
             raise
 
     def _count_expired(self, pending: _Pending) -> None:

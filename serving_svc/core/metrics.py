@@ -51,6 +51,12 @@ DEADLINE_EXPIRED = Counter(
     "Requests answered DEADLINE_EXCEEDED without running: their deadline passed while queued",
     ["model"],
 )
+CANCELLED_QUEUED = Counter(
+    "mlmesh_serving_cancelled_queued_total",
+    "Requests whose caller went away while they were queued (they never ran); a client's deadline "
+    "often arrives as such a cancel, before the replica's own copy of it passes",
+    ["model"],
+)
 PADDED_EXAMPLES = Counter(
     "mlmesh_serving_padded_examples_total",
     "Padding rows added to reach an allowed batch size (computed, then sliced off)",
