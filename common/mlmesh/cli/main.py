@@ -9,6 +9,7 @@ import typer
 from mlmesh.cli import ingest, scenario, serving, transform
 from mlmesh.cli.demo import demo
 from mlmesh.cli.predict import predict
+from mlmesh.cli.scale import scale
 from mlmesh.cli.service import service
 from mlmesh.cli.status import status
 from mlmesh.cli.train import train
@@ -42,6 +43,7 @@ app.add_typer(serving.app, name="serving")
 app.command()(train)
 app.command()(predict)
 app.command()(status)
+app.command()(scale)
 app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 )(service)

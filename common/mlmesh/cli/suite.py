@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from rich.table import Table
 
 import mlmesh
 from mlmesh.cli.common import SuiteAddresses, console, write_suite
+from mlmesh.cli.scale import SCALE_FILE, Scaler
 from mlmesh.ingest.v1 import ingest_pb2
 from mlmesh.paramserver.v1 import paramserver_pb2
 from mlmesh.serving.v1 import serving_pb2
@@ -113,14 +116,53 @@ def _addr(info: ChildInfo) -> str:
     return f"{HOST}:{info.port}"
 
 
+def registry_url(cfg: SuiteConfig) -> str:
+    """The suite's service registry: one record file per instance under <root>/registry."""
+    return f"file://{cfg.root.resolve() / 'registry'}"
+
+
+def serving_spec(cfg: SuiteConfig, i: int) -> ServiceSpec:
+    root = cfg.root.resolve()
+    args = ["--model-repo", str(root / "models"), "--poll-seconds", str(cfg.serving_poll_seconds)]
+    # Removed replicas deregister first, then stay up this long NOT_SERVING, so the control
+    # plane (a registry poll) and Envoy's health checks take them out before they stop accepting.
+    args += ["--registry", registry_url(cfg), "--drain-seconds", "1.5"]
+    return ServiceSpec(f"serving-{i}", "serving_svc", args, SERVING_SERVICE, cfg.ready_timeout)
+
+
+def worker_spec(cfg: SuiteConfig, i: int) -> ServiceSpec:
+    """A worker finds the coordinator (and it the shards and ingest) through the registry."""
+    root = cfg.root.resolve()
+    args = ["worker", "--registry", registry_url(cfg), "--worker-id", f"worker-{i}"]
+    args += ["--cache-dir", str(root / "cache" / f"worker-{i}")]
+    return ServiceSpec(f"worker-{i}", "trainer_svc", args, "", cfg.ready_timeout)
+
+
+def scalable_specs(cfg: SuiteConfig) -> dict[str, Callable[[int], ServiceSpec]]:
+    """What `mlmesh scale` may start more of in this suite (see mlmesh.cli.scale)."""
+    specs: dict[str, Callable[[int], ServiceSpec]] = {"workers": lambda i: worker_spec(cfg, i)}
+    if cfg.serving:
+        specs["serving"] = lambda i: serving_spec(cfg, i)
+    return specs
+
+
 def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
-    """Start every service, wait for each to be ready, write suite.json; return the addresses."""
+    """Start every service, wait for each to be ready, write suite.json; return the addresses.
+
+    Every service registers itself in the suite's file registry once SERVING; the coordinator
+    and the workers find their peers there, and the gateway's control plane its endpoints."""
     root = cfg.root.resolve()
     for sub in ("data", "checkpoints", "models", "work", "cache", "gateway"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    # Records and wishes of a previous run of this root are not this run's.
+    shutil.rmtree(root / "registry", ignore_errors=True)
+    (root / SCALE_FILE).unlink(missing_ok=True)
     t = cfg.ready_timeout
+    registry = ["--registry", registry_url(cfg)]
 
-    first = [ServiceSpec("ingest", "ingest_svc", ["--data-dir", str(root / "data")], INGEST_SERVICE, t)]
+    first = [
+        ServiceSpec("ingest", "ingest_svc", ["--data-dir", str(root / "data"), *registry], INGEST_SERVICE, t)
+    ]
     first += [
         ServiceSpec(
             f"ps-{i}",
@@ -136,55 +178,30 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
                 str(cfg.checkpoint_every_steps),
                 "--checkpoint-every-seconds",
                 str(cfg.checkpoint_every_seconds),
+                *registry,
             ],
             PS_SERVICE,
             t,
         )
         for i in range(cfg.shards)
     ]
-    first += [
-        ServiceSpec(
-            f"serving-{i}",
-            "serving_svc",
-            ["--model-repo", str(root / "models"), "--poll-seconds", str(cfg.serving_poll_seconds)],
-            SERVING_SERVICE,
-            t,
-        )
-        for i in range(cfg.replicas if cfg.serving else 0)
-    ]
+    first += [serving_spec(cfg, i) for i in range(cfg.replicas if cfg.serving else 0)]
     infos = {i.name: i for i in sup.start_group(first)}
-    ingest = _addr(infos["ingest"])
-    ps = [_addr(infos[f"ps-{i}"]) for i in range(cfg.shards)]
-    serving = [_addr(infos[f"serving-{i}"]) for i in range(cfg.replicas if cfg.serving else 0)]
 
     coordinator_spec = ServiceSpec(
         "coordinator",
         "trainer_svc",
-        [
-            "coordinator",
-            "--ingest-addr",
-            ingest,
-            "--ps-addrs",
-            ",".join(ps),
-            "--model-repo",
-            str(root / "models"),
-            "--work-dir",
-            str(root / "work"),
-        ],
+        ["coordinator", *registry, "--model-repo", str(root / "models"), "--work-dir", str(root / "work")],
         TRAINER_SERVICE,
         t,
     )
     infos.update({i.name: i for i in sup.start_group([coordinator_spec])})
-    coordinator = _addr(infos["coordinator"])
     third: list[ServiceSpec] = []
     if cfg.serving:
-        # The static registry for now: the addresses this supervisor knows (it restarts
-        # children on their old ports, so they stay true).
-        registry = f"static:serving={','.join(serving)};ingest={ingest};trainer={coordinator}"
         xds = ServiceSpec(
             "xds",
             "gateway.xds",
-            ["--registry", registry, "--metrics-port", "0"],
+            [*registry, "--metrics-port", "0"],
             ADS_SERVICE,
             t,
             env={"MLMESH_XDS_ADMIN_TOKEN": admin_token(cfg.run_dir)},
@@ -209,34 +226,15 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
                 t,
             )
         )
-    third += [
-        ServiceSpec(
-            f"worker-{i}",
-            "trainer_svc",
-            [
-                "worker",
-                "--coordinator-addr",
-                coordinator,
-                "--worker-id",
-                f"worker-{i}",
-                "--cache-dir",
-                str(root / "cache" / f"worker-{i}"),
-            ],
-            "",
-            t,
-        )
-        for i in range(cfg.workers)
-    ]
+    third += [worker_spec(cfg, i) for i in range(cfg.workers)]
     infos.update({i.name: i for i in sup.start_group(third)})
     gw = infos.get("gateway")
     admin_port = gw.ports.get("admin_port") if gw is not None else None
     addrs = SuiteAddresses(
         root=root,
-        ingest=ingest,
-        ps=ps,
-        coordinator=coordinator,
-        workers=[_addr(infos[f"worker-{i}"]) for i in range(cfg.workers)],
-        serving=serving,
+        ingest=_addr(infos["ingest"]),
+        ps=[_addr(infos[f"ps-{i}"]) for i in range(cfg.shards)],
+        coordinator=_addr(infos["coordinator"]),
         gateway_http=_addr(gw) if gw is not None else "",
         gateway_grpc=_addr(gw) if gw is not None else "",
         admin=f"{HOST}:{admin_port}" if admin_port else "",
@@ -262,7 +260,11 @@ def admin_token(run_dir: Path) -> str:
 
 
 def refresh_suite_file(sup: Supervisor, addrs: SuiteAddresses) -> None:
-    """Rewrite suite.json with the children's current pids, states and restarts."""
+    """Rewrite suite.json with the children's current pids, states and restarts (and the
+    serving replicas and workers there are now: `mlmesh scale` changes them)."""
+    children = sup.children()
+    addrs.serving = [c.addr for c in children if c.name.startswith("serving-") and c.port]
+    addrs.workers = [c.addr for c in children if c.name.startswith("worker-") and c.port]
     addrs.services = [
         {
             "name": c.name,
@@ -298,8 +300,10 @@ def services_table(sup: Supervisor) -> Table:
     return table
 
 
-def serve_forever(sup: Supervisor, addrs: SuiteAddresses) -> None:
-    """Keep the suite up until Ctrl-C/SIGTERM (KeyboardInterrupt), reporting restarts."""
+def serve_forever(sup: Supervisor, addrs: SuiteAddresses, cfg: SuiteConfig | None = None) -> None:
+    """Keep the suite up until Ctrl-C/SIGTERM (KeyboardInterrupt), reporting restarts; with
+    `cfg`, also follow `mlmesh scale` (the scale file) by starting and removing children."""
+    scaler = Scaler(sup, scalable_specs(cfg), addrs.root / SCALE_FILE) if cfg is not None else None
     console.print(services_table(sup))
     console.print(
         f"gateway http://{addrs.gateway_http}  grpc {addrs.gateway_grpc}  admin {addrs.admin or '-'}\n"
@@ -314,5 +318,8 @@ def serve_forever(sup: Supervisor, addrs: SuiteAddresses) -> None:
         for _, name, what in events:
             if what in ("exited", "restarted", "failed"):
                 console.print(f"[yellow]{name}: {what}[/]")
-        if events:
+        scaled = scaler.poll() if scaler is not None else []
+        for line in scaled:
+            console.print(f"[cyan]scale: {line}[/]")
+        if events or scaled:
             refresh_suite_file(sup, addrs)

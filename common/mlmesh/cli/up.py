@@ -88,7 +88,7 @@ def up(
         with sup:
             with console.status("starting the suite (each service must report SERVING)"):
                 addrs = start_suite(sup, cfg)
-            serve_forever(sup, addrs)
+            serve_forever(sup, addrs, cfg)
     except KeyboardInterrupt:
         console.print("stopped every service")
     except SupervisorError as e:
