@@ -55,7 +55,9 @@ def kustomize_command() -> list[str]:
         return ["kubectl", "kustomize"]
     if shutil.which("kustomize"):
         return ["kustomize", "build"]
-    raise SystemExit("deploy-check: neither kubectl nor kustomize is installed (make deploy-check installs one)")
+    raise SystemExit(
+        "deploy-check: neither kubectl nor kustomize is installed (make deploy-check installs one)"
+    )
 
 
 def render(directory: Path) -> tuple[list[dict[str, Any]], str]:
@@ -122,14 +124,20 @@ def check_shards(problems: Problems, where: str, objs: list[dict[str, Any]]) -> 
             continue
         declared = env_value(container, "MLMESH_PS_NUM_SHARDS")
         if declared != str(replicas):
-            problems.add(where, f"{obj['kind']} {obj['metadata']['name']}: MLMESH_PS_NUM_SHARDS={declared} "
-                         f"but replicas={replicas}")
+            problems.add(
+                where,
+                f"{obj['kind']} {obj['metadata']['name']}: MLMESH_PS_NUM_SHARDS={declared} "
+                f"but replicas={replicas}",
+            )
     for obj in objs:
         if obj.get("kind") == "ConfigMap" and obj["metadata"]["name"] == "mlmesh-discovery" and replicas:
             addrs = (obj.get("data") or {}).get("MLMESH_TRAINER_PS_ADDRS")
             if addrs and len(addrs.split(",")) != replicas:
-                problems.add(where, f"MLMESH_TRAINER_PS_ADDRS lists {len(addrs.split(','))} shards "
-                             f"but the paramserver has {replicas} replicas")
+                problems.add(
+                    where,
+                    f"MLMESH_TRAINER_PS_ADDRS lists {len(addrs.split(','))} shards "
+                    f"but the paramserver has {replicas} replicas",
+                )
 
 
 def validate_objects(problems: Problems, where: str, objs: list[dict[str, Any]]) -> None:
@@ -147,11 +155,15 @@ def validate_objects(problems: Problems, where: str, objs: list[dict[str, Any]])
                 if role not in ("Chief", "PS", "Worker", "Evaluator"):
                     problems.add(where, f"{name}: unknown replica type {role}")
                 if spec.get("restartPolicy") not in ("Always", "OnFailure", "Never", "ExitCode"):
-                    problems.add(where, f"{name}: {role}.restartPolicy {spec.get('restartPolicy')!r} is not valid")
+                    problems.add(
+                        where, f"{name}: {role}.restartPolicy {spec.get('restartPolicy')!r} is not valid"
+                    )
             # The replica templates are plain pod templates: the Kubernetes schema applies.
             targets = [
-                (f"{name} {path}", {"apiVersion": "v1", "kind": "PodTemplate",
-                                    "metadata": {"name": "x"}, "template": t})
+                (
+                    f"{name} {path}",
+                    {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"}, "template": t},
+                )
                 for path, t in pod_specs(obj)
             ]
         else:
@@ -183,10 +195,16 @@ def check_kubernetes(problems: Problems, k8s: Path) -> None:
     for component in sorted(p for p in (k8s / "components").iterdir() if (p / "kustomization.yaml").exists()):
         with tempfile.TemporaryDirectory() as tmp:
             # kustomize refuses absolute paths: refer to the overlay and component relatively.
-            (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump({
-                "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                "resources": [os.path.relpath(dev, tmp)], "components": [os.path.relpath(component, tmp)],
-            }))
+            (Path(tmp) / "kustomization.yaml").write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                        "kind": "Kustomization",
+                        "resources": [os.path.relpath(dev, tmp)],
+                        "components": [os.path.relpath(component, tmp)],
+                    }
+                )
+            )
             objs, err = render(Path(tmp))
         where = f"{component.relative_to(problems.root)} (on overlays/dev)"
         if err:
@@ -222,9 +240,14 @@ def check_images(problems: Problems, docker: Path) -> None:
     pins = requirement_pins(problems.root)
     shared_ignore = (docker / ".dockerignore").resolve()
     bases: set[str] = set()
+    checked: set[Path] = set()
     for f in dockerfiles:
-        proc = subprocess.run([hadolint, "--no-color", "--config", str(docker / ".hadolint.yaml"), str(f)],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [hadolint, "--no-color", "--config", str(docker / ".hadolint.yaml"), str(f)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         for line in (proc.stdout + proc.stderr).strip().splitlines():
             problems.add(f, f"hadolint: {line.split(' ', 1)[-1]}")
         if proc.returncode and not (proc.stdout + proc.stderr).strip():
@@ -235,7 +258,7 @@ def check_images(problems: Problems, docker: Path) -> None:
             if "@sha256:" not in image:
                 problems.add(f, f"base image {image} is not pinned by digest")
             bases.add(image)
-        final = text[text.rfind("\nFROM "):]
+        final = text[text.rfind("\nFROM ") :]
         users = re.findall(r"^USER\s+(\S+)", final, re.M)
         if not users or users[-1].split(":")[0] in ("0", "root"):
             problems.add(f, "the final stage must switch to a non-root USER")
@@ -249,14 +272,17 @@ def check_images(problems: Problems, docker: Path) -> None:
             problems.add(f, f"{ignore.name} must be a link to the shared .dockerignore")
         req = re.search(r"requirements/([\w-]+)\.txt", text)
         if req:
-            check_requirements(problems, docker / "requirements" / f"{req.group(1)}.txt", pins)
+            check_requirements(problems, docker / "requirements" / f"{req.group(1)}.txt", pins, checked)
         else:
             problems.add(f, "installs no requirements/<image>.txt")
     if len({b.split("@")[-1] for b in bases}) > 1:
         problems.add(docker, f"Dockerfiles disagree on the base image: {sorted(bases)}")
 
 
-def check_requirements(problems: Problems, path: Path, pins: dict[str, str]) -> None:
+def check_requirements(problems: Problems, path: Path, pins: dict[str, str], checked: set[Path]) -> None:
+    if path in checked:
+        return
+    checked.add(path)
     if not path.exists():
         problems.add(path, "does not exist")
         return
@@ -265,7 +291,7 @@ def check_requirements(problems: Problems, path: Path, pins: dict[str, str]) -> 
         if not line or line.startswith("#"):
             continue
         if line.startswith("-r "):
-            check_requirements(problems, path.parent / line[3:].strip(), pins)
+            check_requirements(problems, path.parent / line[3:].strip(), pins, checked)
             continue
         name, spec = parse_requirement(line)
         if name not in pins:
@@ -292,8 +318,12 @@ def check_gateway_config(problems: Problems, docker: Path) -> None:
 
 def check_compose(problems: Problems, compose: Path, docker: Path) -> None:
     checker = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
-    proc = subprocess.run([checker, "--builtin-schema", "vendor.compose-spec", str(compose)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [checker, "--builtin-schema", "vendor.compose-spec", str(compose)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if proc.returncode != 0:
         detail = " ".join(line.strip() for line in proc.stdout.splitlines()[1:] if line.strip())
         problems.add(compose, f"not a valid Compose file: {detail or proc.stderr.strip()}")
@@ -304,7 +334,7 @@ def check_compose(problems: Problems, compose: Path, docker: Path) -> None:
     for name, svc in services.items():
         build = svc.get("build")
         if build:
-            dockerfile = (compose.parent / build.get("context", ".") / build.get("dockerfile", "Dockerfile"))
+            dockerfile = compose.parent / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
             if not dockerfile.exists():
                 problems.add(compose, f"service {name}: build.dockerfile {dockerfile} does not exist")
             elif "HEALTHCHECK" in dockerfile.read_text():
@@ -318,12 +348,16 @@ def check_compose(problems: Problems, compose: Path, docker: Path) -> None:
             if cond.get("condition") == "service_healthy" and not (
                 "healthcheck" in target or target.get("image") in healthy_images
             ):
-                problems.add(compose, f"service {name}: waits for {dep} to be healthy, which has no healthcheck")
+                problems.add(
+                    compose, f"service {name}: waits for {dep} to be healthy, which has no healthcheck"
+                )
     shards = [s for s in services if re.fullmatch(r"paramserver-\d+", s)]
     for s in shards:
         declared = (services[s].get("environment") or {}).get("MLMESH_PS_NUM_SHARDS")
         if declared != str(len(shards)):
-            problems.add(compose, f"service {s}: MLMESH_PS_NUM_SHARDS={declared} but there are {len(shards)} shards")
+            problems.add(
+                compose, f"service {s}: MLMESH_PS_NUM_SHARDS={declared} but there are {len(shards)} shards"
+            )
 
 
 def unknown_keys(given: Any, known: Any, path: str = "") -> Iterator[str]:
@@ -360,7 +394,9 @@ def check_workflow(problems: Problems, path: Path) -> None:
         for group in t.get("steps") or []:
             for step in group:
                 if step.get("template") not in templates:
-                    problems.add(path, f"step {step.get('name')}: template {step.get('template')!r} is not defined")
+                    problems.add(
+                        path, f"step {step.get('name')}: template {step.get('template')!r} is not defined"
+                    )
     params = {p["name"] for p in (spec.get("arguments") or {}).get("parameters") or []}
     for ref in set(re.findall(r"\{\{workflow\.parameters\.([\w-]+)\}\}", path.read_text())):
         if ref not in params:
@@ -387,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     if problems.items:
         print(f"deploy-check: {len(problems.items)} problem(s)", file=sys.stderr)
         return 1
-    print(f"deploy-check: ok (Kubernetes {K8S_VERSION} schemas, hadolint, compose-spec, Argo WorkflowTemplate)")
+    print(
+        f"deploy-check: ok (Kubernetes {K8S_VERSION} schemas, hadolint, compose-spec, Argo WorkflowTemplate)"
+    )
     return 0
 
 
