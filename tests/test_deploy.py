@@ -165,22 +165,30 @@ def blocked_modules(image: str) -> set[str]:
     return (set().union(*PROVIDES.values()) - provided) | NEVER_IN_IMAGES
 
 
-# Service -> (image, what the deployment adds to the image's environment, command override
-# from compose.yaml or None for the image's CMD).
-def services(registry: str, token: str) -> list[tuple[str, str, dict[str, str]]]:
-    return [
-        ("ingest", "ingest", {"MLMESH_INGEST_REGISTRY": registry}),
-        (
-            "paramserver-0",
-            "paramserver",
-            {"MLMESH_PS_REGISTRY": registry, "MLMESH_PS_SHARD_INDEX": "0", "MLMESH_PS_NUM_SHARDS": "1"},
-        ),
-        ("trainer", "trainer", {"MLMESH_TRAINER_REGISTRY": registry}),
-        ("worker-0", "trainer", {"MLMESH_WORKER_REGISTRY": registry, "MLMESH_WORKER_WORKER_ID": "worker-0"}),
-        ("serving-0", "serving", {"MLMESH_SERVING_REGISTRY": registry}),
-        ("xds", "gateway", {"MLMESH_XDS_REGISTRY": registry, "MLMESH_XDS_ADMIN_TOKEN": token}),
-        ("gateway", "gateway", {}),
-    ]
+# The services compose.yaml runs, each with its image.
+SERVICES = [
+    ("ingest", "ingest"),
+    ("paramserver-0", "paramserver"),
+    ("trainer", "trainer"),
+    ("worker-0", "trainer"),
+    ("serving-0", "serving"),
+    ("xds", "gateway"),
+    ("gateway", "gateway"),
+]
+
+
+def deployment_env(name: str, registry: str, token: str) -> dict[str, str]:
+    """What compose.yaml adds to the image's environment, with this test's registry and token."""
+    env = {k: str(v) for k, v in (COMPOSE["services"][name].get("environment") or {}).items()}
+    for key in env:
+        if key.endswith("_REGISTRY"):
+            env[key] = registry
+        elif key == "MLMESH_XDS_ADMIN_TOKEN":
+            env[key] = token
+        elif key == "MLMESH_PS_NUM_SHARDS":
+            env[key] = "1"  # one shard is started here
+    env.pop("MLMESH_GATEWAY_XDS_ADDR", None)  # set once the control plane has its port
+    return env
 
 
 class Proc:
@@ -217,9 +225,9 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]
     (etc / "gateway.yaml").write_text((DOCKER / "gateway.yaml").read_text().replace("0.0.0.0", "127.0.0.1"))
     procs: dict[str, Proc] = {}
     try:
-        for name, image, deployment_env in services(registry, token):
+        for name, image in SERVICES:
             dockerfile = DOCKER / f"{image}.Dockerfile"
-            env = image_env(dockerfile)
+            env = {**image_env(dockerfile), **deployment_env(name, registry, token)}
             for key, value in env.items():
                 if value.startswith(("/var/", "/etc/")):
                     env[key] = str(tmp / value.lstrip("/"))
@@ -229,7 +237,6 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]
                     env[key] = "127.0.0.1"
                 elif key.endswith("_PORT"):
                     env[key] = "0"
-            env.update(deployment_env)
             compose_cmd = COMPOSE["services"][name].get("command")
             cmd = compose_cmd or image_cmd(dockerfile)
             prefix = {
@@ -280,9 +287,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(
-    "name", ["ingest", "paramserver-0", "trainer", "worker-0", "serving-0", "xds", "gateway"]
-)
+@pytest.mark.parametrize("name", [name for name, _ in SERVICES])
 def test_each_image_command_passes_its_healthcheck(suite: dict[str, Proc], name: str) -> None:
     proc = suite[name]
     # The container HEALTHCHECK (healthcheck.py HOST:PORT or http://HOST:PORT/healthz), on the bound port.

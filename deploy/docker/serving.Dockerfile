@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
-# mlmesh serving replica (python -m serving_svc). Build from the repository root:
+# mlmesh serving replica (python -m serving_svc). The deployment picks the model source:
+# MLMESH_SERVING_MODEL_REPO=/var/lib/mlmesh/models or MLMESH_SERVING_MODEL_CONFIG_FILE (labels).
+# Build from the repository root:
 #   docker build -f deploy/docker/serving.Dockerfile -t mlmesh/serving .
 # Base: python:3.11-slim pinned by digest (deploy/README.md says where the digest came from
 # and how to refresh it); the build and runtime stages share it, so the venv's interpreter
@@ -30,8 +32,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     MLMESH_SERVING_HOST=0.0.0.0 \
     MLMESH_SERVING_PORT=8500 \
     MLMESH_SERVING_METRICS_PORT=9090 \
-    MLMESH_SERVING_LOG_FORMAT=json \
-    MLMESH_SERVING_MODEL_REPO=/var/lib/mlmesh/models
+    MLMESH_SERVING_LOG_FORMAT=json
 RUN mkdir -p /var/lib/mlmesh/models && chown -R 10001:10001 /var/lib/mlmesh/models
 USER 10001:10001
 EXPOSE 8500 9090
