@@ -139,6 +139,7 @@ def image_env(dockerfile: Path) -> dict[str, str]:
         if line.startswith("ENV "):
             env.update(pair.split("=", 1) for pair in line[4:].split())
     env.pop("PATH")  # /opt/venv/bin: here the test's interpreter
+    env.pop("HOME")  # /tmp (a writable home under a read-only root): here the test's temporary directory
     return env
 
 

@@ -27,6 +27,7 @@ COPY deploy/docker/healthcheck.py /usr/local/lib/mlmesh/healthcheck.py
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
     MLMESH_GATEWAY_HOST=0.0.0.0 \
     MLMESH_GATEWAY_PORT=8080 \
     MLMESH_GATEWAY_INTERNAL_PORT=8081 \

@@ -26,6 +26,7 @@ COPY deploy/docker/healthcheck.py /usr/local/lib/mlmesh/healthcheck.py
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
     MLMESH_INGEST_HOST=0.0.0.0 \
     MLMESH_INGEST_PORT=50051 \
     MLMESH_INGEST_METRICS_PORT=9090 \

@@ -28,6 +28,7 @@ COPY deploy/docker/healthcheck.py /usr/local/lib/mlmesh/healthcheck.py
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
     TF_CPP_MIN_LOG_LEVEL=1 \
     MLMESH_SERVING_HOST=0.0.0.0 \
     MLMESH_SERVING_PORT=8500 \

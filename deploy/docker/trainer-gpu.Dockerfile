@@ -26,6 +26,7 @@ COPY deploy/docker/healthcheck.py /usr/local/lib/mlmesh/healthcheck.py
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
     TF_CPP_MIN_LOG_LEVEL=2 \
     MLMESH_TRAINER_HOST=0.0.0.0 \
     MLMESH_TRAINER_PORT=50053 \
