@@ -1,6 +1,7 @@
 """Ingest and the work queue against tf.data service, a plain gRPC stream and np.save.
 
     python benchmarks/ingest.py --json benchmarks/results/ingest.json [--quick]
+    python benchmarks/ingest.py --only append          # one group: append, read_stream, ...
 
 Every server, reader and peer is its own process on loopback (ephemeral ports), torn down at
 the end. Cases (value and baseline measured in the same run, medians over repetitions):
@@ -8,7 +9,15 @@ the end. Cases (value and baseline measured in the same run, medians over repeti
 - `append`: MB/s of one `IngestClient.append` stream (what `mlmesh ingest` does: ~1 MiB
   batches framed by hand, 8 MiB partitions written and fsynced as they fill, committed at the
   end) vs `np.save` + fsync of the same arrays in the same client process (files kept, one
-  directory per repetition, as ingest keeps its partitions).
+  directory per repetition, as ingest keeps its partitions). Two diagnostic rows, not goals,
+  say where Append's time goes: the same bytes, in messages of Append's size, uploaded with
+  one client-streaming call to a minimal `grpc.aio` server that discards them
+  (`append_diag_upload_discarded`: the gRPC transport's ceiling) or writes them to one file as
+  they arrive and fsyncs it (`append_diag_upload_to_file`: a plain upload server). The four
+  run in one order, then in the reverse order in the next repetition. A third diagnostic,
+  `append_diag_client_keeps_blocks`, is the same append from a second client process that
+  keeps large malloc blocks (the services do; `mlmesh ingest` does not): with glibc's
+  defaults every 1 MiB message's pages go back to the kernel and fault in again.
 - `read_stream`: MB/s of ReadPartition streaming every partition of the float dataset to one
   reader (one call per partition, messages decoded to arrays) vs a plain `grpc.aio` file
   server streaming the same bytes from the tf.data side's 32 raw files of that dataset (one
@@ -76,6 +85,7 @@ FILES = 32  # partitions on the mlmesh side, files on the tf.data side
 TASK_REFRESH_MS = 50
 PASS_TIMEOUT = 600.0
 KILL_LEASE_SECONDS = 5.0
+GROUPS = ("append", "read_stream", "cached_epoch", "consumers")  # --only
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -395,10 +405,85 @@ def role_stream_reader(args: argparse.Namespace) -> None:
     )
 
 
+def role_upload_sink(args: argparse.Namespace) -> None:
+    """The append case's ceiling: a minimal grpc.aio server taking a client-streamed upload
+    of raw `bytes` messages (`/plain.Upload/Put`). With metadata mode=discard it drops them;
+    with mode=file it writes them, as they arrive, to one new file under --data-dir and
+    fsyncs it before answering, as a plain upload server would."""
+    import grpc
+    from mlmesh.memory import keep_large_blocks
+    from mlmesh.server import write_port_file
+
+    keep_large_blocks()
+    root = Path(args.data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    count = 0
+
+    async def put(request_iterator: Any, context: Any) -> bytes:
+        nonlocal count
+        mode = dict(context.invocation_metadata()).get("mode", "discard")
+        n = 0
+        if mode == "discard":
+            async for m in request_iterator:
+                n += len(m)
+        else:
+            count += 1
+            with open(root / f"upload-{count}", "wb", buffering=0) as f:
+                async for m in request_iterator:
+                    n += f.write(m)
+                os.fsync(f.fileno())
+        return str(n).encode()
+
+    async def main() -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ]
+        )
+        handler = grpc.method_handlers_generic_handler(
+            "plain.Upload", {"Put": grpc.stream_unary_rpc_method_handler(put)}
+        )
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port(f"{LOOPBACK}:0")
+        await server.start()
+        write_port_file(Path(args.port_file), {"port": port, "pid": os.getpid()})
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
 def role_appender(args: argparse.Namespace) -> None:
     """{"cmd": "append", "records", "dataset"} appends synthetic float records through
-    IngestClient.append; {"cmd": "npsave", ...} writes the same arrays with np.save + fsync."""
+    IngestClient.append; {"cmd": "npsave", ...} writes the same arrays with np.save + fsync;
+    {"cmd": "upload", "mode", ...} streams the same bytes to the upload sink (--plain) in
+    messages of Append's batch size, each a copy of its slice of the arrays (Append's framing
+    copies each column once too).
+
+    With --keep-blocks it keeps large malloc blocks first (`mlmesh.memory.keep_large_blocks`,
+    as the services do); without, it has glibc's defaults, as `mlmesh ingest` has."""
+    import grpc
     from mlmesh.clients import APPEND_BATCH_BYTES, IngestClient, record_batches, schema_of
+    from mlmesh.memory import keep_large_blocks
+
+    if args.keep_blocks:
+        keep_large_blocks()
+    sink = None
+    if args.plain:
+        channel = grpc.insecure_channel(
+            args.plain,
+            options=[
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        sink = channel.stream_unary("/plain.Upload/Put")
+
+    def uploads(data: dict[str, np.ndarray]) -> Any:
+        for a in data.values():
+            view = memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+            for off in range(0, len(view), APPEND_BATCH_BYTES):
+                yield bytes(view[off : off + APPEND_BATCH_BYTES])
 
     def arrays(n: int) -> dict[str, np.ndarray]:
         return float_records(n)
@@ -414,6 +499,13 @@ def role_appender(args: argparse.Namespace) -> None:
                 t0 = time.perf_counter()
                 client.append(msg["dataset"], record_batches(data, APPEND_BATCH_BYTES))
                 seconds = time.perf_counter() - t0
+        elif msg["cmd"] == "upload":
+            assert sink is not None
+            t0 = time.perf_counter()
+            sent = int(sink(uploads(data), metadata=(("mode", msg["mode"]),), timeout=PASS_TIMEOUT))
+            seconds = time.perf_counter() - t0
+            if sent != nbytes:
+                raise RuntimeError(f"the upload sink got {sent} bytes of {nbytes}")
         else:
             out = Path(args.data_dir) / f"npsave-{msg['dataset']}"
             out.mkdir(parents=True, exist_ok=True)
@@ -485,6 +577,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--float-mb", type=int, default=500, help="Size of the float dataset in MB.")
     p.add_argument("--epochs", type=int, default=0, help="Epochs per job in the steady-state cases (0: 5).")
     p.add_argument("--depth", type=int, default=3, help="Leases a mlmesh consumer holds (read-ahead + 1).")
+    p.add_argument(
+        "--only",
+        default=",".join(GROUPS),
+        help=f"Comma-separated groups of cases to run, of {', '.join(GROUPS)} (default: all). "
+        "'consumers' is vs_tf_data_service, worker_kill_lost_records and the Fashion-MNIST table.",
+    )
     p.add_argument("--system", default="", help=argparse.SUPPRESS)
     p.add_argument("--addr", default="", help=argparse.SUPPRESS)
     p.add_argument("--plain", default="", help=argparse.SUPPRESS)
@@ -495,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1024, help=argparse.SUPPRESS)
     p.add_argument("--record-bytes", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--x-dtype", default="uint8", help=argparse.SUPPRESS)
+    p.add_argument("--keep-blocks", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     roles = {
         "tf-dispatcher": role_tf_dispatcher,
@@ -503,26 +602,39 @@ def main(argv: list[str] | None = None) -> int:
         "plain-server": role_plain_server,
         "stream-reader": role_stream_reader,
         "appender": role_appender,
+        "upload-sink": role_upload_sink,
         "cache-loader": role_cache_loader,
     }
     if args.role:
         roles[args.role](args)
         return 0
 
+    only = {g.strip() for g in args.only.split(",") if g.strip()}
+    if not only or only - set(GROUPS):
+        p.error(f"--only {args.only!r}: expected a comma-separated subset of {', '.join(GROUPS)}")
     install_signal_handlers()
     reps = reps_of(args, full=3, quick=1)
     epochs = args.epochs or (2 if args.quick else 5)
     fashion_n = min(args.fashion_records, 10_000) if args.quick else args.fashion_records
     float_n = (min(args.float_mb, 64) if args.quick else args.float_mb) * 1_000_000 // 3144
     wait_for_quiet(args)
-    fashion, source = fashion_records(fashion_n)
-    floats = float_records(float_n)
+    consumers = "consumers" in only
+    # The float dataset is read by read_stream, cached_epoch and the consumers; append makes its own.
+    needs_floats = bool(only & {"read_stream", "cached_epoch", "consumers"})
+    fashion, source = fashion_records(fashion_n) if consumers else ({}, "")
+    floats = float_records(float_n) if needs_floats else {}
     print(
-        f"data: {source}, {fashion_n:,} records of 792 bytes (batch 1024); "
-        f"{float_n:,} float records of 3,144 bytes ({float_n * 3144 / 1e6:.0f} MB, batch 256); "
-        f"{reps} repetition(s)",
+        f"groups: {', '.join(g for g in GROUPS if g in only)}; "
+        + (f"{source}, {fashion_n:,} records of 792 bytes (batch 1024); " if consumers else "")
+        + (
+            f"{float_n:,} float records of 3,144 bytes ({float_n * 3144 / 1e6:.0f} MB, batch 256); "
+            if needs_floats
+            else ""
+        )
+        + f"{reps} repetition(s)",
         flush=True,
     )
+    datasets = [(name, arrays) for name, arrays in ((FASHION, fashion), (FLOAT, floats)) if arrays]
     rates: dict[str, list[float]] = {}
 
     def note(key: str, value: float, text: str) -> None:
@@ -530,25 +642,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:28s} {text}", flush=True)
 
     with scratch_dir(args, BENCHMARK) as run, Children(run) as kids:
-        for name, arrays in ((FASHION, fashion), (FLOAT, floats)):
+        for name, arrays in datasets:
             write_record_files(run / name, arrays)
-        dispatcher = kids.start(
-            "tf-dispatcher",
-            role_argv(SCRIPT, "tf-dispatcher", "--port-file", str(run / "disp.json")),
-            port_file=run / "disp.json",
-        )
-        disp_addr = f"{LOOPBACK}:{dispatcher.info['port']}"
-        tf_workers = [
-            kids.start(
-                f"tf-worker-{i}",
-                role_argv(
-                    SCRIPT, "tf-worker", "--dispatcher", disp_addr, "--port-file", str(run / f"w{i}.json")
-                ),
-                port_file=run / f"w{i}.json",
-                wait=None,
+        disp_addr = ""
+        tf_workers: list[Child] = []
+        if consumers:
+            dispatcher = kids.start(
+                "tf-dispatcher",
+                role_argv(SCRIPT, "tf-dispatcher", "--port-file", str(run / "disp.json")),
+                port_file=run / "disp.json",
             )
-            for i in range(2)
-        ]
+            disp_addr = f"{LOOPBACK}:{dispatcher.info['port']}"
+            tf_workers = [
+                kids.start(
+                    f"tf-worker-{i}",
+                    role_argv(
+                        SCRIPT, "tf-worker", "--dispatcher", disp_addr, "--port-file", str(run / f"w{i}.json")
+                    ),
+                    port_file=run / f"w{i}.json",
+                    wait=None,
+                )
+                for i in range(2)
+            ]
         ingest_svc = kids.start(
             "ingest_svc",
             service_argv(
@@ -563,173 +678,279 @@ def main(argv: list[str] | None = None) -> int:
             ),
             port_file=run / "ingest.json",
         )
-        plain = kids.start(
-            "plain-server",
-            role_argv(SCRIPT, "plain-server", "--port-file", str(run / "plain.json")),
-            port_file=run / "plain.json",
-        )
-        parts = {
-            name: ingest(ingest_svc.addr, name, arrays)
-            for name, arrays in ((FASHION, fashion), (FLOAT, floats))
-        }
+        parts = {name: ingest(ingest_svc.addr, name, arrays) for name, arrays in datasets}
         for w in tf_workers:
             w.wait_port_file(120)
-        print(
-            f"ingest_svc holds {parts[FASHION]} + {parts[FLOAT]} partitions; tf.data service has 2 workers",
-            flush=True,
-        )
-
-        def reader(system: str, name: str, dataset: str) -> Child:
-            arrays = fashion if dataset == FASHION else floats
-            addr = {"mlmesh": ingest_svc.addr, "tfdata": disp_addr, "local": ""}[system]
-            argv = role_argv(
-                SCRIPT, "reader", "--system", system, "--addr", addr, "--name", name,
-                "--data-dir", str(run / dataset), "--batch", "1024" if dataset == FASHION else "256",
-                "--record-bytes", str(record_bytes(arrays)),
-                "--x-dtype", "uint8" if dataset == FASHION else "float32", "--depth", str(args.depth),
-            )  # fmt: skip
-            return kids.start(name, argv, protocol=True)
-
-        # --- append, read_stream, cached_epoch -----------------------------------------
-        appender = kids.start(
-            "appender",
-            role_argv(SCRIPT, "appender", "--addr", ingest_svc.addr, "--data-dir", str(run)),
-            protocol=True,
-        )
-        streamer = kids.start(
-            "stream-reader",
-            role_argv(SCRIPT, "stream-reader", "--addr", ingest_svc.addr, "--plain", plain.addr),
-            protocol=True,
-        )
-        loader = kids.start(
-            "cache-loader", role_argv(SCRIPT, "cache-loader", "--addr", ingest_svc.addr), protocol=True
-        )
-        for c in (appender, streamer, loader):
-            c.recv(120)
-        append_n = min(float_n, 40_000)  # ~126 MB
-        float_files = [str(p) for p in sorted((run / FLOAT).glob("records-*.bin"))]
-        for rep in range(-1, reps):
-            a = appender.call(
-                {"cmd": "append", "records": append_n, "dataset": f"append-{rep + 1}"}, PASS_TIMEOUT
-            )
-            b = appender.call(
-                {"cmd": "npsave", "records": append_n, "dataset": f"append-{rep + 1}"}, PASS_TIMEOUT
-            )
-            s = streamer.call({"cmd": "ingest", "dataset": FLOAT, "partitions": parts[FLOAT]}, PASS_TIMEOUT)
-            q = streamer.call(
-                {"cmd": "plain", "paths": float_files, "size": s["message_bytes"]}, PASS_TIMEOUT
-            )
-            cache_dir = run / f"cache-{rep + 1}"
-            e1 = loader.call({"cmd": "epoch", "dataset": FLOAT, "cache": str(cache_dir)}, PASS_TIMEOUT)
-            e2 = loader.call({"cmd": "epoch", "dataset": FLOAT, "cache": str(cache_dir)}, PASS_TIMEOUT)
-            if rep < 0:
-                continue
-            note("append", a["bytes"] / a["seconds"] / 1e6, f"{a['bytes'] / a['seconds'] / 1e6:,.0f} MB/s")
-            note("npsave", b["bytes"] / b["seconds"] / 1e6, f"{b['bytes'] / b['seconds'] / 1e6:,.0f} MB/s")
-            note(
-                "read_stream", s["bytes"] / s["seconds"] / 1e6, f"{s['bytes'] / s['seconds'] / 1e6:,.0f} MB/s"
-            )
-            note(
-                "plain_stream",
-                q["bytes"] / q["seconds"] / 1e6,
-                f"{q['bytes'] / q['seconds'] / 1e6:,.0f} MB/s",
-            )
-            note("epoch1", e1["seconds"], f"epoch 1 loads {e1['seconds']:.2f} s")
-            note("epoch2", e2["seconds"], f"epoch 2 loads {e2['seconds']:.2f} s")
-        for c in (appender, streamer, loader):
-            c.stop()
-
-        # --- consumers: the float pass, then the Fashion-MNIST table --------------------
-        r = {
-            (s, i, d): reader(s, f"{s}-{d}-r{i}", d)
-            for d in (FLOAT, FASHION)
-            for s in ("mlmesh", "tfdata")
-            for i in range(2)
-        }
-        r[("local", 0, FASHION)] = reader("local", f"local-{FASHION}", FASHION)
-        for c in r.values():
-            c.recv(180)
-
-        def checked_pass(
-            key: str, readers: list[Child], dataset: str, e: int, refresh: int | None, rep: int
-        ) -> None:
-            arrays = fashion if dataset == FASHION else floats
-            n, want = len(arrays["label"]), int(arrays["label"].sum())
-            job = f"bench-{key}-{rep + 1}"
-            t0 = time.monotonic()
-            if readers[0].name.startswith("mlmesh"):  # creating the job is part of the pass
-                enqueue_epochs(ingest_svc.addr, dataset, job, e)
-            setup = time.monotonic() - t0
-            seconds, got, got_sum = timed_pass(readers, job, e, refresh)
-            seconds += setup
-            if got != n * e or got_sum != want * e:
-                raise RuntimeError(
-                    f"{key} delivered {got} records (label sum {got_sum}); expected {n * e} ({want * e})"
-                )
-            if rep >= 0:
-                note(key, got / seconds, f"{got / seconds:>10,.0f} records/s ({seconds:.2f} s)")
-
-        passes: list[tuple[str, list[Child], str, int, int | None]] = []
-        for s in ("mlmesh", "tfdata"):
-            passes.append((f"{s}-floats-2", [r[(s, 0, FLOAT)], r[(s, 1, FLOAT)]], FLOAT, 1, TASK_REFRESH_MS))
-        for s in ("mlmesh", "tfdata"):
-            for k in (1, 2):
-                for e in (epochs, 1):
-                    readers = [r[(s, i, FASHION)] for i in range(k)]
-                    passes.append((f"{s}-fashion-{k}x{e}", readers, FASHION, e, TASK_REFRESH_MS))
-        passes.append((f"local-fashion-1x{epochs}", [r[("local", 0, FASHION)]], FASHION, epochs, None))
-        passes.append(("tfdata-fashion-1x1-default", [r[("tfdata", 0, FASHION)]], FASHION, 1, None))
-        for rep in range(-1, reps):  # rep -1 warms every path untimed
-            print(f"repetition {rep + 1}" if rep >= 0 else "warm-up", flush=True)
-            for key, readers, dataset, e, refresh in passes:
-                checked_pass(key, readers, dataset, e, refresh, rep)
-
-        # --- one consumer killed after ~25 % -----------------------------------------------
-        lost: dict[str, tuple[int, int, bool, float]] = {}
-        for s in ("mlmesh", "tfdata"):
-            victim, survivor = r[(s, 1, FLOAT)], r[(s, 0, FLOAT)]
-            job = f"bench-kill-{s}"
-            ids = [run / f"{job}-{i}.ids" for i in range(2)]
-            if s == "mlmesh":
-                enqueue_epochs(ingest_svc.addr, FLOAT, job, 1)
-            for child, path in ((survivor, ids[0]), (victim, ids[1])):
-                child.send(
-                    {
-                        "cmd": "read", "job": job, "epochs": 1, "refresh_ms": TASK_REFRESH_MS,
-                        "ids": str(path), "lease_seconds": KILL_LEASE_SECONDS,
-                    }
-                )  # fmt: skip
-            t0 = time.monotonic()
-            while read_ids(ids).size < float_n // 4 and time.monotonic() - t0 < PASS_TIMEOUT:
-                time.sleep(0.02)
-            os.killpg(victim.proc.pid, signal.SIGKILL)
-            finished = True
-            try:
-                survivor.recv(max(120.0, 10 * (time.monotonic() - t0)))
-            except TimeoutError:
-                finished = False  # hung: stop it, the pass does not finish by itself
-                survivor.stop()
-            got = read_ids(ids)
-            unique = np.unique(got)
-            lost[s] = (float_n - unique.size, got.size - unique.size, finished, time.monotonic() - t0)
+        if datasets:
+            held = " + ".join(f"{n} ({name})" for name, n in parts.items())
             print(
-                f"  kill {s:8s} lost {lost[s][0]:,} records, {lost[s][1]:,} delivered twice, "
-                f"{'finished' if finished else 'HUNG'} in {lost[s][3]:.1f} s",
+                f"ingest_svc holds {held} partitions; tf.data service has {len(tf_workers)} workers",
                 flush=True,
             )
 
+        # --- append, read_stream, cached_epoch -----------------------------------------
+        helpers: list[Child] = []
+        if "append" in only:
+            sink = kids.start(
+                "upload-sink",
+                role_argv(
+                    SCRIPT,
+                    "upload-sink",
+                    "--port-file",
+                    str(run / "sink.json"),
+                    "--data-dir",
+                    str(run / "sink"),
+                ),
+                port_file=run / "sink.json",
+            )
+            appender = kids.start(
+                "appender",
+                role_argv(
+                    SCRIPT,
+                    "appender",
+                    "--addr",
+                    ingest_svc.addr,
+                    "--data-dir",
+                    str(run),
+                    "--plain",
+                    sink.addr,
+                ),
+                protocol=True,
+            )
+            kept = kids.start(
+                "appender-kept",
+                role_argv(
+                    SCRIPT, "appender", "--addr", ingest_svc.addr, "--data-dir", str(run), "--keep-blocks"
+                ),
+                protocol=True,
+            )
+            helpers += [appender, kept]
+        if "read_stream" in only:
+            plain = kids.start(
+                "plain-server",
+                role_argv(SCRIPT, "plain-server", "--port-file", str(run / "plain.json")),
+                port_file=run / "plain.json",
+            )
+            streamer = kids.start(
+                "stream-reader",
+                role_argv(SCRIPT, "stream-reader", "--addr", ingest_svc.addr, "--plain", plain.addr),
+                protocol=True,
+            )
+            helpers.append(streamer)
+        if "cached_epoch" in only:
+            loader = kids.start(
+                "cache-loader", role_argv(SCRIPT, "cache-loader", "--addr", ingest_svc.addr), protocol=True
+            )
+            helpers.append(loader)
+        for c in helpers:
+            c.recv(120)
+        append_n = min(float_n, 40_000)  # ~126 MB
+        float_files = [str(p) for p in sorted((run / FLOAT).glob("records-*.bin"))]
+
+        def rate(key: str, result: dict[str, Any]) -> None:
+            mb_s = result["bytes"] / result["seconds"] / 1e6
+            note(key, mb_s, f"{mb_s:,.0f} MB/s")
+
+        for rep in range(-1, reps):  # rep -1 warms every path untimed
+            timed = rep >= 0
+            if "append" in only:
+                msg = {"records": append_n, "dataset": f"append-{rep + 1}"}
+                runs = {
+                    "append": (appender, {"cmd": "append", **msg}),
+                    "npsave": (appender, {"cmd": "npsave", **msg}),
+                    "upload_discard": (appender, {"cmd": "upload", "mode": "discard", **msg}),
+                    "upload_file": (appender, {"cmd": "upload", "mode": "file", **msg}),
+                    "append_kept": (
+                        kept,
+                        {"cmd": "append", "records": append_n, "dataset": f"kept-{rep + 1}"},
+                    ),
+                }
+                # Each repetition runs them in the other order: what one leaves behind (memory
+                # freed, writeback, page-cache pages) must not always favour the same one.
+                keys = list(runs) if rep % 2 == 0 else list(reversed(runs))
+                results = {key: runs[key][0].call(runs[key][1], PASS_TIMEOUT) for key in keys}
+                if timed:
+                    for key in runs:
+                        rate(key, results[key])
+                    note("append_load", os.getloadavg()[0], f"load average {os.getloadavg()[0]:.2f}")
+            if "read_stream" in only:
+                s = streamer.call(
+                    {"cmd": "ingest", "dataset": FLOAT, "partitions": parts[FLOAT]}, PASS_TIMEOUT
+                )
+                q = streamer.call(
+                    {"cmd": "plain", "paths": float_files, "size": s["message_bytes"]}, PASS_TIMEOUT
+                )
+                if timed:
+                    rate("read_stream", s)
+                    rate("plain_stream", q)
+            if "cached_epoch" in only:
+                cache_dir = run / f"cache-{rep + 1}"
+                e1 = loader.call({"cmd": "epoch", "dataset": FLOAT, "cache": str(cache_dir)}, PASS_TIMEOUT)
+                e2 = loader.call({"cmd": "epoch", "dataset": FLOAT, "cache": str(cache_dir)}, PASS_TIMEOUT)
+                if timed:
+                    note("epoch1", e1["seconds"], f"epoch 1 loads {e1['seconds']:.2f} s")
+                    note("epoch2", e2["seconds"], f"epoch 2 loads {e2['seconds']:.2f} s")
+        for c in helpers:
+            c.stop()
+        lost: dict[str, tuple[int, int, bool, float]] = {}
+        if consumers:
+            run_consumers(
+                args, run, kids, ingest_svc.addr, disp_addr, fashion, floats, epochs, reps, note, lost
+            )
+
     m = {key: median(v) for key, v in rates.items()}
+    cases = result_cases(only, m, lost, epochs)
+    print_table(BENCHMARK, cases)
+    print(
+        f"machine: {machine_line()}; medians of {reps} repetition(s); ratio > 1: mlmesh is faster "
+        "(cached_epoch and lost records: lower is better)"
+    )
+    write_json(args.json, BENCHMARK, cases)
+    return 0
+
+
+def run_consumers(
+    args: argparse.Namespace,
+    run: Path,
+    kids: Children,
+    ingest_addr: str,
+    disp_addr: str,
+    fashion: dict[str, np.ndarray],
+    floats: dict[str, np.ndarray],
+    epochs: int,
+    reps: int,
+    note: Any,
+    lost: dict[str, tuple[int, int, bool, float]],
+) -> None:
+    """vs_tf_data_service, the Fashion-MNIST table, then worker_kill_lost_records (into `lost`)."""
+    float_n = len(floats["label"])
+
+    def reader(system: str, name: str, dataset: str) -> Child:
+        arrays = fashion if dataset == FASHION else floats
+        addr = {"mlmesh": ingest_addr, "tfdata": disp_addr, "local": ""}[system]
+        argv = role_argv(
+            SCRIPT, "reader", "--system", system, "--addr", addr, "--name", name,
+            "--data-dir", str(run / dataset), "--batch", "1024" if dataset == FASHION else "256",
+            "--record-bytes", str(record_bytes(arrays)),
+            "--x-dtype", "uint8" if dataset == FASHION else "float32", "--depth", str(args.depth),
+        )  # fmt: skip
+        return kids.start(name, argv, protocol=True)
+
+    # --- consumers: the float pass, then the Fashion-MNIST table --------------------
+    r = {
+        (s, i, d): reader(s, f"{s}-{d}-r{i}", d)
+        for d in (FLOAT, FASHION)
+        for s in ("mlmesh", "tfdata")
+        for i in range(2)
+    }
+    r[("local", 0, FASHION)] = reader("local", f"local-{FASHION}", FASHION)
+    for c in r.values():
+        c.recv(180)
+
+    def checked_pass(
+        key: str, readers: list[Child], dataset: str, e: int, refresh: int | None, rep: int
+    ) -> None:
+        arrays = fashion if dataset == FASHION else floats
+        n, want = len(arrays["label"]), int(arrays["label"].sum())
+        job = f"bench-{key}-{rep + 1}"
+        t0 = time.monotonic()
+        if readers[0].name.startswith("mlmesh"):  # creating the job is part of the pass
+            enqueue_epochs(ingest_addr, dataset, job, e)
+        setup = time.monotonic() - t0
+        seconds, got, got_sum = timed_pass(readers, job, e, refresh)
+        seconds += setup
+        if got != n * e or got_sum != want * e:
+            raise RuntimeError(
+                f"{key} delivered {got} records (label sum {got_sum}); expected {n * e} ({want * e})"
+            )
+        if rep >= 0:
+            note(key, got / seconds, f"{got / seconds:>10,.0f} records/s ({seconds:.2f} s)")
+
+    passes: list[tuple[str, list[Child], str, int, int | None]] = []
+    for s in ("mlmesh", "tfdata"):
+        passes.append((f"{s}-floats-2", [r[(s, 0, FLOAT)], r[(s, 1, FLOAT)]], FLOAT, 1, TASK_REFRESH_MS))
+    for s in ("mlmesh", "tfdata"):
+        for k in (1, 2):
+            for e in (epochs, 1):
+                readers = [r[(s, i, FASHION)] for i in range(k)]
+                passes.append((f"{s}-fashion-{k}x{e}", readers, FASHION, e, TASK_REFRESH_MS))
+    passes.append((f"local-fashion-1x{epochs}", [r[("local", 0, FASHION)]], FASHION, epochs, None))
+    passes.append(("tfdata-fashion-1x1-default", [r[("tfdata", 0, FASHION)]], FASHION, 1, None))
+    for rep in range(-1, reps):  # rep -1 warms every path untimed
+        print(f"repetition {rep + 1}" if rep >= 0 else "warm-up", flush=True)
+        for key, readers, dataset, e, refresh in passes:
+            checked_pass(key, readers, dataset, e, refresh, rep)
+
+    # --- one consumer killed after ~25 % -----------------------------------------------
+    for s in ("mlmesh", "tfdata"):
+        victim, survivor = r[(s, 1, FLOAT)], r[(s, 0, FLOAT)]
+        job = f"bench-kill-{s}"
+        ids = [run / f"{job}-{i}.ids" for i in range(2)]
+        if s == "mlmesh":
+            enqueue_epochs(ingest_addr, FLOAT, job, 1)
+        for child, path in ((survivor, ids[0]), (victim, ids[1])):
+            child.send(
+                {
+                    "cmd": "read", "job": job, "epochs": 1, "refresh_ms": TASK_REFRESH_MS,
+                    "ids": str(path), "lease_seconds": KILL_LEASE_SECONDS,
+                }
+            )  # fmt: skip
+        t0 = time.monotonic()
+        while read_ids(ids).size < float_n // 4 and time.monotonic() - t0 < PASS_TIMEOUT:
+            time.sleep(0.02)
+        os.killpg(victim.proc.pid, signal.SIGKILL)
+        finished = True
+        try:
+            survivor.recv(max(120.0, 10 * (time.monotonic() - t0)))
+        except TimeoutError:
+            finished = False  # hung: stop it, the pass does not finish by itself
+            survivor.stop()
+        got = read_ids(ids)
+        unique = np.unique(got)
+        lost[s] = (float_n - unique.size, got.size - unique.size, finished, time.monotonic() - t0)
+        print(
+            f"  kill {s:8s} lost {lost[s][0]:,} records, {lost[s][1]:,} delivered twice, "
+            f"{'finished' if finished else 'HUNG'} in {lost[s][3]:.1f} s",
+            flush=True,
+        )
+
+
+def result_cases(
+    only: set[str], m: dict[str, float], lost: dict[str, tuple[int, int, bool, float]], epochs: int
+) -> list[Case]:
+    """The rows of the groups that ran, from the medians `m`."""
     peer = f"tf.data service (dispatcher + 2 workers, DYNAMIC, no compression, {TASK_REFRESH_MS} ms refresh)"
-    cases = [
-        Case("append", "MB/s", m["append"], "np.save + fsync of the same arrays", m["npsave"]),
-        Case(
-            "read_stream",
-            "MB/s",
-            m["read_stream"],
-            "plain grpc.aio file server, same bytes and message size",
-            m["plain_stream"],
-        ),
-        Case("cached_epoch", "s", m["epoch2"], "epoch 1 load time (ratio = epoch 2 / epoch 1)", m["epoch1"]),
+    cases: list[Case] = []
+    if "append" in only:
+        npsave = "np.save + fsync of the same arrays"
+        load = f"median load average {m['append_load']:.2f} after each repetition"
+        cases += [
+            Case("append", "MB/s", m["append"], npsave, m["npsave"], note=load),
+            # Diagnostics, not goals: the same bytes in the same messages through a minimal
+            # grpc.aio server, to tell gRPC's share of the cost from the disk's.
+            Case("append_diag_upload_discarded", "MB/s", m["upload_discard"], npsave, m["npsave"]),
+            Case("append_diag_upload_to_file", "MB/s", m["upload_file"], npsave, m["npsave"]),
+            Case("append_diag_client_keeps_blocks", "MB/s", m["append_kept"], npsave, m["npsave"]),
+        ]
+    if "read_stream" in only:
+        cases.append(
+            Case(
+                "read_stream",
+                "MB/s",
+                m["read_stream"],
+                "plain grpc.aio file server, same bytes and message size",
+                m["plain_stream"],
+            )
+        )
+    if "cached_epoch" in only:
+        cases.append(
+            Case(
+                "cached_epoch", "s", m["epoch2"], "epoch 1 load time (ratio = epoch 2 / epoch 1)", m["epoch1"]
+            )
+        )
+    if "consumers" not in only:
+        return cases
+    cases += [
         Case(
             "vs_tf_data_service",
             "records/s",
@@ -779,13 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
             m["tfdata-fashion-1x1-default"],
         )
     )
-    print_table(BENCHMARK, cases)
-    print(
-        f"machine: {machine_line()}; medians of {reps} repetition(s); ratio > 1: mlmesh is faster "
-        "(cached_epoch and lost records: lower is better)"
-    )
-    write_json(args.json, BENCHMARK, cases)
-    return 0
+    return cases
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 from mlmesh.settings import DEFAULT_MAX_MESSAGE_BYTES, ServiceSettings
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from gateway.core.backends import Backend, parse_backends
+from gateway.core.backends import Backend, parse_backend, parse_backends
 
 SERVING_SERVICE = "mlmesh.serving.v1.ServingService"
 
@@ -40,6 +40,32 @@ RETRY_CONDITIONS = frozenset(
         "unavailable",
     }
 )
+# Settings a static bootstrap uses and the control plane's config replaces in xDS mode.
+STATIC_ONLY = frozenset(
+    {
+        "max_message_bytes",
+        "access_log",
+        "lb_policy",
+        "connect_timeout_seconds",
+        "health_check_service_name",
+        "health_check_interval_seconds",
+        "health_check_timeout_seconds",
+        "unhealthy_threshold",
+        "healthy_threshold",
+        "outlier_consecutive_5xx",
+        "outlier_consecutive_gateway_failure",
+        "outlier_base_ejection_seconds",
+        "outlier_max_ejection_percent",
+        "healthy_panic_threshold",
+        "max_connections",
+        "max_pending_requests",
+        "max_requests",
+        "max_retries",
+        "retry_on",
+        "num_retries",
+        "per_try_timeout_seconds",
+    }
+)
 MAX_BASE_ID = (2**32 - 1) // 10  # Envoy derives socket/shm names from base_id * 10 + n.
 
 
@@ -48,10 +74,18 @@ class GatewaySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="MLMESH_GATEWAY_", extra="forbid", validate_default=True)
 
-    backends: str = Field(
-        ...,
-        description="Serving replicas, comma-separated host:port (IPv6 as [addr]:port); at least one. "
-        "All IP literals -> STATIC cluster; any DNS name -> STRICT_DNS.",
+    backends: str | None = Field(
+        None,
+        description="Static mode: serving replicas, comma-separated host:port (IPv6 as [addr]:port). "
+        "All IP literals -> STATIC cluster; any DNS name -> STRICT_DNS. Exclusive with xds_addr.",
+    )
+    xds_addr: str | None = Field(
+        None,
+        description="xDS mode: the control plane (python -m gateway.xds) as host:port; Envoy gets its "
+        "listeners, routes, clusters and endpoints from it. Exclusive with backends.",
+    )
+    internal_port: int = Field(
+        0, ge=0, le=65535, description="xDS mode: port of the internal (admin) listener; 0 = free."
     )
     work_dir: Path = Field(
         ..., description="Where the rendered bootstrap, descriptor set, admin address and Envoy's log go."
@@ -157,9 +191,35 @@ class GatewaySettings(ServiceSettings):
 
     @field_validator("backends")
     @classmethod
-    def _check_backends(cls, v: str) -> str:
-        parse_backends(v)
+    def _check_backends(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_backends(v)
         return v
+
+    @field_validator("xds_addr")
+    @classmethod
+    def _check_xds_addr(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_backend(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> GatewaySettings:
+        if (self.backends is None) == (self.xds_addr is None):
+            raise ValueError(
+                "set exactly one of backends (--backends / MLMESH_GATEWAY_BACKENDS) for a static Envoy "
+                "or xds_addr (--xds-addr / MLMESH_GATEWAY_XDS_ADDR) for one configured by the control plane"
+            )
+        if self.xds_addr is not None:
+            ignored = sorted(self.model_fields_set & STATIC_ONLY)
+            if ignored:
+                raise ValueError(
+                    f"settings {ignored} shape a static Envoy; with xds_addr the control plane's "
+                    "gateway.yaml decides them (listener limits, cluster policies, routes)"
+                )
+        elif "internal_port" in self.model_fields_set:
+            raise ValueError("internal_port needs xds_addr: a static Envoy has no internal listener")
+        return self
 
     @field_validator("retry_on")
     @classmethod
@@ -194,7 +254,11 @@ class GatewaySettings(ServiceSettings):
 
     @property
     def backend_list(self) -> list[Backend]:
-        return parse_backends(self.backends)
+        return parse_backends(self.backends) if self.backends is not None else []
+
+    @property
+    def xds_backend(self) -> Backend | None:
+        return parse_backend(self.xds_addr) if self.xds_addr is not None else None
 
     @property
     def effective_admin_port(self) -> int:

@@ -3,10 +3,13 @@
 Lifecycle (`run_gateway`):
 
 1. write `<work_dir>/serving.pb` (descriptor set) and `<work_dir>/envoy.json`
-   (bootstrap) atomically; start Envoy with its log in `<work_dir>/envoy.log`;
+   (bootstrap) atomically; start Envoy with its log in `<work_dir>/envoy.log`.
+   Static mode (`--backends`): the bootstrap holds everything. xDS mode
+   (`--xds-addr`): it names only the control plane and the admin port, and
+   Envoy stays PRE_INITIALIZING until the control plane sent CDS and LDS;
 2. wait (bounded) until admin `/ready` answers 200, read the bound listener
    port, then write the port file `{"port", "admin_port", "metrics_port",
-   "pid", "envoy_pid"}` atomically (metrics_port == admin_port: Envoy's admin
+   "pid", "envoy_pid"}` (xDS mode: also "internal_port") atomically (metrics_port == admin_port: Envoy's admin
    serves `/stats/prometheus`);
 3. on SIGTERM/SIGINT: `/drain_listeners?graceful`, wait at least
    `drain_seconds` and at most `grace_seconds` for in-flight requests, then
@@ -32,7 +35,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from mlmesh.descriptors import serving_descriptor_set
 from mlmesh.files import atomic_write_bytes
@@ -52,6 +55,9 @@ from gateway.core.bootstrap import (
     RetryOptions,
     build_bootstrap,
 )
+from gateway.xds.bootstrap import build_xds_bootstrap
+
+INTERNAL_LISTENER_NAME = "internal"
 
 log = get_logger("gateway")
 
@@ -147,6 +153,20 @@ def bootstrap_inputs(settings: GatewaySettings, files: WorkFiles) -> BootstrapIn
     )
 
 
+def xds_bootstrap(settings: GatewaySettings) -> dict[str, Any]:
+    """xDS mode: the bootstrap names only the control plane and the admin port; the listener
+    ports the launcher was given travel as node metadata (the control plane applies them)."""
+    xds = settings.xds_backend
+    assert xds is not None
+    return build_xds_bootstrap(
+        node_id=f"mlmesh-gateway-{os.getpid()}",
+        admin_host=settings.host,
+        admin_port=settings.effective_admin_port,
+        xds=xds,
+        listener_ports={LISTENER_NAME: settings.port, INTERNAL_LISTENER_NAME: settings.internal_port},
+    )
+
+
 def prepare_work_dir(settings: GatewaySettings) -> WorkFiles:
     """Write the descriptor set and the rendered bootstrap; remove a stale admin address."""
     try:
@@ -155,7 +175,10 @@ def prepare_work_dir(settings: GatewaySettings) -> WorkFiles:
         raise GatewayError(f"cannot create work_dir {settings.work_dir}: {e}") from None
     files = WorkFiles.under(settings.work_dir.resolve())
     try:
-        bootstrap = build_bootstrap(bootstrap_inputs(settings, files))
+        if settings.xds_addr is not None:
+            bootstrap = xds_bootstrap(settings)
+        else:
+            bootstrap = build_bootstrap(bootstrap_inputs(settings, files))
     except ValueError as e:
         raise GatewayError(f"cannot render the Envoy bootstrap: {e}") from None
     try:
@@ -331,7 +354,7 @@ async def run_gateway(settings: GatewaySettings, stop_event: asyncio.Event | Non
         files = prepare_work_dir(settings)
         base_id = settings.base_id if settings.base_id is not None else os.getpid()
         cmd = envoy_command(binary, files, settings, base_id)
-        log.info("envoy_starting", cmd=" ".join(cmd), backends=settings.backends)
+        log.info("envoy_starting", cmd=" ".join(cmd), backends=settings.backends, xds=settings.xds_addr)
         with open(files.envoy_log, "wb") as envoy_log:
             proc = await _start_envoy(cmd, envoy_log)
         proc_done = asyncio.create_task(proc.wait())
@@ -339,19 +362,27 @@ async def run_gateway(settings: GatewaySettings, stop_event: asyncio.Event | Non
         if admin is not None:
             try:
                 port = await asyncio.to_thread(admin.listener_port, LISTENER_NAME)
+                internal_port = None
+                if settings.xds_addr is not None:
+                    internal_port = await asyncio.to_thread(
+                        admin.optional_listener_port, INTERNAL_LISTENER_NAME
+                    )
             except OSError as e:
-                raise GatewayError(f"cannot read Envoy's listener port: {e}") from None
+                hint = ""
+                if settings.xds_addr is not None:
+                    hint = " (Envoy refuses a listener it cannot bind, e.g. on a port in use: see its log)"
+                raise GatewayError(f"cannot read Envoy's listener port: {e}{hint}") from None
             if settings.port_file is not None:
-                write_port_file(
-                    settings.port_file,
-                    {
-                        "port": port,
-                        "admin_port": admin.port,
-                        "metrics_port": admin.port,
-                        "pid": os.getpid(),
-                        "envoy_pid": proc.pid,
-                    },
-                )
+                ports = {
+                    "port": port,
+                    "admin_port": admin.port,
+                    "metrics_port": admin.port,
+                    "pid": os.getpid(),
+                    "envoy_pid": proc.pid,
+                }
+                if internal_port is not None:
+                    ports["internal_port"] = internal_port
+                write_port_file(settings.port_file, ports)
                 wrote_port_file = True
             log.info(
                 "serving",

@@ -2,7 +2,7 @@
 real serving replicas, tuned at run time through their admin service and the CLI.
 
 Requests with `idempotency-key` are hashed on it (MAGLEV) so duplicates reach one
-replica, which runs the model once; keyless requests stay round robin. Counts
+replica, which runs the model once; keyless requests go by least request. Counts
 come from the replicas' own Prometheus metrics.
 """
 
@@ -29,7 +29,7 @@ from mlmesh.channels import sync_channel
 from mlmesh.cli.suite import child_env
 from mlmesh.serving.v1 import admin_pb2, admin_pb2_grpc, serving_pb2
 
-from gateway.tests.conftest import REPO, Proc, ProcessGroup, wait_until
+from gateway.tests.conftest import REPO, Proc, ProcessGroup, serving_hosts_healthy, wait_until
 from gateway.tests.http_util import http, serving_stub
 from serving_svc.tests.helpers import ImageModel, export, metric_value
 
@@ -79,8 +79,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 def healthy(mesh: Mesh) -> int:
-    body = http(mesh.gateway.ports["admin_port"], "GET", "/clusters").body.decode()
-    return sum(1 for line in body.splitlines() if line.endswith("::health_flags::healthy"))
+    return serving_hosts_healthy(http(mesh.gateway.ports["admin_port"], "GET", "/clusters").body.decode())
 
 
 def images(n: int, seed: int) -> np.ndarray:
@@ -116,7 +115,7 @@ def test_ten_concurrent_duplicates_through_the_gateway_run_the_model_once(mesh: 
     assert sum(mesh.per_replica("mlmesh_serving_dedup_hits_total")) - hits_before == 9
 
 
-def test_duplicates_reach_one_replica_and_keyless_requests_stay_round_robin(mesh: Mesh) -> None:
+def test_duplicates_reach_one_replica_and_keyless_requests_spread_over_both(mesh: Mesh) -> None:
     channel, stub = serving_stub(f"127.0.0.1:{mesh.port}")
     with channel:
         start = predicts(mesh)
@@ -128,7 +127,8 @@ def test_duplicates_reach_one_replica_and_keyless_requests_stay_round_robin(mesh
             stub.Predict(request(images(1, seed=100 + i)), timeout=30)
         keyless = [b - a for a, b in zip(start, predicts(mesh), strict=True)]
     assert sorted(keyed) == [0, 6]
-    assert min(keyless) >= 7, keyless  # round robin gives 10/10; allow a health-check blip
+    # Least request between two idle replicas is a coin toss per call: ~10/10, P(min < 3) = 4e-4.
+    assert min(keyless) >= 3, keyless
 
 
 def test_same_key_with_another_payload_is_failed_precondition_over_grpc(mesh: Mesh) -> None:

@@ -27,7 +27,7 @@ def test_killed_services_come_back_on_the_same_port_and_sigterm_stops_all(tmp_pa
     try:
         suite_file = root / "run" / "suite.json"
         suite = wait_json(suite_file, UP_TIMEOUT, proc, log)
-        assert len(suite["services"]) == 6
+        assert len(suite["services"]) == 7  # with the gateway's xDS control plane
         pids = [s["pid"] for s in suite["services"]]
 
         # A shard: back on the same address, healthy.
@@ -47,7 +47,21 @@ def test_killed_services_come_back_on_the_same_port_and_sigterm_stops_all(tmp_pa
                 client.model_status("no-such-model")
             assert e.value.code() == grpc.StatusCode.NOT_FOUND  # answered by the replica behind Envoy
 
-        pids += [back["pid"], service_entry(json.loads(suite_file.read_text()), "ps-0")["pid"]]
+        # The control plane: restarted on its port; Envoy reconnects and keeps serving.
+        xds = service_entry(suite, "xds")
+        os.kill(xds["pid"], signal.SIGKILL)
+        xds_back = wait_restarted(suite_file, "xds", xds["pid"])
+        assert xds_back["addr"] == xds["addr"]
+        with ServingClient(back["addr"], timeout=10) as client:
+            with pytest.raises(grpc.RpcError) as e:
+                client.model_status("no-such-model")
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+        pids += [
+            back["pid"],
+            xds_back["pid"],
+            service_entry(json.loads(suite_file.read_text()), "ps-0")["pid"],
+        ]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=90) == 0, tail(log)
     finally:

@@ -60,6 +60,15 @@ class EnvoyAdmin:
                 return int(entry["local_address"]["socket_address"]["port_value"])
         raise OSError(f"Envoy has no listener named {name!r}")
 
+    def optional_listener_port(self, name: str) -> int | None:
+        """The bound port of listener `name`, or None when Envoy has no such listener."""
+        try:
+            return self.listener_port(name)
+        except OSError as e:
+            if "has no listener named" in str(e):
+                return None
+            raise
+
     def drain_listeners(self) -> None:
         """Start a graceful drain (GOAWAY / Connection: close) without exiting; the caller terminates."""
         status, body = self._request("/drain_listeners?graceful&skip_exit", method="POST")

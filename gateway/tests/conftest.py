@@ -11,11 +11,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from mlmesh.cli.suite import child_env
 
+from gateway.xds.config import DEFAULT_CONFIG_PATH
+
 REPO = Path(__file__).resolve().parents[2]
+ADMIN_TOKEN = "test-admin-token-0123456789"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -26,6 +31,8 @@ class Proc:
     popen: subprocess.Popen[bytes]
     ports: dict[str, int]
     log_path: Path
+    # A gateway's control plane (python -m gateway.xds), started just before it.
+    control_plane: Proc | None = None
 
     @property
     def addr(self) -> str:
@@ -52,6 +59,28 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def serving_hosts_healthy(clusters: str) -> int:
+    """Healthy hosts of clusters `serving` and `serving_keyed` in Envoy's admin /clusters text
+    (not the control plane's `xds` cluster or the other services')."""
+    return sum(
+        1
+        for line in clusters.splitlines()
+        if line.startswith(("serving::", "serving_keyed::")) and line.endswith("::health_flags::healthy")
+    )
+
+
+def write_config(path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """The default gateway.yaml with `edit` applied to its data, written to `path`."""
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def listener_of(data: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(x for x in data["listeners"] if x["name"] == name)
 
 
 @dataclass
@@ -115,14 +144,27 @@ class ProcessGroup:
             ],
         )
 
-    def gateway(self, name: str, backends: list[Proc], *extra: str) -> Proc:
+    def control_plane(self, name: str, backends: list[Proc], *extra: str, port: int = 0) -> Proc:
+        """The xDS control plane, its registry naming `backends` as the serving instances."""
+        registry = "static:serving=" + ",".join(b.addr for b in backends)
+        args = ["-m", "gateway.xds", "--registry", registry, "--port", str(port), "--metrics-port", "0"]
+        return self.spawn(name, [*args, "--admin-token", ADMIN_TOKEN, *extra])
+
+    def gateway(self, name: str, backends: list[Proc], *extra: str, xds: tuple[str, ...] = ()) -> Proc:
+        """A control plane (`xds` are its extra flags) and a gateway whose Envoy it configures."""
+        cp = self.control_plane(f"{name}-xds", backends, *xds)
+        gw = self.static_gateway(name, [], "--xds-addr", cp.addr, *extra)
+        gw.control_plane = cp
+        return gw
+
+    def static_gateway(self, name: str, backends: list[Proc], *extra: str) -> Proc:
+        """A gateway whose Envoy has a static bootstrap (`--backends`), or the flags in `extra`."""
         return self.spawn(
             name,
             [
                 "-m",
                 "gateway",
-                "--backends",
-                ",".join(b.addr for b in backends),
+                *(["--backends", ",".join(b.addr for b in backends)] if backends else []),
                 "--work-dir",
                 str(self.workdir / name),
                 "--port",

@@ -143,6 +143,20 @@ def test_bad_values_are_refused(
     assert setting in err
 
 
+def test_xds_mode_needs_exactly_one_source_and_refuses_static_only_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = load(tmp_path, "--xds-addr", "127.0.0.1:18000", "--internal-port", "9902")
+    assert (s.xds_backend, s.internal_port, s.backend_list) == (Backend("127.0.0.1", 18000), 9902, [])
+    err = refused(tmp_path, capsys, "--xds-addr", "127.0.0.1:18000", "--backends", "127.0.0.1:1")
+    assert "set exactly one of backends" in err
+    err = refused(tmp_path, capsys, "--xds-addr", "127.0.0.1:18000", "--lb-policy", "LEAST_REQUEST")
+    assert "settings ['lb_policy'] shape a static Envoy" in err
+    err = refused(tmp_path, capsys, "--backends", "127.0.0.1:1", "--internal-port", "1")
+    assert "internal_port needs xds_addr" in err
+    assert "is not host:port" in refused(tmp_path, capsys, "--xds-addr", "nope")
+
+
 def test_retry_on_is_normalised(tmp_path: Path) -> None:
     s = load(tmp_path, "--backends", "127.0.0.1:1", "--retry-on", " 5xx , reset ")
     assert s.retry_on == "5xx,reset"

@@ -21,7 +21,7 @@ from mlmesh import tensor
 from mlmesh.cli.suite import child_env
 from mlmesh.serving.v1 import serving_pb2
 
-from gateway.tests.conftest import REPO, ProcessGroup, pid_alive, wait_until
+from gateway.tests.conftest import REPO, ProcessGroup, listener_of, pid_alive, wait_until, write_config
 from gateway.tests.http_util import HttpResponse, header, http, serving_stub
 
 pytestmark = pytest.mark.faults
@@ -172,7 +172,11 @@ def test_envoy_death_ends_launcher_with_envoy_exit_code(group: ProcessGroup) -> 
 
 def test_bodies_larger_than_max_message_bytes_are_413_and_500(group: ProcessGroup) -> None:
     r0 = group.backend("r0")
-    gw = group.gateway("gw", [r0], "--max-message-bytes", str(1 << 20))
+    config = write_config(
+        group.workdir / "limits.yaml",
+        lambda d: listener_of(d, "ingress")["limits"].update(max_body_bytes=1 << 20),
+    )
+    gw = group.gateway("gw", [r0], xds=("--config", str(config)))
 
     def predict(n: int, padding: int = 0) -> HttpResponse:
         # Compact JSON in; the doubled answer comes back with ", " separators (larger).

@@ -122,7 +122,7 @@ def healthy_replicas(mesh: Mesh) -> str:
     )
 
 
-def test_round_robin_spreads_requests_over_both_replicas(mesh: Mesh) -> None:
+def test_keyless_requests_spread_over_both_replicas(mesh: Mesh) -> None:
     # On a starved machine a replica can miss health checks for a moment; judge balance only when both are in.
     assert wait_until(lambda: healthy_replicas(mesh).count("::healthy") == 2, 10), healthy_replicas(mesh)
     request = serving_pb2.PredictRequest(model_name="m", inputs={"x": tensor.to_proto(np.ones(2))})
@@ -133,8 +133,9 @@ def test_round_robin_spreads_requests_over_both_replicas(mesh: Mesh) -> None:
             _, call = stub.Predict.with_call(request, timeout=5)
             seen[header(call.initial_metadata(), "x-replica-id")] += 1
     assert set(seen) == {"r0", "r1"}
-    # Round robin gives 10/10; allow a health-check blip on a loaded machine.
-    assert min(seen.values()) >= 7, (seen, healthy_replicas(mesh))
+    # Least request picks the less busy of two random hosts; sequential calls tie, so ~10/10
+    # with binomial spread (P(min < 3) is 4e-4).
+    assert min(seen.values()) >= 3, (seen, healthy_replicas(mesh))
 
 
 def test_json_requests_are_balanced_too(mesh: Mesh) -> None:
@@ -194,7 +195,7 @@ def test_slow_request_without_deadline_completes(mesh: Mesh) -> None:
 
 def test_port_file_reports_admin_as_metrics_endpoint(mesh: Mesh) -> None:
     ports = mesh.gateway.ports
-    assert set(ports) == {"port", "admin_port", "metrics_port", "pid", "envoy_pid"}
+    assert set(ports) == {"port", "internal_port", "admin_port", "metrics_port", "pid", "envoy_pid"}
     assert ports["metrics_port"] == ports["admin_port"]
     assert ports["pid"] == mesh.gateway.popen.pid
     r = http(ports["admin_port"], "GET", "/stats/prometheus")

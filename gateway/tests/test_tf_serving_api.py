@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from gateway.tests.conftest import ProcessGroup, wait_until
+from gateway.tests.conftest import ProcessGroup, serving_hosts_healthy, wait_until
 from gateway.tests.http_util import HttpResponse, http
 from serving_svc.tests.tfs_models import export_half_plus_three, export_sensor_model
 
@@ -74,8 +74,8 @@ def port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
         def both_healthy() -> bool:
             clusters = http(gateway.ports["admin_port"], "GET", "/clusters").body.decode()
-            # Both clusters (round robin and keyed) hold the same two replicas.
-            return clusters.count("::health_flags::healthy") == 4
+            # Both clusters (least request and keyed) hold the same two replicas.
+            return serving_hosts_healthy(clusters) == 4
 
         assert wait_until(both_healthy, 30), "the replicas never passed Envoy's health checks"
         yield gateway.ports["port"]

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from mlmesh.checksum import crc32
 
+from ingest_svc.core.direct import SequentialWriter
 from ingest_svc.core.schema import Schema
 
 MAGIC = b"MLMPART2"
@@ -73,7 +74,8 @@ def _block_crcs(pieces: Sequence[np.ndarray], block_bytes: int) -> list[int]:
 def write_partition(
     path: Path, schema: Schema, columns: dict[str, Sequence[np.ndarray]], num_records: int
 ) -> int:
-    """Write a partition to `path` (a temp name; the caller renames it) and fsync it.
+    """Write a partition to `path` (a temp name; the caller renames it) and fsync it,
+    around the page cache where the file system allows (`direct.SequentialWriter`).
 
     `columns[name]` is a list of [k, *shape] pieces whose k add up to
     `num_records`; they are written back to back without concatenating.
@@ -102,24 +104,22 @@ def write_partition(
     ).encode()
     data_start = _align(len(MAGIC) + _LEN.size + len(header))
     payload = 0
-    with open(path, "wb") as fh:
-        fh.write(MAGIC + _LEN.pack(len(header)) + header)
+    with SequentialWriter(path) as out:
+        out.write(MAGIC + _LEN.pack(len(header)) + header)
         pos = len(MAGIC) + _LEN.size + len(header)
         for f, entry in zip(schema.features, entries, strict=True):
             start = data_start + entry["offset"]
-            fh.write(b"\0" * (start - pos))
+            out.write(bytes(start - pos))
             written = 0
             for piece in columns[f.name]:
                 arr = np.ascontiguousarray(piece, dtype=f.np_dtype)
                 if arr.nbytes:  # memoryview refuses to cast an empty view
-                    fh.write(memoryview(arr).cast("B"))
+                    out.write(memoryview(arr).cast("B"))
                 written += arr.nbytes
             if written != entry["nbytes"]:
                 raise ValueError(f"feature {f.name!r}: wrote {written} bytes, expected {entry['nbytes']}")
             pos = start + written
             payload += written
-        fh.flush()
-        os.fsync(fh.fileno())
     return payload
 
 

@@ -17,6 +17,7 @@ from mlmesh.tensor import dtype_code, to_proto
 from mlmesh.types.v1 import tensor_pb2
 
 from ingest_svc.core import append as append_module
+from ingest_svc.servicer import WRITE_AHEAD_BYTES, WRITERS, writers_for
 from ingest_svc.tests.conftest import (
     MNIST_RECORD_BYTES,
     append_requests,
@@ -357,3 +358,11 @@ def test_full_disk_at_commit_is_resource_exhausted_and_leaves_nothing(stub, data
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "commit its 3 partition(s) of dataset 'ds': database or disk is full" in err.details()
     assert files_of(data_dir, "ds") == []
+
+
+def test_a_stream_writes_fewer_partitions_at_once_the_larger_they_are() -> None:
+    # The stream's messages are held until their partition is written: about
+    # writers_for(size) + 1 partitions of memory.
+    assert writers_for(8 * 1024 * 1024) == WRITERS
+    assert writers_for(WRITE_AHEAD_BYTES // 2) == min(WRITERS, 2)
+    assert writers_for(WRITE_AHEAD_BYTES) == writers_for(1024 * 1024 * 1024) == 1

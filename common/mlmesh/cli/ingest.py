@@ -29,11 +29,20 @@ from mlmesh import sources
 from mlmesh.cli.common import DEFAULT_ROOT, console, err_console, fail, resolve, rpc_errors
 from mlmesh.clients import APPEND_BATCH_BYTES, IngestClient, num_records, record_batches, schema_of
 from mlmesh.errors import InvalidArgument
+from mlmesh.memory import keep_large_blocks
 from mlmesh.sources.follow import Follower, FollowError, default_state_path
 
 MIN_PARTITION_BYTES = 64 * 1024
 
 app = typer.Typer(help="Load data into ingest_svc (datasets of column arrays).", no_args_is_help=True)
+
+
+@app.callback()
+def _ingest() -> None:
+    # Append frames ~1 MiB column pieces over and over: kept in the heap they do not page-fault
+    # in on every message (measured: client CPU 1.2-1.7 -> 0.6-0.85 s/GB, appends 1.3x). This
+    # process is short-lived, so holding its peak memory until it exits costs nothing.
+    keep_large_blocks()
 
 
 class RateColumn(ProgressColumn):

@@ -2,10 +2,14 @@
 
 Start order (stop runs in reverse): ingest, parameter-server shards, serving
 replicas (these three groups start together: none needs another), then the
-gateway (needs the replicas) and the coordinator (needs ingest and the
-shards), then the workers (need the coordinator). A training-only suite
-(`serving=False`, what `mlmesh train --workload` starts when none runs) has no
-serving replicas and no gateway.
+coordinator (needs ingest and the shards), then the gateway's xDS control plane
+(`python -m gateway.xds`, its registry naming the replicas, ingest and the
+coordinator), then the gateway (Envoy, configured by the control plane) and the
+workers (need the coordinator). A training-only suite (`serving=False`, what
+`mlmesh train --workload` starts when none runs) has no serving replicas, no
+control plane and no gateway. The admin routes' bearer token is made per suite,
+given to the control plane in its environment and written to
+`<root>/run/admin_token` (mode 0600).
 
 Everything lives under one root directory:
 
@@ -21,6 +25,7 @@ Everything lives under one root directory:
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +44,8 @@ INGEST_SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_na
 PS_SERVICE = paramserver_pb2.DESCRIPTOR.services_by_name["ParameterServerService"].full_name
 SERVING_SERVICE = serving_pb2.DESCRIPTOR.services_by_name["ServingService"].full_name
 TRAINER_SERVICE = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+# The control plane's health name (gateway.xds.server.ADS_SERVICE; the CLI does not import gateway).
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 HOST = "127.0.0.1"
 
@@ -150,48 +157,59 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
     ps = [_addr(infos[f"ps-{i}"]) for i in range(cfg.shards)]
     serving = [_addr(infos[f"serving-{i}"]) for i in range(cfg.replicas if cfg.serving else 0)]
 
-    base_id = cfg.base_id if cfg.base_id is not None else os.getpid()
-    gateway = [
-        ServiceSpec(
-            "gateway",
-            "gateway",
-            [
-                "--backends",
-                ",".join(serving),
-                "--work-dir",
-                str(root / "gateway"),
-                "--admin-port",
-                "0",
-                "--base-id",
-                str(base_id),
-            ],
-            None,  # its port file is written once Envoy's /ready answers 200
-            t,
-        )
-    ]
-    second = [
-        *(gateway if cfg.serving else []),
-        ServiceSpec(
+    coordinator_spec = ServiceSpec(
+        "coordinator",
+        "trainer_svc",
+        [
             "coordinator",
-            "trainer_svc",
-            [
-                "coordinator",
-                "--ingest-addr",
-                ingest,
-                "--ps-addrs",
-                ",".join(ps),
-                "--model-repo",
-                str(root / "models"),
-                "--work-dir",
-                str(root / "work"),
-            ],
-            TRAINER_SERVICE,
-            t,
-        ),
-    ]
-    infos.update({i.name: i for i in sup.start_group(second)})
+            "--ingest-addr",
+            ingest,
+            "--ps-addrs",
+            ",".join(ps),
+            "--model-repo",
+            str(root / "models"),
+            "--work-dir",
+            str(root / "work"),
+        ],
+        TRAINER_SERVICE,
+        t,
+    )
+    infos.update({i.name: i for i in sup.start_group([coordinator_spec])})
     coordinator = _addr(infos["coordinator"])
-    workers = [
+    third: list[ServiceSpec] = []
+    if cfg.serving:
+        # The static registry for now: the addresses this supervisor knows (it restarts
+        # children on their old ports, so they stay true).
+        registry = f"static:serving={','.join(serving)};ingest={ingest};trainer={coordinator}"
+        xds = ServiceSpec(
+            "xds",
+            "gateway.xds",
+            ["--registry", registry, "--metrics-port", "0"],
+            ADS_SERVICE,
+            t,
+            env={"MLMESH_XDS_ADMIN_TOKEN": admin_token(cfg.run_dir)},
+        )
+        infos.update({i.name: i for i in sup.start_group([xds])})
+        base_id = cfg.base_id if cfg.base_id is not None else os.getpid()
+        third.append(
+            ServiceSpec(
+                "gateway",
+                "gateway",
+                [
+                    "--xds-addr",
+                    _addr(infos["xds"]),
+                    "--work-dir",
+                    str(root / "gateway"),
+                    "--admin-port",
+                    "0",
+                    "--base-id",
+                    str(base_id),
+                ],
+                None,  # its port file is written once Envoy's /ready answers 200 (CDS and LDS arrived)
+                t,
+            )
+        )
+    third += [
         ServiceSpec(
             f"worker-{i}",
             "trainer_svc",
@@ -209,7 +227,7 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
         )
         for i in range(cfg.workers)
     ]
-    infos.update({i.name: i for i in sup.start_group(workers)})
+    infos.update({i.name: i for i in sup.start_group(third)})
     gw = infos.get("gateway")
     admin_port = gw.ports.get("admin_port") if gw is not None else None
     addrs = SuiteAddresses(
@@ -227,6 +245,20 @@ def start_suite(sup: Supervisor, cfg: SuiteConfig) -> SuiteAddresses:
     )
     refresh_suite_file(sup, addrs)
     return addrs
+
+
+def admin_token(run_dir: Path) -> str:
+    """A new bearer token for the gateway's admin routes, kept readable by this user only."""
+    token = secrets.token_urlsafe(32)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp, path = run_dir / ".admin_token.tmp", run_dir / "admin_token"
+    tmp.unlink(missing_ok=True)
+    # Created 0600: never readable by others, not even for a moment.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(token.encode())
+    os.replace(tmp, path)
+    return token
 
 
 def refresh_suite_file(sup: Supervisor, addrs: SuiteAddresses) -> None:
