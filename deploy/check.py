@@ -91,8 +91,12 @@ def check_pod(problems: Problems, where: str, name: str, template: dict[str, Any
         problems.add(where, f"{name}: pod securityContext.runAsNonRoot must be true")
     if spec.get("automountServiceAccountToken") is not False:
         problems.add(where, f"{name}: automountServiceAccountToken must be false")
-    for c in spec.get("containers") or []:
+    init = [(c, True) for c in spec.get("initContainers") or []]
+    for c, is_init in [*init, *((c, False) for c in spec.get("containers") or [])]:
         cname = f"{name} container {c.get('name')}"
+        image = c.get("image", "")
+        if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+            problems.add(where, f"{cname}: image {image!r} has no version tag or digest")
         sc = c.get("securityContext") or {}
         if sc.get("readOnlyRootFilesystem") is not True:
             problems.add(where, f"{cname}: securityContext.readOnlyRootFilesystem must be true")
@@ -105,7 +109,7 @@ def check_pod(problems: Problems, where: str, name: str, template: dict[str, Any
             for r in ("cpu", "memory"):
                 if r not in (res.get(part) or {}):
                     problems.add(where, f"{cname}: resources.{part}.{r} is missing")
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in () if is_init else ("readinessProbe", "livenessProbe"):
             if probe not in c:
                 problems.add(where, f"{cname}: {probe} is missing")
 
@@ -191,22 +195,26 @@ def check_kubernetes(problems: Problems, k8s: Path) -> None:
             problems.add(overlay / "kustomization.yaml", f"kustomize failed: {err}")
         else:
             validate_objects(problems, str(overlay.relative_to(problems.root)), objs)
+    # Each component as a user adds it: the dev overlay's kustomization plus `components:`.
     dev = k8s / "overlays" / "dev"
+    dev_kustomization = yaml.safe_load((dev / "kustomization.yaml").read_text())
     for component in sorted(p for p in (k8s / "components").iterdir() if (p / "kustomization.yaml").exists()):
         with tempfile.TemporaryDirectory() as tmp:
-            # kustomize refuses absolute paths: refer to the overlay and component relatively.
-            (Path(tmp) / "kustomization.yaml").write_text(
-                yaml.safe_dump(
-                    {
-                        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                        "kind": "Kustomization",
-                        "resources": [os.path.relpath(dev, tmp)],
-                        "components": [os.path.relpath(component, tmp)],
-                    }
-                )
-            )
+            # kustomize refuses absolute paths: refer to bases and the component relatively.
+            kustomization = dict(dev_kustomization)
+            # Files are copied (kustomize loads files only from below the root); bases are referred to.
+            resources = []
+            for r in dev_kustomization["resources"]:
+                if (dev / r).is_file():
+                    shutil.copy(dev / r, Path(tmp) / Path(r).name)
+                    resources.append(Path(r).name)
+                else:
+                    resources.append(os.path.relpath(dev / r, tmp))
+            kustomization["resources"] = resources
+            kustomization["components"] = [os.path.relpath(component, tmp)]
+            (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
             objs, err = render(Path(tmp))
-        where = f"{component.relative_to(problems.root)} (on overlays/dev)"
+        where = f"{component.relative_to(problems.root)} (in overlays/dev)"
         if err:
             problems.add(component / "kustomization.yaml", f"kustomize failed: {err}")
         else:
