@@ -264,13 +264,11 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Proc]]
                 popen = subprocess.Popen(
                     [sys.executable, *cmd[1:]], env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp
                 )
-            health = (
-                image_healthcheck(dockerfile)
-                if name not in ("worker-0", "xds")
-                else COMPOSE["services"][name]["healthcheck"]["test"][1:]
-            )
+            # compose's healthcheck where it overrides the image's (a worker, the control plane).
+            compose_health = COMPOSE["services"][name].get("healthcheck", {}).get("test", [])[1:]
+            health = compose_health or image_healthcheck(dockerfile)
             procs[name] = Proc(name, popen, port_file, log, health)
-            if name in ("xds",):  # the launcher needs the control plane's port
+            if name == "xds":  # the launcher needs the control plane's port
                 procs[name].wait_ports(120)
         for proc in procs.values():
             proc.wait_ports(180)
