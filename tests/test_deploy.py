@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -317,3 +319,22 @@ def test_services_register_under_their_registry_names(suite: dict[str, Proc]) ->
     shard = json.loads(next((registry / "paramserver").glob("*.json")).read_text())
     assert shard["port"] == suite["paramserver-0"].ports["port"]
     assert str(shard["meta"]["shard"]) == "0"
+
+
+@pytest.mark.integration
+def test_the_gateway_image_routes_to_serving_found_in_the_registry(suite: dict[str, Proc]) -> None:
+    # A model serving does not have: NOT_FOUND from a replica (404), not Envoy's 503 for a cluster
+    # without endpoints, so the control plane found serving-0 in the registry and Envoy reached it.
+    url = f"http://127.0.0.1:{suite['gateway'].ports['port']}/v1/models/no-such-model"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                status, body = resp.status, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read().decode()
+        if status != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status == 404, body
+    assert "no-such-model" in body
