@@ -11,7 +11,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # MovieLens-100k rides in recbole's wheel (dataset_example/ml-100k/ml-100k.inter).
 RECBOLE := recbole==1.2.1
 
-.PHONY: setup data movielens demo up test test-unit test-integration test-faults lint format protos protos-check bench clean
+.PHONY: setup data movielens demo up test deploy-check test-unit test-integration test-faults lint format protos protos-check bench clean
 
 setup: $(STAMP) data movielens
 
@@ -56,7 +56,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: setup protos-check lint
+test: setup protos-check lint deploy-check
 	$(PY) -m pytest
 
 test-unit: setup
@@ -67,6 +67,19 @@ test-integration: setup
 
 test-faults: setup
 	$(PY) -m pytest -m faults
+
+# deploy/: render every kustomize overlay and component, validate the objects against the
+# Kubernetes schemas, lint the Dockerfiles (hadolint), validate the compose file and the Argo
+# workflow (deploy/check.py). Tools: the `deploy` extra (outside the stamp, like `bench`) and a
+# kustomize: kubectl's (`kubectl kustomize`, Debian package kubectl from the machine's apt
+# sources, installed when root and missing) or a standalone `kustomize` on PATH.
+deploy-check: setup
+	$(PY) -m pip install --quiet -e '.[deploy]'
+	@if ! command -v kubectl >/dev/null && ! command -v kustomize >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing kubectl (for kubectl kustomize) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null; \
+	fi
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) deploy/check.py
 
 # The peers the benchmarks compare against (the `bench` extra: tf_keras, Ray Serve) and h2load,
 # the load generator of benchmarks/serving.py (Debian's nghttp2-client, installed when root).
