@@ -100,10 +100,8 @@ def test_two_routes_with_the_same_match_are_refused(tmp_path: Path) -> None:
         routes.append({**routes[-1], "name": "again"})
 
     message = refusal(tmp_path, dup)
-    assert (
-        "listeners[0](ingress): routes 'tfs-status' and 'again' both match path '/tensorflow.serving.ModelService/GetModelStatus'"
-        in message
-    )
+    path = "/tensorflow.serving.ModelService/GetModelStatus"
+    assert f"listeners[0](ingress): routes 'tfs-status' and 'again' both match path '{path}'" in message
 
 
 def test_admin_route_on_the_public_listener_is_refused(tmp_path: Path) -> None:
