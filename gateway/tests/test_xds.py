@@ -229,6 +229,35 @@ def test_endpoint_added_to_the_registry_takes_traffic_and_a_removed_one_stops(me
     assert wait_until(lambda: mesh.healthy() == {r0.addr, mesh.replicas[1].addr}, 10)
 
 
+def test_an_instance_registered_under_a_dns_name_reaches_envoy_as_addresses(mesh: XdsMesh) -> None:
+    # Envoy's EDS takes IPs only (a name is NACKed): the control plane resolves names itself.
+    r2 = mesh.replicas[2]
+    named = Instance(service="serving", host="localhost", port=r2.ports["port"])
+    mesh.cp.call(mesh.cp.registry.register(named))
+    assert wait_until(lambda: "r2" in mesh.replicas_answering(10), 5)
+    assert f"127.0.0.1:{r2.ports['port']}" in {i.addr for i in mesh.cp.control._endpoints["serving"]}
+    mesh.cp.call(mesh.cp.registry.deregister(named))
+    assert wait_until(lambda: r2.addr not in mesh.healthy(), 10)
+
+
+def test_resolve_keeps_ips_expands_names_and_drops_unresolvable_ones() -> None:
+    from gateway.xds.control import resolve
+
+    got = asyncio.run(
+        resolve(
+            [
+                Instance(service="serving", host="10.1.2.3", port=80),
+                Instance(service="serving", host="localhost", port=81, instance_id="by-name"),
+                Instance(service="serving", host="no-such-host.invalid", port=82),
+            ]
+        )
+    )
+    assert got[0].addr == "10.1.2.3:80"
+    assert "127.0.0.1:81" in {i.addr for i in got[1:]}
+    assert all(i.instance_id.startswith("by-name@") for i in got[1:])
+    assert all(i.port != 82 for i in got)
+
+
 def test_resource_envoy_rejects_is_nacked_logged_and_not_resent(mesh: XdsMesh) -> None:
     good = mesh.cp.control.cache.snapshot
     assert good is not None

@@ -3,13 +3,21 @@
 One watch task per registry service the config's clusters name; each change of
 a service's healthy instances builds a new snapshot and hands it to the cache,
 which pushes what changed to every connected Envoy. Runs on one event loop.
+
+Envoy's EDS takes IP addresses only, so instances registered under a DNS name
+(the `static` registry with Kubernetes service names) are resolved here, one
+endpoint per address, and resolved again every `DNS_REFRESH_SECONDS` (a headless
+service's pods come and go); a name that does not resolve is left out, with a warning.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import socket
 from collections.abc import Sequence
+from dataclasses import replace
 
 from mlmesh.discovery import Instance, Registry
 from mlmesh.logging import get_logger
@@ -19,6 +27,34 @@ from gateway.xds.config import GatewayConfig
 from gateway.xds.snapshot import build_snapshot
 
 log = get_logger("gateway.xds")
+
+DNS_REFRESH_SECONDS = 5.0
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def resolve(instances: Sequence[Instance]) -> tuple[Instance, ...]:
+    """`instances` with every DNS name replaced by one instance per address it resolves to."""
+    loop = asyncio.get_running_loop()
+    out: list[Instance] = []
+    for inst in instances:
+        if is_ip(inst.host):
+            out.append(inst)
+            continue
+        try:
+            infos = await loop.getaddrinfo(inst.host, inst.port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            log.warning("endpoint_unresolved", service=inst.service, host=inst.host, error=str(e))
+            continue
+        for ip in sorted({str(info[4][0]) for info in infos}):
+            out.append(replace(inst, host=ip, instance_id=f"{inst.instance_id}@{ip}"))
+    return tuple(out)
 
 
 class ControlPlane:
@@ -37,6 +73,7 @@ class ControlPlane:
         self._descriptor_set = descriptor_set
         self._admin_token = admin_token
         self._endpoints: dict[str, tuple[Instance, ...]] = {}
+        self._named: dict[str, tuple[Instance, ...]] = {}  # as registered, when some are DNS names
         self._serial = 0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -63,7 +100,13 @@ class ControlPlane:
         while True:
             try:
                 async for instances in self.registry.watch(service):
-                    self._endpoints[service] = tuple(instances)
+                    if all(is_ip(i.host) for i in instances):
+                        self._named.pop(service, None)
+                        self._endpoints[service] = tuple(instances)
+                    else:
+                        self._named[service] = tuple(instances)
+                        self._endpoints[service] = await resolve(instances)
+                        self._ensure_dns_refresh()
                     if first.is_set():
                         self.rebuild(f"endpoints of {service}", instances)
                     first.set()
@@ -73,6 +116,19 @@ class ControlPlane:
                 log.warning("registry_watch_failed", service=service, error=repr(e))
                 first.set()
                 await asyncio.sleep(1.0)
+
+    def _ensure_dns_refresh(self) -> None:
+        if not any(t.get_name() == "dns-refresh" and not t.done() for t in self._tasks):
+            self._tasks.append(asyncio.create_task(self._refresh_dns(), name="dns-refresh"))
+
+    async def _refresh_dns(self) -> None:
+        while self._named:
+            await asyncio.sleep(DNS_REFRESH_SECONDS)
+            for service, named in list(self._named.items()):
+                resolved = await resolve(named)
+                if resolved != self._endpoints.get(service):
+                    self._endpoints[service] = resolved
+                    self.rebuild(f"DNS of {service}", resolved)
 
     def rebuild(self, reason: str, instances: Sequence[Instance] | None = None) -> None:
         self._serial += 1
