@@ -21,14 +21,13 @@ from envoy.config.core.v3 import (
     grpc_service_pb2,
     protocol_pb2,
 )
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.overload.v3 import overload_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format, struct_pb2
 
 from gateway.core.backends import Backend
-from gateway.xds.resources import ads_source, packed, seconds
+from gateway.xds.resources import ads_source, load_assignment, packed, seconds
 
 XDS_CLUSTER = "xds"
 NODE_CLUSTER = "mlmesh-gateway"
@@ -59,24 +58,7 @@ def build_xds_bootstrap(
         typed_extension_protocol_options={
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": packed(http2)
         },
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=XDS_CLUSTER,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=address_pb2.Address(
-                                    socket_address=address_pb2.SocketAddress(
-                                        address=xds.host, port_value=xds.port
-                                    )
-                                )
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
+        load_assignment=load_assignment(XDS_CLUSTER, [(xds.host, xds.port)]),
     )
     bootstrap = bootstrap_pb2.Bootstrap(
         node=base_pb2.Node(id=node_id, cluster=NODE_CLUSTER, metadata=metadata),

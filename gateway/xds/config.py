@@ -30,28 +30,10 @@ from pydantic import (
 )
 from pydantic_settings import SettingsConfigDict
 
+from gateway.config import RETRY_CONDITIONS
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "gateway.yaml"
 
-# Values Envoy accepts in a route's `retry_on` (HTTP and gRPC status conditions).
-RETRY_CONDITIONS = frozenset(
-    {
-        "5xx",
-        "gateway-error",
-        "reset",
-        "reset-before-request",
-        "connect-failure",
-        "envoy-ratelimited",
-        "retriable-4xx",
-        "refused-stream",
-        "retriable-status-codes",
-        "retriable-headers",
-        "cancelled",
-        "deadline-exceeded",
-        "internal",
-        "resource-exhausted",
-        "unavailable",
-    }
-)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")

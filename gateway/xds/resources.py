@@ -449,26 +449,33 @@ def build_cluster(cluster: Cluster, *, keyed: bool = False) -> cluster_pb2.Clust
     return out
 
 
-def build_load_assignment(
-    cluster: Cluster, instances: Sequence[Instance]
+def load_assignment(
+    cluster_name: str, addrs: Iterable[tuple[str, int]]
 ) -> endpoint_pb2.ClusterLoadAssignment:
+    """The endpoints (IP, port) of one cluster, in one locality."""
     return endpoint_pb2.ClusterLoadAssignment(
-        cluster_name=cluster.name,
+        cluster_name=cluster_name,
         endpoints=[
             endpoint_components_pb2.LocalityLbEndpoints(
                 lb_endpoints=[
                     endpoint_components_pb2.LbEndpoint(
                         endpoint=endpoint_components_pb2.Endpoint(
                             address=address_pb2.Address(
-                                socket_address=address_pb2.SocketAddress(address=i.host, port_value=i.port)
+                                socket_address=address_pb2.SocketAddress(address=host, port_value=port)
                             )
                         )
                     )
-                    for i in instances
+                    for host, port in addrs
                 ]
             )
         ],
     )
+
+
+def build_load_assignment(
+    cluster: Cluster, instances: Sequence[Instance]
+) -> endpoint_pb2.ClusterLoadAssignment:
+    return load_assignment(cluster.name, ((i.host, i.port) for i in instances))
 
 
 def build_clusters(config: GatewayConfig) -> list[cluster_pb2.Cluster]:
