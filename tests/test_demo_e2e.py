@@ -38,7 +38,7 @@ def test_demo_trains_serves_and_answers_the_same_through_envoy(tmp_path: Path) -
     for key in ("eval_loss", "train_seconds", "ingest_seconds", "total_seconds"):
         assert key in summary, key
     # Nothing the demo started is still running, and it removed its suite file.
-    assert len(summary["pids"]) == 9
+    assert len(summary["pids"]) == 10  # ingest, 2 shards, 2 replicas, coordinator, xds, gateway, 2 workers
     assert leftovers == [], leftovers
     assert processes_mentioning(str(root)) == []
     assert not (root / "run" / "suite.json").exists()

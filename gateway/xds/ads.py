@@ -125,6 +125,21 @@ class AggregatedDiscoveryServicer(ads_pb2_grpc.AggregatedDiscoveryServiceService
         self._cache = cache
         self._nonces = itertools.count(1)
 
+    async def DeltaAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        """Incremental xDS is not served. The first request is read first, so bytes that do
+        not parse are INVALID_ARGUMENT like on every other method."""
+        async for _ in request_iterator:
+            break
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "incremental (delta) xDS is not served: use state-of-the-world ADS (StreamAggregatedResources)",
+        )
+        yield discovery_pb2.DeltaDiscoveryResponse()  # unreachable: abort raises; makes this a generator
+
     async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
