@@ -305,3 +305,36 @@ def test_a_completion_after_the_feed_closed_goes_alone_and_leases_nothing(ingest
 
     before, after, completed = run(main())
     assert after == before and completed == 1
+
+
+def test_a_consumer_holding_every_lease_gets_its_next_item_when_one_ends_not_after_a_poll(
+    ingest: IngestProcess,
+) -> None:
+    # A fast consumer completes off its path (a task it does not await), so it can ask for the
+    # next item while it still holds every lease, its completions not yet sent. The feed must
+    # wait for one of them, not yield IDLE and sleep a poll period: the queue is not empty.
+    enqueue(ingest.addr, "held")
+
+    async def main() -> tuple[int, int, float]:
+        client = IngestClient(ingest.addr, CallPolicy())
+        idle = got = 0
+        completing: list[asyncio.Task[object]] = []
+        try:
+            feed = PartitionFeed(client, "held", "w", load=read_with(client), depth=1, poll_seconds=5.0)
+            t0 = time.monotonic()
+            async with feed:
+                async for item in feed:
+                    if item is IDLE:
+                        idle += 1
+                        break
+                    got += 1
+                    completing.append(asyncio.create_task(feed.complete(item)))
+                await asyncio.gather(*completing)
+            return idle, got, time.monotonic() - t0
+        finally:
+            await client.close()
+
+    idle, got, seconds = run(main())
+    assert idle == 0
+    assert got == PARTITIONS
+    assert seconds < 5  # not one poll period slept, not even at the end of the job

@@ -112,6 +112,7 @@ class PartitionFeed(Generic[T]):
         self._failed: BaseException | None = None  # what ended the last `_fill`, until raised
         # Completions waiting for the next LeaseTask: (lease id, its caller's future).
         self._completing: list[tuple[str, asyncio.Future[Any]]] = []
+        self._freed = asyncio.Event()  # set when a held lease ends (completed or dropped)
         self._done = False
         self._closed = False  # after close(): no more leases; a completion goes alone
 
@@ -165,8 +166,16 @@ class PartitionFeed(Generic[T]):
                 if not self._ahead:
                     if self._done:
                         return
+                    if self._completing:  # they came after the last call: send them now
+                        continue
+                    # The consumer still holds leases of ours (their completions not yet
+                    # sent): one ending makes room to lease, or may end the job. Wait for
+                    # that, not a whole poll period; IDLE means the queue has nothing for us.
+                    if self._held and await self._slot_freed(self.poll_seconds):
+                        continue
                     yield IDLE
-                    await asyncio.sleep(self.poll_seconds)
+                    if not self._held:
+                        await asyncio.sleep(self.poll_seconds)
                     continue
             item, read = self._ahead.popleft()
             try:
@@ -176,6 +185,15 @@ class PartitionFeed(Generic[T]):
                 raise
             self._refill()  # lease the next while the consumer works on this one
             yield item
+
+    async def _slot_freed(self, timeout: float) -> bool:
+        """Whether a held lease ended (completed or dropped) within `timeout` seconds."""
+        self._freed.clear()
+        try:
+            await asyncio.wait_for(self._freed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def _refill(self) -> None:
         """Start the queue calls in the background unless they are running; a failed one
@@ -259,7 +277,7 @@ class PartitionFeed(Generic[T]):
     async def complete(self, item: Item[T]) -> Any:
         """Complete the task; returns the queue status. LeaseLost if the lease lapsed (another
         worker will do or did the task, and this attempt does not count)."""
-        self._held.pop(item.task.lease_id, None)
+        self._release(item)
         if item.lost:
             raise LeaseLost(f"lease {item.task.lease_id} lapsed before the task completed")
         try:
@@ -275,7 +293,11 @@ class PartitionFeed(Generic[T]):
 
     def drop(self, item: Item[T]) -> None:
         """Stop renewing the item's lease (the consumer gave up on it); it lapses."""
-        self._held.pop(item.task.lease_id, None)
+        self._release(item)
+
+    def _release(self, item: Item[T]) -> None:
+        if self._held.pop(item.task.lease_id, None) is not None:
+            self._freed.set()
 
     # ----- leases -----------------------------------------------------------------------------
 
