@@ -43,6 +43,7 @@ def _reset_logging() -> Iterator[None]:
         (["train"], "--model-arg"),
         (["predict"], "--fashion-index"),
         (["status"], "--root"),
+        (["scale"], "serving or workers"),
     ],
 )
 def test_every_command_has_help(args: list[str], expected: str) -> None:
@@ -245,3 +246,11 @@ def test_suite_children_import_the_same_mlmesh_as_the_cli() -> None:
     parts = child_env()["PYTHONPATH"].split(os.pathsep)
     # Its own directory first: a worktree run with another checkout's venv must not mix the two.
     assert parts[:2] == [str(Path(mlmesh.__file__).resolve().parents[1]), str(source_root())]
+
+
+def test_scale_refuses_an_unknown_kind_and_a_root_without_a_suite(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["scale", "ingest", "2", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and "cannot scale 'ingest': choose serving or workers" in result.output
+    result = runner.invoke(app, ["scale", "serving", "2", "--root", str(tmp_path)])
+    assert result.exit_code == 1 and "no running suite under" in result.output
+    assert not (tmp_path / "run" / "scale.json").exists()  # nothing asked of a suite that is not there
