@@ -194,7 +194,10 @@ class TrainingWorker:
                         return
                     if item is IDLE:
                         await job.leave()  # nothing to do now: the others must not wait for us
-                        await job.maybe_report()
+                        # Report what it trained now, not when the next report is due: at the
+                        # end of a job the last tasks complete elsewhere, and a report that
+                        # arrives after the job finished no longer counts.
+                        await job.flush_report()
                         continue
                     await job.join()
                     await job.run_task(feed, item, stop)
@@ -269,6 +272,13 @@ class _JobRun:
     async def maybe_report(self) -> None:
         if time.monotonic() - self.progress.last_report >= self.cfg.report_every_seconds:
             await self.report()
+
+    async def flush_report(self) -> None:
+        """Report now if anything is unreported, else as usual (an idle worker polls)."""
+        if self.progress.steps or self.progress.examples:
+            await self.report()
+        else:
+            await self.maybe_report()
 
     async def report(self) -> None:
         """Send the deltas; raise JobStopped unless the job is still RUNNING.
