@@ -216,6 +216,11 @@ def json_array(spec: InputSpec, value: Any, what: str) -> np.ndarray:
     """A JSON value (numbers, bools, strings, nested lists) as an array for `spec`."""
     if spec.dtype == STRING:
         return string_array(value, what)
+    return _numeric_array(value, what, spec.describe())
+
+
+def _numeric_array(value: Any, what: str, expected: str) -> np.ndarray:
+    """Nested lists of numbers (or bools) as an array; InvalidArgument names `what` and `expected`."""
     try:
         arr = np.asarray(value)
     except ValueError as e:  # ragged nested lists
@@ -223,7 +228,7 @@ def json_array(spec: InputSpec, value: Any, what: str) -> np.ndarray:
     if arr.dtype.kind not in "biuf":
         raise InvalidArgument(
             f"{what} holds {_kind(value) if arr.ndim == 0 else 'non-numeric or ragged values'}; "
-            f"the model expects {spec.describe()}"
+            f"the model expects {expected}"
         )
     return arr
 
@@ -259,15 +264,7 @@ def _example_array(spec: InputSpec, value: Any, index: int) -> np.ndarray:
                 f"{what} has shape {format_shape(arr.shape)} but the model expects {expected} per example"
             )
         return arr
-    try:
-        arr = np.asarray(value)
-    except ValueError as e:  # ragged nested lists
-        raise InvalidArgument(f"{what} is not a rectangular array of numbers: {e}") from None
-    if arr.dtype.kind not in "biuf":
-        raise InvalidArgument(
-            f"{what} holds {_kind(value) if arr.ndim == 0 else 'non-numeric or ragged values'}; "
-            f"the model expects {spec.describe()} (nested lists of numbers)"
-        )
+    arr = _numeric_array(value, what, f"{spec.describe()} (nested lists of numbers)")
     per_example = None if spec.shape is None else spec.shape[1:]
     if not _shape_matches(arr.shape, per_example):
         expected = "any shape" if per_example is None else format_shape(per_example)
